@@ -1,0 +1,252 @@
+"""The adapter interface.
+
+An adapter wraps one framework path. It is a plain object with:
+
+* ``name``: the id used in test ids, results and the ledger (``torch``).
+* ``framework``: the distribution whose version scopes ledger entries.
+* ``conventions``: what it declares about its framework (``Conventions``).
+* ``available()``: None, or the reason it cannot run here (never imports).
+* ``versions()``: ``{distribution: version}`` of what it uses (never imports).
+* ``supports(case)``: None, or the reason this case is a skip.
+* ``settings(case)``: the settings as passed to the framework (for reports).
+* ``run(case, data) -> Observed``: the real work, called in a worker process.
+
+Subclass ``Adapter`` and implement ``build``, ``train_step`` and
+``eval_step``; ``run`` drives them and turns a framework exception into a
+recorded outcome. Register it in the ``bnparity.adapters`` entry-point group
+(``name = "module:attr"``), or list ``module:attr`` in ``BNPARITY_ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.cases import Case
+from harness.inputs import CaseData
+
+MOMENTUM_STYLES = ("weight_of_new", "decay_of_old")
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """What a framework does that the case does not decide.
+
+    ``momentum_style``: how the framework's momentum argument reads:
+    ``weight_of_new`` (PyTorch) receives the case momentum, ``decay_of_old``
+    (Keras, Flax) receives ``1 - momentum``. ``running_var_estimator`` is one
+    of ``reference.ESTIMATORS``. ``default_momentum`` is in the framework's
+    own style.
+    """
+
+    momentum_style: str
+    running_var_estimator: str
+    default_eps: float
+    default_momentum: float
+    native_layout: str
+    single_value_training: str = "computes"  # or "raises"
+    notes: str = ""
+
+    def framework_momentum(self, case_momentum: float) -> float:
+        """Translate a weight-of-new momentum into the framework's argument."""
+        if self.momentum_style == "weight_of_new":
+            return case_momentum
+        if self.momentum_style == "decay_of_old":
+            return 1.0 - case_momentum
+        raise ValueError(f"unknown momentum_style {self.momentum_style!r}")
+
+    def case_momentum(self, framework_momentum: float) -> float:
+        """The inverse of ``framework_momentum``."""
+        return self.framework_momentum(framework_momentum)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Raised:
+    type: str
+    message: str
+    stage: str
+    traceback: str = ""
+
+
+@dataclass
+class Observed:
+    """What an adapter returns: arrays keyed by (quantity, step), step None for eval."""
+
+    arrays: dict[tuple[str, int | None], np.ndarray] = field(default_factory=dict)
+    raised: Raised | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, quantity: str, step: int | None, value) -> None:
+        self.arrays[(quantity, step)] = np.asarray(value)
+
+
+@dataclass
+class Mapped:
+    """Case settings translated for the framework (what ``settings()`` shows)."""
+
+    momentum: float | None
+    eps: float
+    axis: int
+    training_flags: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter:
+    """Base class for adapters; see the module docstring."""
+
+    name: str = ""
+    framework: str = ""
+    requires: tuple[str, ...] = ()
+    conventions: Conventions
+    worker_env: dict[str, str] = {}
+    supports_cumulative: bool = False
+    supports_dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+
+    # -- cheap, parent-side -------------------------------------------------
+    def available(self) -> str | None:
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                return f"{mod} is not installed"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for dist in self.distributions():
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return out
+
+    def distributions(self) -> tuple[str, ...]:
+        return (self.framework,) if self.framework else ()
+
+    def framework_version(self) -> str | None:
+        return self.versions().get(self.framework)
+
+    def supports(self, case: Case) -> str | None:
+        if case.dtype not in self.supports_dtypes:
+            return f"{self.name} does not support dtype {case.dtype}"
+        if case.momentum == "cumulative" and not self.supports_cumulative:
+            return f"{self.name} has no cumulative-average (momentum=None) mode"
+        return None
+
+    def mapped(self, case: Case) -> Mapped:
+        """The settings as passed to the framework: the one place momentum is translated."""
+        if case.use_defaults:
+            return Mapped(self.conventions.default_momentum, self.conventions.default_eps,
+                          case.channel_axis)
+        m = None if case.momentum == "cumulative" else self.conventions.framework_momentum(case.momentum)
+        return Mapped(m, case.eps, case.channel_axis)
+
+    def effective(self, case: Case) -> tuple[float | str, float]:
+        """(momentum in weight-of-new style, eps) that the framework actually uses."""
+        m = self.mapped(case)
+        if m.momentum is None:
+            return "cumulative", m.eps
+        return self.conventions.case_momentum(m.momentum), m.eps
+
+    def settings(self, case: Case) -> dict[str, Any]:
+        return asdict(self.mapped(case))
+
+    # -- worker-side ----------------------------------------------------------
+    def setup(self) -> None:
+        """Import the framework (called once per worker, timed as import)."""
+
+    def build(self, case: Case, data: CaseData) -> Any:
+        raise NotImplementedError
+
+    def train_step(self, state: Any, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+        """One training call + backward of sum(y * g).
+
+        Returns y, dx, dgamma, dbeta and the running_mean / running_var after
+        the call (omit the running stats when the case does not track them).
+        """
+        raise NotImplementedError
+
+    def eval_step(self, state: Any, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+        """One eval-mode call + backward: returns y and dx."""
+        raise NotImplementedError
+
+    def run(self, case: Case, data: CaseData) -> Observed:
+        obs = Observed()
+        stage = "build"
+        t0 = time.perf_counter()
+        try:
+            state = self.build(case, data)
+            for step in range(case.steps):
+                stage = f"train step {step}"
+                for q, v in self.train_step(state, data.x[step], data.g[step]).items():
+                    obs.put(q, step, v)
+            stage = "eval"
+            out = self.eval_step(state, data.x_eval, data.g_eval)
+            obs.put("y_eval", None, out["y"])
+            obs.put("dx_eval", None, out["dx"])
+            self.describe(state, obs.info)
+        except Exception as e:  # the framework's own error is a recorded outcome
+            obs.raised = Raised(type(e).__name__, str(e)[:2000], stage,
+                                "".join(traceback.format_exception(e))[-4000:])
+        obs.info["compute_s"] = time.perf_counter() - t0
+        return obs
+
+    def describe(self, state: Any, info: dict[str, Any]) -> None:
+        """Add what the framework actually did (path taken, dtypes) to ``info``."""
+
+
+class Broken(Adapter):
+    """Stands in for an adapter that could not be imported: every cell is a skip with the reason."""
+
+    conventions = Conventions("weight_of_new", "biased", 0.0, 0.0, "channels_first")
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+    def available(self) -> str | None:
+        return self.reason
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+
+# -- registry ------------------------------------------------------------------
+
+ENTRY_POINT_GROUP = "bnparity.adapters"
+ENV_VAR = "BNPARITY_ADAPTERS"
+
+
+def load_spec(spec: str) -> Adapter:
+    """Resolve ``module:attr`` to an adapter instance (a class or factory is called)."""
+    mod_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"adapter spec {spec!r} must be 'module:attr'")
+    obj = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "run")):
+        obj = obj()
+    for needed in ("name", "run", "available", "conventions"):
+        if not hasattr(obj, needed):
+            raise TypeError(f"adapter {spec!r} has no {needed!r}")
+    return obj
+
+
+def discover(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``{adapter name: 'module:attr'}`` from entry points, then ``BNPARITY_ADAPTERS``."""
+    import os
+
+    env = os.environ if env is None else env
+    specs: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        specs[ep.name] = ep.value
+    for spec in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
+        specs[load_spec(spec).name] = spec
+    return specs

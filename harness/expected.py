@@ -1,0 +1,148 @@
+"""Expected quantities for one (case, adapter): the oracle under the adapter's conventions,
+with an element-wise error bound for each quantity.
+
+The tolerance model
+-------------------
+A stable BN in a working precision with unit roundoff ``u`` (float32 for
+float16/bfloat16/float32 cases, float64 for float64 cases: every framework
+accumulates low-precision inputs in float32) makes errors that follow from
+the conditioning of the input, not from a per-case constant. Per channel,
+with ``A = max|x|``, ``s = sqrt(var + eps)``, ``G = max|g|`` and
+``k = 2 + log2(n)`` (the growth of a pairwise reduction over ``n`` values):
+
+* batch mean: ``k u A``; biased batch variance (two-pass):
+  ``k u var + (k u A)^2`` (the variance is insensitive to first order to an
+  error in the mean, so only its square enters);
+* ``y = gamma (x - mean) / s + beta``: ``k u |gamma| A / s + k u |gamma xhat|
+  + u |beta|``. ``A / s`` is the condition number: a mean offset of 1e4 over
+  a unit spread costs four digits in any precision, and the bound says so;
+* running statistics: the EMA of those bounds, plus rounding to the stored
+  dtype at every step;
+* ``dx``: ``k u |gamma| / s * G * (2 + A / s + max|xhat|^2)``; ``dgamma``:
+  ``k u sum|g| (A / s + max|xhat|)``; ``dbeta``: ``k u sum|g|``;
+* eval outputs add the propagated error of the running statistics.
+
+Each bound is multiplied by ``SAFETY`` (the constant of the standard
+floating-point error bounds, which are worst cases up to a small factor), and
+rounding of the result to its stored dtype adds one ulp at the element's
+magnitude (``2 u_out |value|``). A case may scale the bound with a
+``tolerance`` override only with a written reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import reference as ref
+from harness.cases import Case
+from harness.inputs import CaseData, finfo
+
+SAFETY = 4.0
+
+
+def unit_roundoff(dtype: str) -> float:
+    """u = 2**-p for a p-bit significand (half the machine epsilon)."""
+    return float(finfo(dtype).eps) / 2.0
+
+
+def compute_dtype(case_dtype: str) -> str:
+    return "float64" if case_dtype == "float64" else "float32"
+
+
+@dataclass
+class Expected:
+    value: np.ndarray  # float64
+    tol: np.ndarray  # float64, broadcastable to value
+    dtype: str  # dtype whose ulps measure this quantity
+
+
+def _per_channel(a: np.ndarray, axis: int, fn) -> np.ndarray:
+    axes = tuple(i for i in range(a.ndim) if i != axis % a.ndim)
+    with np.errstate(invalid="ignore"):
+        return fn(a, axis=axes)
+
+
+def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str,
+                        eps: float) -> dict[tuple[str, int | None], Expected]:
+    """Oracle values and bounds for every quantity an adapter reports.
+
+    ``momentum`` is the weight of the new statistic (or ``"cumulative"``) and
+    ``eps`` the value the framework actually uses; ``estimator`` is the
+    adapter's declared running-variance estimator.
+    """
+    ax = data.channel_axis
+    nd = len(case.shape)
+    b = lambda v: ref._bcast(v, nd, ax)  # noqa: E731
+    n = case.count
+    k = 2.0 + math.log2(max(n, 1))
+    uc = unit_roundoff(compute_dtype(case.dtype))
+    uo = unit_roundoff(case.dtype)
+    up = unit_roundoff(case.resolved_param_dtype)
+    C = SAFETY * (case.tolerance.factor if case.tolerance else 1.0)
+    gamma, beta = data.f64("gamma"), data.f64("beta")
+    rm, rv = data.f64("running_mean"), data.f64("running_var")
+    tol_rm = np.zeros_like(rm)
+    tol_rv = np.zeros_like(rv)
+    out: dict[tuple[str, int | None], Expected] = {}
+    absmax = lambda a: _per_channel(np.abs(a), ax, np.max)  # noqa: E731
+    abssum = lambda a: _per_channel(np.abs(a), ax, np.sum)  # noqa: E731
+
+    def train_like(x, g):
+        """Train-mode y and grads with bounds, plus the batch stats and their bounds."""
+        y, mean, var = ref.train_forward(x, gamma, beta, eps, ax)
+        dx, dgamma, dbeta = ref.train_backward(x, g, gamma, eps, ax)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            s = np.sqrt(var + eps)
+            A, G = absmax(x), absmax(g)
+            xhat = (x - b(mean)) / b(s)
+            xmax = absmax(xhat)
+            tol_y = C * uc * (k * b(np.abs(gamma) * A / s) + k * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
+            tol_dx = C * uc * k * b(np.abs(gamma) / s * G * (2 + A / s + xmax**2))
+            tol_dg = C * uc * k * abssum(g) * (A / s + xmax)
+            tol_db = C * uc * k * abssum(g)
+            tol_mean = C * uc * k * A
+            tol_var = C * (uc * k * var + (uc * k * A) ** 2)
+        q = {"y": Expected(y, tol_y + 2 * uo * np.abs(y), case.dtype),
+             "dx": Expected(dx, tol_dx + 2 * uo * np.abs(dx), case.dtype)}
+        if case.affine:
+            q["dgamma"] = Expected(dgamma, tol_dg + 2 * up * np.abs(dgamma), case.resolved_param_dtype)
+            q["dbeta"] = Expected(dbeta, tol_db + 2 * up * np.abs(dbeta), case.resolved_param_dtype)
+        return q, mean, var, tol_mean, tol_var
+
+    for step in range(case.steps):
+        x, g = data.f64("x", step), data.f64("g", step)
+        q, mean, var, tmean, tvar = train_like(x, g)
+        out.update({(name, step): e for name, e in q.items()})
+        if case.track_running_stats:
+            m = momentum if momentum != "cumulative" else None
+            rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=step + 1)
+            w = 1.0 / (step + 1) if m is None else m
+            f = ref.bessel_factor(n, estimator)
+            with np.errstate(invalid="ignore"):
+                tol_rm = (1 - w) * tol_rm + w * tmean + 2 * up * np.abs(rm)
+                tol_rv = (1 - w) * tol_rv + w * f * tvar + 2 * up * np.abs(rv)
+            out[("running_mean", step)] = Expected(rm, tol_rm, case.resolved_param_dtype)
+            out[("running_var", step)] = Expected(rv, tol_rv, case.resolved_param_dtype)
+
+    x, g = data.f64("x_eval"), data.f64("g_eval")
+    if not case.track_running_stats:
+        # nothing stored: eval normalizes with the batch statistics (PyTorch semantics)
+        q = train_like(x, g)[0]
+        out[("y_eval", None)], out[("dx_eval", None)] = q["y"], q["dx"]
+        return out
+    y = ref.eval_forward(x, gamma, beta, rm, rv, eps, ax)
+    dx, _, _ = ref.eval_backward(x, g, gamma, rm, rv, eps, ax)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        s = np.sqrt(rv + eps)
+        xhat = (x - b(rm)) / b(s)
+        A = absmax(x)
+        # compute error + what the running statistics' own error does to the output
+        tol_y = (C * uc * (k * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
+                 + b(np.abs(gamma) * tol_rm / s) + np.abs(b(gamma) * xhat) * b(tol_rv / (2 * (rv + eps))))
+        tol_dx = C * uc * 3 * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
+    out[("y_eval", None)] = Expected(y, tol_y + 2 * uo * np.abs(y), case.dtype)
+    out[("dx_eval", None)] = Expected(dx, tol_dx + 2 * uo * np.abs(dx), case.dtype)
+    return out

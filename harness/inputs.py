@@ -1,0 +1,131 @@
+"""Seeded inputs for a case, built once in float64 and cast once to the case dtype.
+
+Every adapter receives the same cast arrays (bit-identical), and the oracle
+receives those arrays converted back to float64, so rounding of the inputs is
+never counted as a framework error. Arrays are in the case's physical layout:
+(N, C, *spatial) for channels_first, (N, *spatial, C) for channels_last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+
+from harness.cases import Case
+
+NP_DTYPES = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+
+# one independent stream per component, so adding a step never changes another
+_STREAMS = {"x": 1, "g": 2, "x_eval": 3, "g_eval": 4, "gamma": 5, "beta": 6,
+            "running_mean": 7, "running_var": 8, "override": 9}
+
+
+def np_dtype(name: str) -> np.dtype:
+    return NP_DTYPES[name]
+
+
+def finfo(name: str):
+    """Machine limits of a float dtype name, bfloat16 included."""
+    return ml_dtypes.finfo(NP_DTYPES[name])
+
+
+def generate(spec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Draw a float64 array of ``shape`` from a generator spec."""
+    kind = spec.kind
+    if kind == "normal":
+        return spec.loc + spec.scale * rng.standard_normal(shape)
+    if kind == "uniform":
+        return rng.uniform(spec.low, spec.high, shape)
+    if kind == "constant":
+        return np.full(shape, spec.value, dtype=np.float64)
+    if kind == "ramp":
+        return np.linspace(spec.start, spec.stop, int(np.prod(shape))).reshape(shape)
+    if kind == "student_t":
+        return spec.loc + spec.scale * rng.standard_t(spec.df, shape)
+    raise ValueError(f"unknown generator kind {kind!r}")
+
+
+def _rng(case: Case, stream: str, step: int = 0) -> np.random.Generator:
+    return np.random.default_rng([case.seed, _STREAMS[stream], step])
+
+
+def _batch(case: Case, spec, stream: str, step: int) -> np.ndarray:
+    """A logical-layout float64 batch with channel overrides and specials applied."""
+    x = generate(spec, case.shape, _rng(case, stream, step))
+    if stream in ("x", "x_eval"):
+        for k, o in enumerate(case.channel_overrides):
+            sub = generate(o.input, (case.shape[0], len(o.channels), *case.shape[2:]),
+                           _rng(case, "override", step * 1000 + k))
+            x[:, o.channels] = sub
+    if stream == "x":
+        for s in case.specials:
+            x[tuple(s.index)] = float(s.value)
+    return x
+
+
+def to_physical(a: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(a if layout == "channels_first" else np.moveaxis(a, 1, -1))
+
+
+@dataclass
+class CaseData:
+    """Inputs for one case: what every adapter is fed.
+
+    ``x[i]`` and ``g[i]`` are the input and upstream gradient of training step
+    ``i``; ``x_eval`` / ``g_eval`` the held-out eval batch. Arrays are in the
+    case dtype (params and running stats in the param dtype), physical layout.
+    """
+
+    x: list[np.ndarray]
+    g: list[np.ndarray]
+    x_eval: np.ndarray
+    g_eval: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    running_mean: np.ndarray
+    running_var: np.ndarray
+    channel_axis: int
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def f64(self, name: str, step: int | None = None) -> np.ndarray:
+        a = getattr(self, name)
+        if step is not None:
+            a = a[step]
+        return np.asarray(a, dtype=np.float64)
+
+
+def digest(a: np.ndarray) -> str:
+    """Short content hash of an array (dtype, shape and bytes)."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def build(case: Case) -> CaseData:
+    """Build every input of ``case`` from its seed."""
+    dt, pdt = np_dtype(case.dtype), np_dtype(case.resolved_param_dtype)
+    cast = lambda a: to_physical(a, case.layout).astype(dt)  # noqa: E731
+    x = [cast(_batch(case, case.input, "x", i)) for i in range(case.steps)]
+    g = [cast(generate(case.grad, case.shape, _rng(case, "g", i))) for i in range(case.steps)]
+    x_eval = cast(_batch(case, case.eval_input or case.input, "x_eval", 0))
+    g_eval = cast(generate(case.grad, case.shape, _rng(case, "g_eval")))
+    c = (case.channels,)
+    if case.affine:
+        gamma = generate(case.gamma, c, _rng(case, "gamma")).astype(pdt)
+        beta = generate(case.beta, c, _rng(case, "beta")).astype(pdt)
+    else:
+        gamma, beta = np.ones(c, pdt), np.zeros(c, pdt)
+    rm = generate(case.running_mean, c, _rng(case, "running_mean")).astype(pdt)
+    rv = generate(case.running_var, c, _rng(case, "running_var")).astype(pdt)
+    data = CaseData(x, g, x_eval, g_eval, gamma, beta, rm, rv, case.channel_axis)
+    data.digests = {"x": digest(np.stack(x)) if x else "", "x_eval": digest(x_eval)}
+    return data

@@ -1,0 +1,107 @@
+"""The ledger of known differences (``cases/known_differences.toml``).
+
+Each ``[[difference]]`` scopes one real, understood discrepancy:
+
+    [[difference]]
+    id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # PEP 440, on the adapter's framework
+    cases = "batch1_*"      # name glob (or a list); or tags = ["..."]
+    quantity = "running_var*"   # glob over quantity names; "outcome" for raise/crash/timeout
+    kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
+    observed = "what was measured"; reason = "why"; link = "https://..."
+
+Strict both ways: a failing quantity that no entry covers fails; an entry
+that applies to a (case, adapter) cell but covers no failure there is stale
+and fails too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from harness.cases import Case, CaseError
+
+KINDS = ("framework bug", "numerical weakness", "undocumented behaviour")
+REQUIRED = ("id", "adapter", "quantity", "kind", "observed", "reason", "link")
+ALLOWED = set(REQUIRED) | {"versions", "cases", "tags"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    adapter: str
+    quantity: str
+    kind: str
+    observed: str
+    reason: str
+    link: str
+    versions: str = ""
+    cases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    def applies(self, case: Case, adapter: str, version: str | None) -> bool:
+        """Does this entry scope the (case, adapter) cell at this framework version?"""
+        if not fnmatch.fnmatchcase(adapter, self.adapter):
+            return False
+        if self.versions:
+            if version is None:
+                return False
+            try:
+                if Version(version) not in SpecifierSet(self.versions):
+                    return False
+            except InvalidVersion:
+                return False
+        if self.cases and not any(fnmatch.fnmatchcase(case.name, p) for p in self.cases):
+            return False
+        if self.tags and not set(self.tags) & set(case.tags):
+            return False
+        return True
+
+    def covers(self, quantity: str) -> bool:
+        return fnmatch.fnmatchcase(quantity, self.quantity)
+
+    def as_record(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "reason": self.reason, "link": self.link,
+                "observed": self.observed, "versions": self.versions}
+
+
+def load_ledger(path: Path | None) -> list[Entry]:
+    if path is None or not Path(path).exists():
+        return []
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise CaseError(f"{path}: not valid TOML: {e}") from None
+    entries, seen = [], set()
+    for i, body in enumerate(raw.get("difference", [])):
+        where = f"{path}: difference {body.get('id', f'#{i + 1}')!r}"
+        for key in REQUIRED:
+            if not str(body.get(key, "")).strip():
+                raise CaseError(f"{where}: field '{key}': required field is missing")
+        extra = set(body) - ALLOWED
+        if extra:
+            raise CaseError(f"{where}: field '{sorted(extra)[0]}': unknown field")
+        if body["kind"] not in KINDS:
+            raise CaseError(f"{where}: field 'kind': must be one of {KINDS}, got {body['kind']!r}")
+        if not str(body["link"]).startswith("https://"):
+            raise CaseError(f"{where}: field 'link': must be an https:// link to source or an issue")
+        if body.get("versions"):
+            try:
+                SpecifierSet(body["versions"])
+            except InvalidSpecifier:
+                raise CaseError(f"{where}: field 'versions': not a PEP 440 specifier: {body['versions']!r}") from None
+        if not (body.get("cases") or body.get("tags")):
+            raise CaseError(f"{where}: field 'cases': give a case glob or tags (an entry must be scoped)")
+        if body["id"] in seen:
+            raise CaseError(f"{where}: field 'id': duplicate")
+        seen.add(body["id"])
+        cases = body.get("cases", ())
+        entries.append(Entry(**{**body, "cases": tuple([cases] if isinstance(cases, str) else cases),
+                                "tags": tuple(body.get("tags", ()))}))
+    return entries

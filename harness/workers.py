@@ -1,0 +1,197 @@
+"""One long-lived worker process per adapter: the fault boundary.
+
+Built on pebble's ``ProcessPool`` (one worker per adapter): pebble kills a
+task's process on timeout, reports a dead worker as ``ProcessExpired`` with
+its exit code, and starts a replacement, which is exactly the contract we
+need; ``concurrent.futures`` cannot kill a running task and marks the whole
+pool broken when a worker dies.
+
+Workers are started with the ``spawn`` method (a clean interpreter, no state
+inherited from pytest), get the adapter's environment (``KERAS_BACKEND``,
+``JAX_ENABLE_X64``, thread counts) before anything imports a framework, and
+send their stdout and stderr to a log file whose tail is attached to a
+``crashed`` or ``timeout`` outcome.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.adapters.base import Observed, load_spec
+
+DEFAULT_TIMEOUT = 300.0  # seconds per case; --case-timeout and a case's `timeout` override it
+DEFAULT_THREADS = "1"
+
+# -- inside the worker -----------------------------------------------------------
+
+_ADAPTERS: dict[str, Any] = {}
+
+
+def _worker_init(env: dict[str, str], log_path: str) -> None:
+    os.environ.update(env)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _get(spec: str) -> tuple[Any, dict[str, Any]]:
+    """The adapter for ``spec``, imported and set up once per worker process."""
+    info: dict[str, Any] = {"pid": os.getpid()}
+    if spec not in _ADAPTERS:
+        t0 = time.perf_counter()
+        adapter = load_spec(spec)
+        adapter.setup()
+        _ADAPTERS[spec] = adapter
+        info["import_s"] = time.perf_counter() - t0
+    return _ADAPTERS[spec], info
+
+
+def _run_task(spec: str, case, data) -> tuple[Observed, dict[str, Any]]:
+    adapter, info = _get(spec)
+    obs = adapter.run(case, data)
+    info.update(getattr(adapter, "stats", lambda: {})())
+    return obs, info
+
+
+# -- in the parent ---------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What came back from a worker: observed values, or crashed/timeout."""
+
+    observed: Observed | None = None
+    status: str = "returned"  # returned | crashed | timeout
+    message: str = ""
+    exit_code: int | None = None
+    stderr_tail: str = ""
+    worker: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def _signal_name(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class _Worker:
+    pool: Any
+    log: Path
+    started: float
+    startups: int = 1
+
+
+class Workers:
+    """Per-adapter worker pools, created on first use and closed at the end."""
+
+    def __init__(self, log_dir: Path | None = None, in_process: bool = False,
+                 threads: str = DEFAULT_THREADS):
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bnparity-workers-"))
+        self.in_process = in_process
+        self.threads = threads
+        self._workers: dict[str, _Worker] = {}
+        self.stats: dict[str, dict[str, float]] = {}
+
+    def _pool(self, name: str, spec: str, env: dict[str, str]) -> _Worker:
+        w = self._workers.get(name)
+        if w is None:
+            from pebble import ProcessPool
+
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            tag = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            log = self.log_dir / f"{name}-{tag}.log"
+            full_env = {"BNPARITY_THREADS": self.threads, "OMP_NUM_THREADS": self.threads,
+                        "PYTHONUNBUFFERED": "1", **env}
+            pool = ProcessPool(max_workers=1, initializer=_worker_init, initargs=(full_env, str(log)),
+                               context=multiprocessing.get_context("spawn"))
+            w = self._workers[name] = _Worker(pool, log, time.perf_counter())
+        return w
+
+    def _stat(self, name: str, key: str, value: float) -> None:
+        s = self.stats.setdefault(name, {})
+        s[key] = s.get(key, 0.0) + value
+
+    def run(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float) -> Outcome:
+        t0 = time.perf_counter()
+        if self.in_process:
+            obs, info = _run_task(spec, case, data)
+            out = Outcome(obs, worker=info)
+        else:
+            out = self._run_pooled(name, spec, env, case, data, timeout)
+        out.wall_s = time.perf_counter() - t0
+        self._account(name, out)
+        return out
+
+    def _run_pooled(self, name, spec, env, case, data, timeout) -> Outcome:
+        from pebble import ProcessExpired
+
+        w = self._pool(name, spec, env)
+        offset = w.log.stat().st_size if w.log.exists() else 0
+        future = w.pool.schedule(_run_task, args=(spec, case, data), timeout=timeout)
+        try:
+            obs, info = future.result()
+            return Outcome(obs, worker=info)
+        except FutureTimeout:
+            out = Outcome(status="timeout", message=f"no answer within {timeout:g} s; worker killed and replaced")
+        except ProcessExpired as e:
+            out = Outcome(status="crashed", exit_code=e.exitcode,
+                          message=f"worker died ({_signal_name(e.exitcode)}); replaced")
+        except Exception as e:  # the task could not even be sent or unpickled
+            out = Outcome(status="crashed", message=f"worker error: {type(e).__name__}: {e}")
+        w.startups += 1
+        time.sleep(0.05)  # let the dying process flush what it wrote
+        out.stderr_tail = self._tail(w.log, offset)
+        return out
+
+    @staticmethod
+    def _tail(log: Path, offset: int, limit: int = 4000) -> str:
+        try:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return text[-limit:]
+
+    def _account(self, name: str, out: Outcome) -> None:
+        info = out.worker
+        if "import_s" in info:
+            self._stat(name, "import_s", info["import_s"])
+            self._stat(name, "worker_starts", 1)
+        if out.observed is not None:
+            compute = out.observed.info.get("compute_s", 0.0)
+            self._stat(name, "compute_s", compute)
+            self._stat(name, "compile_s", out.observed.info.get("compile_s", 0.0))
+            self._stat(name, "compiles", out.observed.info.get("compiles", 0))
+            self._stat(name, "overhead_s", out.wall_s - compute - info.get("import_s", 0.0))
+        self._stat(name, "cases", 1)
+        if out.status != "returned":
+            self._stat(name, out.status, 1)
+
+    def close(self) -> None:
+        for w in self._workers.values():
+            w.pool.close()
+        for w in self._workers.values():
+            try:
+                w.pool.join(timeout=10)
+            except Exception:
+                w.pool.stop()
+                w.pool.join()
+        self._workers.clear()

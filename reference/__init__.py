@@ -1,0 +1,168 @@
+"""NumPy float64 oracle for Batch Normalization.
+
+Every function works on float64 copies of its inputs and returns float64.
+``channel_axis`` names the axis that holds the channels; every other axis is
+reduced over. ``n`` below is the number of values per channel (batch size
+times the product of the spatial sizes).
+
+Degenerate inputs are defined, not accidental:
+
+* zero variance with ``eps > 0``: ``xhat = 0``, so ``y = beta`` and the
+  gradient is ``gamma / sqrt(eps) * (g - mean(g))``.
+* zero variance with ``eps == 0``: ``1/sqrt(0)`` is infinite and
+  ``0 * inf`` is NaN, so ``y`` and ``dx`` are NaN (``dbeta`` stays finite).
+* ``count == 1`` with ``estimator="unbiased"``: the Bessel factor
+  ``n/(n-1)`` is infinite and the batch variance is 0, so the stored running
+  variance is NaN (what PyTorch's kernel does when its Python check is
+  bypassed). ``estimator="unbiased_guarded"`` uses ``n/max(n-1, 1)``, which
+  gives 0 there (TensorFlow's fused kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "ESTIMATORS",
+    "batch_stats",
+    "bessel_factor",
+    "normalize",
+    "train_forward",
+    "eval_forward",
+    "backward",
+    "train_backward",
+    "eval_backward",
+    "update_running",
+]
+
+ESTIMATORS = ("biased", "unbiased", "unbiased_guarded")
+
+
+def _f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+    c = channel_axis % ndim
+    return tuple(i for i in range(ndim) if i != c)
+
+
+def _bcast(v, ndim: int, channel_axis: int) -> np.ndarray:
+    """Reshape a per-channel vector so it broadcasts against an ``ndim`` array."""
+    shape = [1] * ndim
+    shape[channel_axis % ndim] = -1
+    return _f64(v).reshape(shape)
+
+
+def count_per_channel(shape, channel_axis: int) -> int:
+    """n = prod(shape) / shape[channel_axis]."""
+    c = channel_axis % len(shape)
+    return int(np.prod([s for i, s in enumerate(shape) if i != c], dtype=np.int64))
+
+
+def batch_stats(x, channel_axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """mean = sum(x)/n; var = sum((x - mean)**2)/n (two-pass, biased)."""
+    x = _f64(x)
+    axes = _axes(x.ndim, channel_axis)
+    mean = x.mean(axis=axes)
+    var = ((x - _bcast(mean, x.ndim, channel_axis)) ** 2).mean(axis=axes)
+    return mean, var
+
+
+def _invstd(var, eps) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 / np.sqrt(_f64(var) + float(eps))
+
+
+def normalize(x, mean, var, gamma, beta, eps, channel_axis: int = 1) -> np.ndarray:
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta."""
+    x = _f64(x)
+    b = lambda v: _bcast(v, x.ndim, channel_axis)  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        return b(gamma) * ((x - b(mean)) * b(_invstd(var, eps))) + b(beta)
+
+
+def train_forward(x, gamma, beta, eps, channel_axis: int = 1):
+    """y = normalize(x, batch mean, biased batch var); returns (y, mean, var)."""
+    mean, var = batch_stats(x, channel_axis)
+    return normalize(x, mean, var, gamma, beta, eps, channel_axis), mean, var
+
+
+def eval_forward(x, gamma, beta, running_mean, running_var, eps, channel_axis: int = 1):
+    """y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta."""
+    return normalize(x, running_mean, running_var, gamma, beta, eps, channel_axis)
+
+
+def train_backward(x, g, gamma, eps, channel_axis: int = 1):
+    """Gradients of sum(y * g) through the batch statistics.
+
+    dx = gamma/s * (g - mean(g) - xhat * mean(g * xhat)), s = sqrt(var + eps);
+    dgamma = sum(g * xhat); dbeta = sum(g).
+    """
+    x, g = _f64(x), _f64(g)
+    axes = _axes(x.ndim, channel_axis)
+    b = lambda v: _bcast(v, x.ndim, channel_axis)  # noqa: E731
+    mean, var = batch_stats(x, channel_axis)
+    inv = _invstd(var, eps)
+    with np.errstate(invalid="ignore"):
+        xhat = (x - b(mean)) * b(inv)
+        dgamma = (g * xhat).sum(axis=axes)
+        dbeta = g.sum(axis=axes)
+        dx = b(_f64(gamma) * inv) * (g - b(g.mean(axis=axes)) - xhat * b((g * xhat).mean(axis=axes)))
+    return dx, dgamma, dbeta
+
+
+def eval_backward(x, g, gamma, running_mean, running_var, eps, channel_axis: int = 1):
+    """Gradients of sum(y * g) with the running statistics held constant.
+
+    dx = g * gamma / sqrt(running_var + eps); dgamma = sum(g * xhat); dbeta = sum(g).
+    """
+    x, g = _f64(x), _f64(g)
+    axes = _axes(x.ndim, channel_axis)
+    b = lambda v: _bcast(v, x.ndim, channel_axis)  # noqa: E731
+    inv = _invstd(running_var, eps)
+    with np.errstate(invalid="ignore"):
+        xhat = (x - b(running_mean)) * b(inv)
+        return g * b(_f64(gamma) * inv), (g * xhat).sum(axis=axes), g.sum(axis=axes)
+
+
+def backward(x, g, gamma, eps, channel_axis: int = 1, *, training: bool = True,
+             running_mean=None, running_var=None):
+    """dx, dgamma, dbeta of sum(y * g): train mode (through the batch stats) or eval mode."""
+    if training:
+        return train_backward(x, g, gamma, eps, channel_axis)
+    if running_mean is None or running_var is None:
+        raise ValueError("eval-mode backward needs running_mean and running_var")
+    return eval_backward(x, g, gamma, running_mean, running_var, eps, channel_axis)
+
+
+def bessel_factor(count: int, estimator: str) -> float:
+    """biased: 1; unbiased: n/(n-1) (inf at n == 1); unbiased_guarded: n/max(n-1, 1)."""
+    if estimator == "biased":
+        return 1.0
+    if estimator == "unbiased":
+        return float("inf") if count == 1 else count / (count - 1)
+    if estimator == "unbiased_guarded":
+        return count / max(count - 1, 1)
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def update_running(running_mean, running_var, batch_mean, batch_var, count: int,
+                   momentum: float | None, estimator: str = "unbiased", *,
+                   num_batches_tracked: int | None = None):
+    """r <- (1 - m) * r + m * batch, with batch var scaled by bessel_factor(count, estimator).
+
+    ``momentum`` is the weight of the new statistic. ``momentum=None`` is
+    PyTorch's cumulative average: m = 1 / num_batches_tracked, where
+    ``num_batches_tracked`` counts this batch too.
+    """
+    if momentum is None:
+        if not num_batches_tracked:
+            raise ValueError("momentum=None needs num_batches_tracked >= 1")
+        momentum = 1.0 / num_batches_tracked
+    m = float(momentum)
+    with np.errstate(invalid="ignore"):
+        stored_var = _f64(batch_var) * bessel_factor(count, estimator)
+        new_mean = (1.0 - m) * _f64(running_mean) + m * _f64(batch_mean)
+        new_var = (1.0 - m) * _f64(running_var) + m * stored_var
+    return new_mean, new_var
