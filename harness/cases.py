@@ -96,7 +96,10 @@ class ExpectRaise(_Strict):
     @field_validator("match")
     @classmethod
     def _regex(cls, v: str) -> str:
-        re.compile(v)
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
         return v
 
 

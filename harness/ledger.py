@@ -5,7 +5,7 @@ Each ``[[difference]]`` scopes one real, understood discrepancy:
     [[difference]]
     id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # PEP 440, on the adapter's framework
     cases = "batch1_*"      # name glob (or a list); or tags = ["..."]
-    quantity = "running_var*"   # glob over quantity names; "outcome" for raise/crash/timeout
+    quantity = "running_var*"   # glob (or list of globs) over quantity names; "outcome" = raise/crash/timeout
     kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
     observed = "what was measured"; reason = "why"; link = "https://..."
 
@@ -35,7 +35,7 @@ ALLOWED = set(REQUIRED) | {"versions", "cases", "tags"}
 class Entry:
     id: str
     adapter: str
-    quantity: str
+    quantity: tuple[str, ...]
     kind: str
     observed: str
     reason: str
@@ -63,11 +63,15 @@ class Entry:
         return True
 
     def covers(self, quantity: str) -> bool:
-        return fnmatch.fnmatchcase(quantity, self.quantity)
+        return any(fnmatch.fnmatchcase(quantity, q) for q in self.quantity)
 
     def as_record(self) -> dict:
         return {"id": self.id, "kind": self.kind, "reason": self.reason, "link": self.link,
                 "observed": self.observed, "versions": self.versions}
+
+
+def _tuple(v) -> tuple[str, ...]:
+    return (v,) if isinstance(v, str) else tuple(v)
 
 
 def load_ledger(path: Path | None) -> list[Entry]:
@@ -101,7 +105,6 @@ def load_ledger(path: Path | None) -> list[Entry]:
         if body["id"] in seen:
             raise CaseError(f"{where}: field 'id': duplicate")
         seen.add(body["id"])
-        cases = body.get("cases", ())
-        entries.append(Entry(**{**body, "cases": tuple([cases] if isinstance(cases, str) else cases),
-                                "tags": tuple(body.get("tags", ()))}))
+        entries.append(Entry(**{**body, "cases": _tuple(body.get("cases", ())), "tags": _tuple(body.get("tags", ())),
+                                "quantity": _tuple(body["quantity"])}))
     return entries

@@ -146,7 +146,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name in sorted(state.specs):
         for case in cases.values():
             if case.applies_to(name):
-                params.append(pytest.param((case.name, name), marks=[pytest.mark.bnparity(*case.tags)]))
+                marks = [pytest.mark.bnparity(*case.tags), pytest.mark.xdist_group(name)]
+                params.append(pytest.param((case.name, name), marks=marks))
                 ids.append(f"{name}-{case.name}")
     metafunc.parametrize("bn_cell", params, ids=ids, indirect=True)
 
@@ -172,7 +173,8 @@ class Cell:
     def check(self) -> None:
         st = self.state
         adapter = st.adapter(self.adapter_name)
-        repro = f'pytest "{self.request.node.nodeid}"'
+        nodeid = self.request.node.nodeid.split("@")[0]  # xdist --dist loadgroup appends @group
+        repro = f'pytest "{nodeid}"'
         res = run_cell(self.case, adapter, st.specs[self.adapter_name], st.get_workers(), env=st.env,
                        ledger=st.ledger, timeout=st.timeout, repro=repro)
         self.request.node.user_properties.append((RECORD_KEY, json.dumps(res.records, default=str)))

@@ -143,8 +143,9 @@ def _apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[En
         if e.id not in used:
             records.append({**{k: records[0][k] for k in ("kind", "env", "case", "adapter", "framework",
                                                           "framework_version")},
-                            "quantity": e.quantity, "step": None, "verdict": "stale", "ledger": e.as_record(),
-                            "message": (f"ledger entry {e.id!r} expects a difference in {e.quantity!r} here, "
+                            "quantity": "|".join(e.quantity), "step": None, "verdict": "stale",
+                            "ledger": e.as_record(),
+                            "message": (f"ledger entry {e.id!r} expects a difference in {'|'.join(e.quantity)!r} here, "
                                         f"but nothing differed: the framework changed or the entry is too wide")})
 
 

@@ -62,7 +62,6 @@ def _get(spec: str) -> tuple[Any, dict[str, Any]]:
 def _run_task(spec: str, case, data) -> tuple[Observed, dict[str, Any]]:
     adapter, info = _get(spec)
     obs = adapter.run(case, data)
-    info.update(getattr(adapter, "stats", lambda: {})())
     return obs, info
 
 

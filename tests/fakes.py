@@ -1,0 +1,267 @@
+"""Fake adapters for the self-tests: a correct NumPy float32 BN, variants with planted bugs,
+and variants that misbehave as processes (segfault, abort, hang, memory hog, stdout garbage).
+
+They are loaded through BNPARITY_ADAPTERS, exactly like a third-party adapter, and run in
+worker processes like the real ones. None of them imports a framework.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import time
+
+import numpy as np
+
+from harness.adapters.base import Adapter, Conventions
+
+TORCH_LIKE = Conventions(momentum_style="weight_of_new", running_var_estimator="unbiased", default_eps=1e-5,
+                         default_momentum=0.1, native_layout="channels_first")
+
+
+class NumpyBN(Adapter):
+    """A careful BN in the case dtype's working precision (float32, or float64 for float64 cases)."""
+
+    name = "fake-good"
+    framework = "numpy"
+    conventions = TORCH_LIKE
+    supports_cumulative = True
+
+    def work_dtype(self, case):
+        return np.float64 if case.dtype == "float64" else np.float32
+
+    def build(self, case, data):
+        wd = self.work_dtype(case)
+        m = self.mapped(case)
+        return {"case": case, "wd": wd, "axis": data.channel_axis, "eps": m.eps, "momentum": m.momentum,
+                "gamma": data.gamma.astype(wd), "beta": data.beta.astype(wd),
+                "rm": data.running_mean.astype(wd), "rv": data.running_var.astype(wd), "t": 0,
+                "out_dtype": data.x_eval.dtype}
+
+    # the pieces a planted bug overrides -------------------------------------
+    def stats(self, x, axes):
+        mean = x.mean(axis=axes, keepdims=True)
+        return mean, ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+
+    def invstd(self, var, eps):
+        return 1.0 / np.sqrt(var + eps)
+
+    def new_weight(self, st):
+        return 1.0 / st["t"] if st["momentum"] is None else st["momentum"]
+
+    def stored_var(self, var, n):
+        return var * (n / (n - 1)) if n > 1 else var * np.nan
+
+    def dx_train(self, g, xhat, inv, gamma, axes):
+        return gamma * inv * (g - g.mean(axis=axes, keepdims=True)
+                              - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+
+    # --------------------------------------------------------------------------
+    def _shape(self, st, v, ndim):
+        shape = [1] * ndim
+        shape[st["axis"] % ndim] = -1
+        return v.reshape(shape)
+
+    def _forward_backward(self, st, x, g, mean, inv, train):
+        axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
+        b = lambda v: self._shape(st, v, x.ndim)  # noqa: E731
+        xhat = (x - mean) * inv
+        y = xhat * b(st["gamma"]) + b(st["beta"])
+        if train:
+            dx = self.dx_train(g, xhat, inv, b(st["gamma"]), axes)
+        else:
+            dx = g * b(st["gamma"]) * inv
+        out = {"y": y.astype(st["out_dtype"]), "dx": dx.astype(st["out_dtype"])}
+        if st["case"].affine:
+            out["dgamma"] = (g * xhat).sum(axis=axes)
+            out["dbeta"] = g.sum(axis=axes)
+        return out
+
+    def train_step(self, st, x, g):
+        wd = st["wd"]
+        x, g = x.astype(wd), g.astype(wd)
+        axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
+        mean, var = self.stats(x, axes)
+        inv = self.invstd(var, st["eps"])
+        out = self._forward_backward(st, x, g, mean, inv, True)
+        if st["case"].track_running_stats:
+            st["t"] += 1
+            w = self.new_weight(st)
+            n = x.size // x.shape[st["axis"]]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(wd)
+                st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n)).astype(wd)
+            out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
+        return out
+
+    def eval_step(self, st, x, g):
+        wd = st["wd"]
+        x, g = x.astype(wd), g.astype(wd)
+        if not st["case"].track_running_stats:
+            axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
+            mean, var = self.stats(x, axes)
+            return self._forward_backward(st, x, g, mean, self.invstd(var, st["eps"]), True)
+        b = lambda v: self._shape(st, v, x.ndim)  # noqa: E731
+        return self._forward_backward(st, x, g, b(st["rm"]), self.invstd(b(st["rv"]), st["eps"]), False)
+
+
+# -- planted numerical bugs: each must be flagged --------------------------------
+
+class EpsOutsideSqrt(NumpyBN):
+    name = "bug-eps-outside-sqrt"
+
+    def invstd(self, var, eps):
+        return 1.0 / (np.sqrt(var) + eps)
+
+
+class MomentumFlipped(NumpyBN):
+    """Treats the weight-of-new momentum as a decay of the old value."""
+
+    name = "bug-momentum-flipped"
+
+    def new_weight(self, st):
+        return 1.0 - st["momentum"]
+
+
+class EstimatorSwapped(NumpyBN):
+    """Declares PyTorch's unbiased running variance but stores the biased one."""
+
+    name = "bug-estimator-swapped"
+
+    def stored_var(self, var, n):
+        return var
+
+
+class GradIgnoresStats(NumpyBN):
+    """Backward as if the batch mean and variance were constants (a detached-statistics bug)."""
+
+    name = "bug-grad-ignores-stats"
+
+    def dx_train(self, g, xhat, inv, gamma, axes):
+        return gamma * inv * g
+
+
+class UpdatesInEval(NumpyBN):
+    """Eval mode folds the eval batch into the running stats before using them."""
+
+    name = "bug-updates-in-eval"
+
+    def eval_step(self, st, x, g):
+        xx = x.astype(st["wd"])
+        axes = tuple(i for i in range(xx.ndim) if i != st["axis"] % xx.ndim)
+        mean, var = self.stats(xx, axes)
+        w = st["momentum"] if st["momentum"] is not None else 0.1
+        n = xx.size // xx.shape[st["axis"]]
+        st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(st["wd"])
+        st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n)).astype(st["wd"])
+        return super().eval_step(st, x, g)
+
+
+class HalfPrecisionMath(NumpyBN):
+    """Computes float32 cases in float16: subtle (a few hundred ulps), must still be caught."""
+
+    name = "bug-half-precision"
+
+    def work_dtype(self, case):
+        return np.float16 if case.dtype != "float64" else np.float64
+
+
+class EvalUsesBatchStats(NumpyBN):
+    name = "bug-eval-uses-batch-stats"
+
+    def eval_step(self, st, x, g):
+        wd = st["wd"]
+        x, g = x.astype(wd), g.astype(wd)
+        axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
+        mean, var = self.stats(x, axes)
+        return self._forward_backward(st, x, g, mean, self.invstd(var, st["eps"]), False)
+
+
+BUGS = [EpsOutsideSqrt, MomentumFlipped, EstimatorSwapped, GradIgnoresStats, UpdatesInEval, HalfPrecisionMath,
+        EvalUsesBatchStats]
+
+
+# -- process faults: each must cost exactly its case ----------------------------
+
+def _is_target(case) -> bool:
+    return case.name == os.environ.get("BNPARITY_FAULT_CASE", "fault_target")
+
+
+class Segfault(NumpyBN):
+    name = "fault-segfault"
+
+    def build(self, case, data):
+        if _is_target(case):
+            ctypes.string_at(0)
+        return super().build(case, data)
+
+
+class Abort(NumpyBN):
+    name = "fault-abort"
+
+    def build(self, case, data):
+        if _is_target(case):
+            sys.stderr.write("fake adapter: about to abort\n")
+            os.abort()
+        return super().build(case, data)
+
+
+class Hang(NumpyBN):
+    name = "fault-hang"
+
+    def build(self, case, data):
+        if _is_target(case):
+            time.sleep(3600)
+        return super().build(case, data)
+
+
+class MemoryHog(NumpyBN):
+    """Allocates until it is killed, as the OOM killer would kill it.
+
+    Its address space is capped first (RLIMIT_AS) so the machine is never at risk; when the cap
+    refuses an allocation it sends itself SIGKILL, which is what the kernel's OOM killer does to a
+    process that exhausts real memory.
+    """
+
+    name = "fault-memory"
+
+    def build(self, case, data):
+        if _is_target(case):
+            cap = 1 << 30  # 1 GiB beyond what the worker already maps
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * resource.getpagesize()
+            resource.setrlimit(resource.RLIMIT_AS, (mapped + cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+            hoard = []
+            try:
+                while True:
+                    hoard.append(np.ones(16 << 20, dtype=np.uint8))
+            except MemoryError:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().build(case, data)
+
+
+class StdoutGarbage(NumpyBN):
+    """Writes garbage to stdout (both Python's and the raw fd) and then answers correctly."""
+
+    name = "fault-stdout"
+
+    def build(self, case, data):
+        if _is_target(case):
+            print("\x00\xff garbage {not json", flush=True)
+            os.write(1, bytes(range(256)) * 64)
+        return super().build(case, data)
+
+
+class Raises(NumpyBN):
+    name = "fault-raises"
+
+    def build(self, case, data):
+        if _is_target(case):
+            raise RuntimeError("fake framework error on the target case")
+        return super().build(case, data)
+
+
+FAULTS = [Segfault, Abort, Hang, MemoryHog, StdoutGarbage, Raises]

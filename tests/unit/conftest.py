@@ -1,0 +1,61 @@
+"""Run the parity plugin in a child pytest on fake adapters (no framework needed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[2]
+PARITY_TEST = "def test_parity(bn_cell):\n    bn_cell.check()\n"
+
+
+@dataclass
+class InnerRun:
+    result: pytest.RunResult
+    header: dict
+    records: list[dict]
+    lines: list[str]
+
+    def results(self, **match) -> list[dict]:
+        return [r for r in self.records if r["kind"] == "result" and all(r.get(k) == v for k, v in match.items())]
+
+    def verdicts(self, adapter: str, case: str) -> set[str]:
+        return {r["verdict"] for r in self.results(adapter=adapter, case=case)}
+
+    def failing_quantities(self, adapter: str, case: str) -> set[str]:
+        return {r["quantity"] for r in self.results(adapter=adapter, case=case)
+                if r["verdict"] in ("fail", "raised", "crashed", "timeout", "stale")}
+
+
+@pytest.fixture
+def run_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """run_parity(cases_toml, adapters=[fake classes], *args, ledger=None) -> InnerRun."""
+
+    def run(cases_toml: str, adapters: list[str], *args: str, ledger: str | None = None) -> InnerRun:
+        cases = pytester.path / "cases"
+        cases.mkdir(exist_ok=True)
+        (cases / "c.toml").write_text(cases_toml)
+        if ledger is not None:
+            (cases / "known_differences.toml").write_text(ledger)
+        pytester.makepyfile(test_parity=PARITY_TEST)
+        specs = ",".join(f"tests.fakes:{a}" for a in adapters)
+        monkeypatch.setenv("BNPARITY_ADAPTERS", specs)
+        monkeypatch.setenv("PYTHONPATH", str(REPO))
+        from tests import fakes
+
+        names = ",".join(getattr(fakes, a).name for a in adapters)
+        res = pytester.runpytest_subprocess(
+            "--cases", str(cases), "--results-dir", str(pytester.path / "reports"), "--bnparity-env", "t",
+            "--adapters", names, "-p", "no:cacheprovider", "-p", "no:randomly", *args)
+        path = pytester.path / "reports" / "t" / "results.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        recs = [json.loads(line) for line in lines]
+        head = recs[0] if recs and recs[0]["kind"] == "header" else {}
+        return InnerRun(res, head, recs[1:] if head else recs, lines)
+
+    return run

@@ -1,0 +1,128 @@
+"""The harness must flag every planted bug, and must pass a correct float32 implementation."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import fakes
+
+CASES = """
+[defaults]
+steps = 3
+momentum = 0.1
+eps = 1e-5
+
+[[case]]
+name = "dense"
+shape = [16, 4]
+seed = 1
+
+[[case]]
+name = "conv2d_last"
+shape = [4, 3, 5, 5]
+layout = "channels_last"
+seed = 2
+
+[[case]]
+name = "batch2"
+shape = [2, 5]
+seed = 3
+
+[[case]]
+name = "constant"
+shape = [8, 3]
+input = { kind = "constant", value = 3.0 }
+seed = 4
+
+[[case]]
+name = "offset"
+shape = [64, 3]
+input = { kind = "normal", loc = 1e4, scale = 1.0 }
+seed = 5
+
+[[case]]
+name = "eval_only"
+shape = [8, 3]
+steps = 0
+running_mean = { kind = "normal", loc = 0.5, scale = 0.2 }
+running_var = { kind = "uniform", low = 0.5, high = 1.5 }
+seed = 6
+
+[[case]]
+name = "cumulative"
+shape = [8, 3]
+momentum = "cumulative"
+steps = 4
+seed = 7
+
+[[case]]
+name = "untracked"
+shape = [8, 3]
+track_running_stats = false
+seed = 8
+
+[[case]]
+name = "half"
+dtype = "float16"
+shape = [8, 3, 2, 2]
+seed = 9
+
+[[case]]
+name = "bf16"
+dtype = "bfloat16"
+shape = [8, 3, 2, 2]
+seed = 10
+
+[[case]]
+name = "double"
+dtype = "float64"
+shape = [8, 3, 2, 2]
+input = { kind = "normal", loc = 1e4, scale = 1.0 }
+seed = 11
+"""
+
+# each planted bug, the case it must be caught on, and the quantity that must flag it
+EXPECT = {
+    "EpsOutsideSqrt": ("dense", "y"),
+    "MomentumFlipped": ("dense", "running_mean"),
+    "EstimatorSwapped": ("dense", "running_var"),
+    "GradIgnoresStats": ("dense", "dx"),
+    "UpdatesInEval": ("dense", "y_eval"),
+    "HalfPrecisionMath": ("dense", "y"),
+    "EvalUsesBatchStats": ("dense", "y_eval"),
+}
+
+
+@pytest.fixture(scope="module")
+def inner(tmp_path_factory):
+    return None
+
+
+def test_correct_float32_implementation_passes_everything(run_parity):
+    run = run_parity(CASES, ["NumpyBN"])
+    assert run.result.ret == 0, run.result.stdout.str()[-3000:]
+    assert {r["verdict"] for r in run.results()} == {"pass"}
+    assert len({r["case"] for r in run.results()}) == 11
+
+
+def test_every_planted_bug_is_flagged(run_parity):
+    run = run_parity(CASES, list(EXPECT), "-k", "dense")
+    out = run.result.stdout.str()
+    assert run.result.ret == 1
+    for cls, (case, quantity) in EXPECT.items():
+        name = getattr(fakes, cls).name
+        bad = run.failing_quantities(name, case)
+        assert quantity in bad, f"{name}: expected {quantity} to fail on {case}, failing: {bad}"
+        assert f"test_parity[{name}-{case}] FAILED" in out or f"FAILED test_parity.py::test_parity[{name}-{case}]" in out
+    # the message says what, where, by how much, and how to reproduce
+    rec = next(r for r in run.results(adapter="bug-eps-outside-sqrt", case="dense", quantity="y") if r["verdict"] == "fail")
+    assert "y after train step 0: values differ" in rec["message"]
+    assert "Worst element at index" in rec["message"] and "ulp of float32" in rec["message"]
+    assert 'Reproduce: pytest "test_parity.py::test_parity[bug-eps-outside-sqrt-dense]"' in rec["message"]
+    assert rec["max_abs_err"] > rec["threshold"]
+
+
+def test_gradient_bug_leaves_forward_alone(run_parity):
+    run = run_parity(CASES, ["GradIgnoresStats"], "-k", "dense")
+    bad = run.failing_quantities("bug-grad-ignores-stats", "dense")
+    assert "dx" in bad and "y" not in bad and "running_var" not in bad
