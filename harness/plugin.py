@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import signal
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,6 +28,7 @@ from harness.runner import run_cell
 from harness.workers import DEFAULT_TIMEOUT, Workers
 
 RECORD_KEY = "bnparity_records"
+CELL_ID = re.compile(r"\[(.+)-[^-\]]+\]$")  # test_parity[ADAPTER-CASE]; case names have no '-'
 SYMBOLS = {"pass": "P", "fail": "F", "known": "K", "stale": "S", "raised": "R", "expected-raise": "E",
            "crashed": "C", "timeout": "T", "skip": "-"}
 
@@ -146,8 +148,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name in sorted(state.specs):
         for case in cases.values():
             if case.applies_to(name):
-                marks = [pytest.mark.bnparity(*case.tags), pytest.mark.xdist_group(name)]
-                params.append(pytest.param((case.name, name), marks=marks))
+                params.append(pytest.param((case.name, name), marks=[pytest.mark.bnparity(*case.tags)]))
                 ids.append(f"{name}-{case.name}")
     metafunc.parametrize("bn_cell", params, ids=ids, indirect=True)
 
@@ -173,8 +174,7 @@ class Cell:
     def check(self) -> None:
         st = self.state
         adapter = st.adapter(self.adapter_name)
-        nodeid = self.request.node.nodeid.split("@")[0]  # xdist --dist loadgroup appends @group
-        repro = f'pytest "{nodeid}"'
+        repro = f'pytest "{self.request.node.nodeid}"'
         res = run_cell(self.case, adapter, st.specs[self.adapter_name], st.get_workers(), env=st.env,
                        ledger=st.ledger, timeout=st.timeout, repro=repro)
         self.request.node.user_properties.append((RECORD_KEY, json.dumps(res.records, default=str)))
@@ -224,6 +224,25 @@ class Controller:
                                              argv=list(st.config.invocation_params.args),
                                              ledger=str(st.ledger_path)))
         return st.writer
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
+        """``--dist loadgroup`` sends all cells of one adapter to the same xdist worker.
+
+        Each framework is then imported once per run, not once per xdist worker. (xdist's own
+        ``xdist_group`` marker cannot do it under pytest 9.2, whose node ids no longer take
+        xdist's ``@group`` suffix.)
+        """
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByAdapter(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                m = CELL_ID.search(nodeid)
+                return f"adapter:{m.group(1)}" if m else nodeid
+
+        return ByAdapter(config, log)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:

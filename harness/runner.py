@@ -77,7 +77,11 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
         return res
 
     data = inputs.build(case)
-    outcome = workers.run(adapter.name, spec, adapter.worker_env, case, data, case.timeout or timeout)
+    wait = workers.submit(adapter.name, spec, adapter.worker_env, case, data, case.timeout or timeout)
+    momentum, eps = adapter.effective(case)
+    # the oracle runs while the framework works in its worker
+    expected = expected_quantities(case, data, adapter.conventions.running_var_estimator, momentum, eps)
+    outcome = wait()
     obs = outcome.observed
     verdict, message = judge_raise(case, adapter.name, outcome)
     outcome_rec = {**base, "quantity": "outcome", "step": None, "verdict": verdict, "message": message}
@@ -87,9 +91,6 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     if outcome.status != "returned":
         outcome_rec.update(exit_code=outcome.exit_code, stderr_tail=outcome.stderr_tail)
     records = [outcome_rec]
-
-    momentum, eps = adapter.effective(case)
-    expected = expected_quantities(case, data, adapter.conventions.running_var_estimator, momentum, eps)
     if obs is not None and verdict == "pass":
         for key, exp in expected.items():
             q, step = key

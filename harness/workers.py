@@ -128,35 +128,48 @@ class Workers:
         s[key] = s.get(key, 0.0) + value
 
     def run(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float) -> Outcome:
+        """Run one case in the adapter's worker and wait for it."""
+        return self.submit(name, spec, env, case, data, timeout)()
+
+    def submit(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float):
+        """Start one case in the adapter's worker; returns a function that waits for its ``Outcome``.
+
+        The caller computes the oracle while the framework works.
+        """
         t0 = time.perf_counter()
         if self.in_process:
-            obs, info = _run_task(spec, case, data)
-            out = Outcome(obs, worker=info)
-        else:
-            out = self._run_pooled(name, spec, env, case, data, timeout)
-        out.wall_s = time.perf_counter() - t0
-        self._account(name, out)
-        return out
+            def wait_inline() -> Outcome:
+                obs, info = _run_task(spec, case, data)
+                return self._done(name, Outcome(obs, worker=info), t0)
 
-    def _run_pooled(self, name, spec, env, case, data, timeout) -> Outcome:
-        from pebble import ProcessExpired
-
+            return wait_inline
         w = self._pool(name, spec, env)
         offset = w.log.stat().st_size if w.log.exists() else 0
         future = w.pool.schedule(_run_task, args=(spec, case, data), timeout=timeout)
-        try:
-            obs, info = future.result()
-            return Outcome(obs, worker=info)
-        except FutureTimeout:
-            out = Outcome(status="timeout", message=f"no answer within {timeout:g} s; worker killed and replaced")
-        except ProcessExpired as e:
-            out = Outcome(status="crashed", exit_code=e.exitcode,
-                          message=f"worker died ({_signal_name(e.exitcode)}); replaced")
-        except Exception as e:  # the task could not even be sent or unpickled
-            out = Outcome(status="crashed", message=f"worker error: {type(e).__name__}: {e}")
-        w.startups += 1
-        time.sleep(0.05)  # let the dying process flush what it wrote
-        out.stderr_tail = self._tail(w.log, offset)
+
+        def wait() -> Outcome:
+            from pebble import ProcessExpired
+
+            try:
+                obs, info = future.result()
+                return self._done(name, Outcome(obs, worker=info), t0)
+            except FutureTimeout:
+                out = Outcome(status="timeout", message=f"no answer within {timeout:g} s; worker killed and replaced")
+            except ProcessExpired as e:
+                out = Outcome(status="crashed", exit_code=e.exitcode,
+                              message=f"worker died ({_signal_name(e.exitcode)}); replaced")
+            except Exception as e:  # the task could not even be sent or unpickled
+                out = Outcome(status="crashed", message=f"worker error: {type(e).__name__}: {e}")
+            w.startups += 1
+            time.sleep(0.05)  # let the dying process flush what it wrote
+            out.stderr_tail = self._tail(w.log, offset)
+            return self._done(name, out, t0)
+
+        return wait
+
+    def _done(self, name: str, out: Outcome, t0: float) -> Outcome:
+        out.wall_s = time.perf_counter() - t0
+        self._account(name, out)
         return out
 
     @staticmethod

@@ -27,7 +27,7 @@ def _expected_records(case_text_index: int) -> int:
 
 
 def test_xdist_no_lost_or_duplicated_records(run_parity):
-    run = run_parity(CASES, ["NumpyBN", "MomentumFlipped"], "-n", "2")
+    run = run_parity(CASES, ["NumpyBN", "MomentumFlipped"], "-n", "2", "--dist", "loadgroup")
     assert run.result.ret == 1  # the flipped momentum fails
     assert all(json.loads(line) for line in run.lines)  # every line parses
     keys = Counter((r["case"], r["adapter"], r["quantity"], r["step"]) for r in run.results())
@@ -39,6 +39,9 @@ def test_xdist_no_lost_or_duplicated_records(run_parity):
     cells = [r for r in run.records if r["kind"] == "cell"]
     assert len(cells) == 20 == len({(c["case"], c["adapter"]) for c in cells})
     assert run.header["status"] == "complete" and run.header["records"] == len(run.records)
+    # --dist loadgroup: one xdist worker per adapter, so each framework worker starts once
+    for adapter in ("fake-good", "bug-momentum-flipped"):
+        assert len({c["worker"]["pid"] for c in cells if c["adapter"] == adapter}) == 1
 
 
 def test_reruns_are_bit_identical(run_parity):
