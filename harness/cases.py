@@ -122,6 +122,7 @@ class Case(_Strict):
     eps: Annotated[float, Field(ge=0)] = 1e-5
     affine: bool = True
     track_running_stats: bool = True
+    contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
     seed: Annotated[int, Field(ge=0)] = 0
     input: Generator = Normal(kind="normal")
@@ -237,8 +238,12 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
 
 
 def _label(v: Any) -> str:
+    """A name-safe label: 1e-05 -> 1em5, 1e+07 -> 1e7, -2.5 -> m2.5, [2, 3] -> 2_3."""
     if isinstance(v, float):
         s = f"{v:g}"
+        s = re.sub(r"e([+-])0*(\d)", lambda m: ("em" if m.group(1) == "-" else "e") + m.group(2), s)
+    elif isinstance(v, list):
+        s = "_".join(_label(x) for x in v)
     else:
         s = str(v)
     return re.sub(r"[^A-Za-z0-9.+]", "_", s.replace("-", "m"))
@@ -246,7 +251,7 @@ def _label(v: Any) -> str:
 
 def _expand_sweep(raw: dict, path: Path, defaults: dict) -> list[tuple[str, dict]]:
     where = f"{path}: sweep {raw.get('name', '?')!r}"
-    allowed = {"name", "param", "values", "base", "tags", "labels"}
+    allowed = {"name", "param", "values", "base", "tags", "labels", "description"}
     extra = set(raw) - allowed
     if extra:
         raise CaseError(f"{where}: field '{sorted(extra)[0]}': unknown field (sweep fields: {sorted(allowed)})")
@@ -270,6 +275,8 @@ def _expand_sweep(raw: dict, path: Path, defaults: dict) -> list[tuple[str, dict
         except KeyError:
             raise CaseError(f"{where}: field 'param': cannot set {raw['param']!r}") from None
         body["sweep"] = {"name": raw["name"], "param": raw["param"], "value": v}
+        if raw.get("description") and not body.get("description"):
+            body["description"] = raw["description"]
         out.append((f"{path}: case {body['name']!r} (sweep {raw['name']!r})", body))
     return out
 

@@ -25,7 +25,7 @@ with ``A = max|x|``, ``s = sqrt(var + eps)``, ``G = max|g|`` and
 Each bound is multiplied by ``SAFETY`` (the constant of the standard
 floating-point error bounds, which are worst cases up to a small factor), and
 rounding of the result to its stored dtype adds one ulp at the element's
-magnitude (``2 u_out |value|``). A case may scale the bound with a
+magnitude (``2 u_out |value|``, or the subnormal spacing near zero). A case may scale the bound with a
 ``tolerance`` override only with a written reason.
 """
 
@@ -46,6 +46,13 @@ SAFETY = 4.0
 def unit_roundoff(dtype: str) -> float:
     """u = 2**-p for a p-bit significand (half the machine epsilon)."""
     return float(finfo(dtype).eps) / 2.0
+
+
+def ulp_of(value: np.ndarray, dtype: str) -> np.ndarray:
+    """One ulp of ``dtype`` at each |value| (2u|v|, and the subnormal spacing near zero)."""
+    fi = finfo(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.maximum(2 * unit_roundoff(dtype) * np.abs(value), float(fi.smallest_subnormal))
 
 
 def compute_dtype(case_dtype: str) -> str:
@@ -79,8 +86,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     n = case.count
     k = 2.0 + math.log2(max(n, 1))
     uc = unit_roundoff(compute_dtype(case.dtype))
-    uo = unit_roundoff(case.dtype)
-    up = unit_roundoff(case.resolved_param_dtype)
+    pd = case.resolved_param_dtype
     C = SAFETY * (case.tolerance.factor if case.tolerance else 1.0)
     gamma, beta = data.f64("gamma"), data.f64("beta")
     rm, rv = data.f64("running_mean"), data.f64("running_var")
@@ -105,11 +111,11 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             tol_db = C * uc * k * abssum(g)
             tol_mean = C * uc * k * A
             tol_var = C * (uc * k * var + (uc * k * A) ** 2)
-        q = {"y": Expected(y, tol_y + 2 * uo * np.abs(y), case.dtype),
-             "dx": Expected(dx, tol_dx + 2 * uo * np.abs(dx), case.dtype)}
+        q = {"y": Expected(y, tol_y + ulp_of(y, case.dtype), case.dtype),
+             "dx": Expected(dx, tol_dx + ulp_of(dx, case.dtype), case.dtype)}
         if case.affine:
-            q["dgamma"] = Expected(dgamma, tol_dg + 2 * up * np.abs(dgamma), case.resolved_param_dtype)
-            q["dbeta"] = Expected(dbeta, tol_db + 2 * up * np.abs(dbeta), case.resolved_param_dtype)
+            q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, pd), case.resolved_param_dtype)
+            q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, pd), case.resolved_param_dtype)
         return q, mean, var, tol_mean, tol_var
 
     for step in range(case.steps):
@@ -122,8 +128,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             w = 1.0 / (step + 1) if m is None else m
             f = ref.bessel_factor(n, estimator)
             with np.errstate(invalid="ignore"):
-                tol_rm = (1 - w) * tol_rm + w * tmean + 2 * up * np.abs(rm)
-                tol_rv = (1 - w) * tol_rv + w * f * tvar + 2 * up * np.abs(rv)
+                tol_rm = (1 - w) * tol_rm + w * tmean + ulp_of(rm, pd)
+                tol_rv = (1 - w) * tol_rv + w * f * tvar + ulp_of(rv, pd)
             out[("running_mean", step)] = Expected(rm, tol_rm, case.resolved_param_dtype)
             out[("running_var", step)] = Expected(rv, tol_rv, case.resolved_param_dtype)
 
@@ -143,6 +149,6 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         tol_y = (C * uc * (k * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
                  + b(np.abs(gamma) * tol_rm / s) + np.abs(b(gamma) * xhat) * b(tol_rv / (2 * (rv + eps))))
         tol_dx = C * uc * 3 * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
-    out[("y_eval", None)] = Expected(y, tol_y + 2 * uo * np.abs(y), case.dtype)
-    out[("dx_eval", None)] = Expected(dx, tol_dx + 2 * uo * np.abs(dx), case.dtype)
+    out[("y_eval", None)] = Expected(y, tol_y + ulp_of(y, case.dtype), case.dtype)
+    out[("dx_eval", None)] = Expected(dx, tol_dx + ulp_of(dx, case.dtype), case.dtype)
     return out

@@ -64,8 +64,9 @@ def batch_stats(x, channel_axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """mean = sum(x)/n; var = sum((x - mean)**2)/n (two-pass, biased)."""
     x = _f64(x)
     axes = _axes(x.ndim, channel_axis)
-    mean = x.mean(axis=axes)
-    var = ((x - _bcast(mean, x.ndim, channel_axis)) ** 2).mean(axis=axes)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = x.mean(axis=axes)
+        var = ((x - _bcast(mean, x.ndim, channel_axis)) ** 2).mean(axis=axes)
     return mean, var
 
 

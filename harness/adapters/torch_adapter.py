@@ -79,12 +79,28 @@ class TorchAdapter(Adapter):
         return {"bn": bn, "case": case}
 
     def _tensor(self, case: Case, a: np.ndarray):
-        """Physical array -> logical (N, C, ...) tensor; channels_last keeps NHWC strides."""
+        """Physical array -> logical (N, C, ...) tensor; channels_last keeps NHWC strides.
+
+        ``contiguous = false`` cases get a strided view: every other element of a buffer twice
+        as long along the batch axis.
+        """
         import torch
 
         t = to_torch(torch, a)
+        if not case.contiguous:
+            buf = torch.zeros((2 * t.shape[0], *t.shape[1:]), dtype=t.dtype)
+            buf[::2] = t
+            t = buf[::2]
         if case.layout == "channels_last" and case.rank > 2:
             t = t.movedim(-1, 1)
+        return t
+
+    def _leaf(self, case: Case, a: np.ndarray):
+        """The input as a tensor that autograd fills ``.grad`` of, with the case's strides kept."""
+        t = self._tensor(case, a)
+        if case.contiguous:
+            return t.clone().requires_grad_(True)  # preserve_format keeps channels_last strides
+        t.requires_grad_(True)  # a view of a fresh buffer: already a leaf with its own strides
         return t
 
     def _back(self, case: Case, t) -> np.ndarray:
@@ -96,7 +112,7 @@ class TorchAdapter(Adapter):
         import torch
 
         bn, case = state["bn"], state["case"]
-        xt = self._tensor(case, x).clone().requires_grad_(True)
+        xt = self._leaf(case, x)
         bn.zero_grad(set_to_none=True)
         y = bn(xt)
         y.backward(self._tensor(case, g))
@@ -104,8 +120,8 @@ class TorchAdapter(Adapter):
         if case.affine:
             out["dgamma"] = to_numpy(bn.weight.grad)
             out["dbeta"] = to_numpy(bn.bias.grad)
-        state["memory_format"] = "channels_last" if xt.is_contiguous(
-            memory_format=torch.channels_last) and case.rank == 4 and case.layout == "channels_last" else "contiguous"
+        state["memory_format"] = ("channels_last" if case.rank == 4 and xt.is_contiguous(
+            memory_format=torch.channels_last) else "contiguous" if xt.is_contiguous() else "strided")
         return out
 
     def train_step(self, state, x, g):
