@@ -15,12 +15,13 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 Dtype = Literal["float16", "bfloat16", "float32", "float64"]
+NOT_CASE_FILES = {"known_differences.toml", "bench.toml"}  # the ledger and the benchmark configurations
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
 
 
@@ -72,7 +73,7 @@ class StudentT(_Strict):
     scale: float = Field(1.0, ge=0)
 
 
-Generator = Annotated[Union[Normal, Uniform, Constant, Ramp, StudentT], Field(discriminator="kind")]
+Generator = Annotated[Normal | Uniform | Constant | Ramp | StudentT, Field(discriminator="kind")]
 
 
 class ChannelOverride(_Strict):
@@ -317,7 +318,7 @@ def load_cases(paths) -> list[Case]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.glob("*.toml") if f.name != "known_differences.toml"))
+            files.extend(sorted(f for f in p.glob("*.toml") if f.name not in NOT_CASE_FILES))
         elif p.exists():
             files.append(p)
         else:
@@ -338,7 +339,7 @@ def cases_hash(paths) -> str:
     h = hashlib.sha256()
     files: list[Path] = []
     for p in map(Path, paths):
-        files.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
+        files.extend(sorted(f for f in p.glob("*.toml") if f.name != "bench.toml") if p.is_dir() else [p])
     for f in sorted(files):
         h.update(f.name.encode())
         h.update(f.read_bytes())

@@ -20,7 +20,8 @@ def _run(argv: list[str]) -> int:
 def _cases(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bnparity cases", description="Validate and list the case catalogue.")
     p.add_argument("paths", nargs="*", default=["cases"])
-    p.add_argument("--ledger", default=None, help="also validate this ledger (default: <first path>/known_differences.toml)")
+    p.add_argument("--ledger", default=None,
+                   help="also validate this ledger (default: <first path>/known_differences.toml)")
     args = p.parse_args(argv)
     from harness.cases import CaseError, load_cases
     from harness.ledger import load_ledger

@@ -137,6 +137,52 @@ class TorchAdapter(Adapter):
         state["bn"].eval()
         return self._call(state, x, g)
 
+    # -- benchmark hooks (bnparity bench) ------------------------------------------
+    bench_variants = ("eager", "compile")
+
+    def bench_devices(self) -> tuple[str, ...]:
+        import torch
+
+        return ("cuda",) if torch.cuda.is_available() else ()
+
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
+        """A zero-argument call of BN alone (inputs already on the device), synchronized."""
+        import torch
+
+        if variant == "compile" and (case.dtype != "float32" or case.layout != "channels_first"):
+            return None  # inductor compiles take ~10-60 s each: float32 channels_first only
+        state = self.build(case, data)
+        bn = state["bn"].to(device)
+        x = self._tensor(case, data.x[0]).to(device)
+        if case.layout == "channels_last" and case.rank in (4, 5):
+            fmt = torch.channels_last if case.rank == 4 else torch.channels_last_3d
+            x = x.contiguous(memory_format=fmt)
+        g = self._tensor(case, data.g[0]).to(device).contiguous(memory_format=torch.preserve_format)
+        xg = x.detach().clone().requires_grad_(True)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        fwd = torch.compile(bn, dynamic=False) if variant == "compile" else bn
+
+        def train_fwd():
+            bn.train()
+            with torch.no_grad():
+                fwd(x)
+            sync()
+
+        def train_fwd_bwd():
+            bn.train()
+            xg.grad = None
+            bn.zero_grad(set_to_none=True)
+            fwd(xg).backward(g)
+            sync()
+
+        def eval_fwd():
+            bn.eval()
+            with torch.no_grad():
+                fwd(x)
+            sync()
+
+        return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}[mode]
+
     def describe(self, state, info):
         info["module"] = type(state["bn"]).__name__
         info["memory_format"] = state.get("memory_format")

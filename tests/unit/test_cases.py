@@ -35,7 +35,8 @@ BAD = [
     ("bad name", 'name = "has space"\nshape = [4, 3]\n', "name", "letters"),
     ("override channel", GOOD + 'channel_overrides = [{ channels = [5], input = { kind = "constant" } }]\n',
      "(case)", "out of range"),
-    ("bad regex", GOOD + '[case.expect_raise.torch]\ntype = "ValueError"\nmatch = "("\n', "expect_raise.torch.match", ""),
+    ("bad regex", GOOD + '[case.expect_raise.torch]\ntype = "ValueError"\nmatch = "("\n',
+     "expect_raise.torch.match", "regular expression"),
     ("short tolerance reason", GOOD + "tolerance = { factor = 2.0, reason = 'why' }\n", "tolerance.reason", ""),
 ]
 

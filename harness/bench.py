@@ -1,0 +1,325 @@
+"""``bnparity bench``: how fast is BatchNorm in each adapter, against what this machine delivers?
+
+Configurations come from ``cases/bench.toml``. For each adapter that implements
+``bench_callable(case, data, mode, variant, device)`` (and each variant it lists in
+``bench_variants``: eager, compiled, ...), each configuration, dtype, layout and mode
+(``train_fwd`` with the running-stat update, ``train_fwd_bwd``, ``eval_fwd``) is timed in the
+adapter's own worker process, one adapter at a time, with the same thread count everywhere.
+
+The limit is measured, not assumed: a STREAM-like copy and add with NumPy on one thread, at
+each configuration's working-set size and far beyond the last-level cache. Each BN call must
+at least read x and write y (plus read g and write dx for the backward); achieved GB/s over the
+median time, as a fraction of the measured bandwidth, says how close an adapter gets.
+
+Records (``kind: "benchmark"`` and ``kind: "bandwidth"``, after a ``header``) go to
+``reports/<env>/bench.jsonl`` and merge in ``bnparity report`` like parity results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.adapters.base import Adapter, Conventions, discover, load_spec
+from harness.cases import Case
+from harness.inputs import build, np_dtype
+from harness.results import ResultsWriter, header
+
+MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
+TARGET_CV = 0.03
+
+
+# -- timing ------------------------------------------------------------------------
+
+def _autorange(fn: Callable[[], Any], floor_s: float = 2e-3) -> int:
+    """Calls per sample so that one sample lasts at least ``floor_s`` (timer resolution)."""
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if time.perf_counter() - t0 >= floor_s or n >= 1 << 16:
+            return n
+        n *= 2
+
+
+def measure(fn: Callable[[], Any], budget_s: float, min_reps: int = 10) -> dict[str, Any]:
+    """Warm up until compilation and caches are done, then sample until CV <= 3% or the budget ends."""
+    warm_t0 = time.perf_counter()
+    prev = None
+    for _ in range(50):  # warm-up: until two consecutive calls agree within 20%
+        t0 = time.perf_counter()
+        fn()
+        t = time.perf_counter() - t0
+        if prev is not None and abs(t - prev) <= 0.2 * max(t, prev):
+            break
+        prev = t
+        if time.perf_counter() - warm_t0 > max(budget_s, 30.0):
+            break
+    warmup_s = time.perf_counter() - warm_t0
+    number = _autorange(fn)
+    samples: list[float] = []
+    t_start = time.perf_counter()
+    cv = math.inf
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) / number)
+        if len(samples) >= min_reps:
+            cv = statistics.pstdev(samples) / statistics.fmean(samples)
+            if cv <= TARGET_CV or time.perf_counter() - t_start > budget_s:
+                break
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return {"median_s": float(med), "min_s": float(min(samples)), "q1_s": float(q1), "q3_s": float(q3),
+            "reps": len(samples) * number, "samples": len(samples), "cv": float(cv),
+            "stable": bool(cv <= TARGET_CV), "warmup_s": warmup_s}
+
+
+# -- the machine's limit ------------------------------------------------------------
+
+def llc_bytes() -> int | None:
+    """The largest cache the OS reports (may be huge on a VM: only used to pick sizes)."""
+    best = None
+    for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = p.read_text().strip()
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        val = int(text.rstrip("KMG")) * mult
+        best = max(best or 0, val)
+    return best
+
+
+def bandwidth(nbytes: int, budget_s: float = 0.5) -> dict[str, float]:
+    """STREAM-like copy (read a, write b) and add (read a, b; write c) on one thread, in GB/s."""
+    n = max(nbytes // 8, 1024)
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    c = np.empty_like(a)
+    copy = measure(lambda: np.copyto(b, a), budget_s)
+    add = measure(lambda: np.add(a, b, out=c), budget_s)
+    item = a.itemsize
+    return {"size_bytes": int(n * item * 2), "copy_gbs": 2 * n * item / copy["median_s"] / 1e9,
+            "add_gbs": 3 * n * item / add["median_s"] / 1e9, "copy_cv": copy["cv"], "add_cv": add["cv"]}
+
+
+def min_bytes(shape: tuple[int, ...], dtype: str, mode: str) -> int:
+    """Bytes a BN call must move at least: x in, y out (+ g in, dx out for the backward)."""
+    n = math.prod(shape) * np_dtype(dtype).itemsize
+    return 4 * n if mode == "train_fwd_bwd" else 2 * n
+
+
+# -- configurations -------------------------------------------------------------------
+
+def load_configs(path: Path, quick: bool) -> list[Case]:
+    raw = tomllib.loads(Path(path).read_text())
+    out = []
+    for cfg in raw.get("config", []):
+        if bool(cfg.get("quick")) != quick:
+            continue
+        for dtype in cfg.get("dtypes", ["float32"]):
+            for layout in cfg.get("layouts", ["channels_first"]):
+                out.append(Case(name=f"{cfg['name']}.{dtype}.{layout}", shape=tuple(cfg["shape"]), dtype=dtype,
+                                layout=layout, steps=1, momentum=0.1, eps=1e-5, tags=(cfg["name"],),
+                                description=cfg.get("description", ""), file=str(path)))
+    return out
+
+
+# -- the worker side ------------------------------------------------------------------
+
+def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: float,
+                devices: tuple[str, ...]) -> list[dict[str, Any]]:
+    from harness.workers import _get
+
+    adapter, _ = _get(spec)
+    rows = []
+    for device in devices:
+        for case in cases:
+            reason = adapter.supports(case)
+            data = build(case)
+            for variant in getattr(adapter, "bench_variants", ("eager",)):
+                for mode in modes:
+                    row = {"config": case.tags[0], "case": case.name, "shape": list(case.shape), "dtype": case.dtype,
+                           "layout": case.layout, "mode": mode, "variant": variant, "device": device}
+                    if reason:
+                        rows.append({**row, "status": "skip", "reason": reason})
+                        continue
+                    try:
+                        fn = adapter.bench_callable(case, data, mode, variant, device)
+                        if fn is None:
+                            rows.append({**row, "status": "skip", "reason": f"{variant} {mode} not offered"})
+                            continue
+                        rows.append({**row, "status": "ok", **measure(fn, budget_s)})
+                    except Exception as e:  # a framework error costs that row only
+                        rows.append({**row, "status": "error", "reason": f"{type(e).__name__}: {str(e)[:300]}"})
+    return rows
+
+
+class NumpyReference(Adapter):
+    """A float32 two-pass BN in NumPy: the reference row of the benchmark (not a parity adapter)."""
+
+    name = "numpy-ref"
+    framework = "numpy"
+    conventions = Conventions("weight_of_new", "unbiased", 1e-5, 0.1, "channels_first")
+    supports_dtypes = ("float32",)
+    bench_variants = ("eager",)
+
+    def bench_callable(self, case, data, mode, variant, device):
+        if device != "cpu":
+            return None
+        x, g = data.x[0], data.g[0]
+        ax = case.channel_axis % x.ndim
+        axes = tuple(i for i in range(x.ndim) if i != ax)
+        shape = [1] * x.ndim
+        shape[ax] = -1
+        gamma, beta = data.gamma.reshape(shape), data.beta.reshape(shape)
+        rm, rv = data.running_mean.copy(), data.running_var.copy()
+        n = x.size // x.shape[ax]
+
+        def train_fwd():
+            mean = x.mean(axis=axes, keepdims=True)
+            xc = x - mean
+            var = np.mean(xc * xc, axis=axes, keepdims=True)
+            inv = 1.0 / np.sqrt(var + 1e-5)
+            rm[:] = 0.9 * rm + 0.1 * mean.reshape(-1)
+            rv[:] = 0.9 * rv + 0.1 * var.reshape(-1) * (n / (n - 1))
+            return xc * (inv * gamma) + beta, xc, inv
+
+        def fwd_bwd():
+            y, xc, inv = train_fwd()
+            xhat = xc * inv
+            dbeta = g.sum(axis=axes, keepdims=True)
+            dgamma = (g * xhat).sum(axis=axes, keepdims=True)
+            return gamma * inv * (g - dbeta / n - xhat * dgamma / n)
+
+        def eval_fwd():
+            return (x - rm.reshape(shape)) * (gamma / np.sqrt(rv.reshape(shape) + 1e-5)) + beta
+
+        return {"train_fwd": train_fwd, "train_fwd_bwd": fwd_bwd, "eval_fwd": eval_fwd}[mode]
+
+
+NUMPY_REF = NumpyReference()
+
+
+# -- the command ----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bnparity bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapters", default="", help="comma-separated adapter names (default: all that offer bench)")
+    ap.add_argument("--quick", action="store_true", help="one small configuration, a short budget")
+    ap.add_argument("--config", default="cases/bench.toml")
+    ap.add_argument("--budget", type=float, default=None, help="seconds of sampling per row (default 1.0; quick 0.05)")
+    ap.add_argument("--env", default=os.environ.get("BNPARITY_ENV", "local"))
+    ap.add_argument("--out", default=None, help="default: reports/<env>/bench.jsonl")
+    ap.add_argument("--threads", default="1", help="intra-op threads for every framework (default 1)")
+    args = ap.parse_args(argv)
+    budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
+    cases = load_configs(Path(args.config), args.quick)
+    specs = {"numpy-ref": "harness.bench:NUMPY_REF", **discover()}
+    wanted = [a for a in args.adapters.split(",") if a] or list(specs)
+    out = Path(args.out or Path("reports") / args.env / "bench.jsonl")
+    from harness.workers import Workers
+
+    adapters = {}
+    for name in wanted:
+        if name not in specs:
+            print(f"bnparity bench: unknown adapter {name!r}; known: {sorted(specs)}", file=sys.stderr)
+            return 2
+        try:
+            adapters[name] = load_spec(specs[name])
+        except Exception as e:
+            print(f"{name}: cannot load ({e})")
+    versions = {}
+    for a in adapters.values():
+        versions.update(a.versions())
+    versions["numpy"] = np.__version__
+    writer = ResultsWriter(out, header(args.env, versions, "", mode="bench", threads=args.threads,
+                                       machine=_machine(args.threads)))
+    sizes = sorted({min_bytes(c.shape, c.dtype, "train_fwd") for c in cases})
+    llc = llc_bytes() or 32 << 20
+    big = min(max(8 * llc, 256 << 20), 2 << 30)
+    bws: list[dict[str, Any]] = []
+    for size in [*sizes, big]:
+        bw = bandwidth(size, 0.2 if args.quick else 0.5)
+        bws.append(bw)
+        bw.update(kind="bandwidth", env=args.env, threads=args.threads, beyond_llc=size == big,
+                  llc_reported_bytes=llc)
+        writer.write([bw])
+        print(f"bandwidth at {bw['size_bytes'] / 2**20:8.1f} MiB: copy {bw['copy_gbs']:6.1f} GB/s, "
+              f"add {bw['add_gbs']:6.1f} GB/s{'  (beyond the LLC)' if size == big else ''}")
+    workers = Workers(out.parent / "logs", threads=args.threads)
+    try:
+        for name, adapter in adapters.items():
+            reason = adapter.available() or (None if hasattr(adapter, "bench_callable") else "no bench_callable")
+            if reason:
+                writer.write([{"kind": "benchmark", "env": args.env, "adapter": name, "status": "skip",
+                               "reason": reason}])
+                print(f"{name}: skip ({reason})")
+                continue
+            devices = ("cpu", *getattr(adapter, "bench_devices", lambda: ())())
+            pool = workers._pool(name, specs[name], adapter.worker_env)
+            t0 = time.perf_counter()
+            future = pool.pool.schedule(_bench_task, args=(specs[name], cases, MODES, budget, devices),
+                                        timeout=3600)
+            try:
+                rows = future.result()
+            except Exception as e:
+                rows = [{"status": "error", "reason": f"worker: {type(e).__name__}: {e}"}]
+            for r in rows:
+                r.update(kind="benchmark", env=args.env, adapter=name, framework=adapter.framework,
+                         framework_version=adapter.framework_version(), threads=args.threads)
+                if r.get("status") == "ok":
+                    _bandwidth_fields(r, bws)
+            writer.write(rows)
+            ok = [r for r in rows if r.get("status") == "ok"]
+            print(f"{name}: {len(ok)} rows timed, {len(rows) - len(ok)} skipped/failed, "
+                  f"{time.perf_counter() - t0:.1f} s")
+    finally:
+        workers.close()
+        writer.finish("complete")
+    print(f"results: {out}")
+    return 0
+
+
+def _bandwidth_fields(r: dict[str, Any], bws: list[dict[str, Any]]) -> None:
+    """Achieved GB/s, and its fraction of the copy bandwidth measured nearest the working set and beyond the LLC."""
+    nbytes = min_bytes(tuple(r["shape"]), r["dtype"], r["mode"])
+    r["bytes"] = nbytes
+    r["gbs"] = nbytes / r["median_s"] / 1e9
+    near = min(bws, key=lambda b: abs(math.log(b["size_bytes"]) - math.log(max(nbytes, 1))))
+    far = max(bws, key=lambda b: b["size_bytes"])
+    r["bw_fraction"] = r["gbs"] / near["copy_gbs"]
+    r["bw_fraction_dram"] = r["gbs"] / far["copy_gbs"]
+
+
+def _machine(threads: str) -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "threads_used": threads, "memory_bytes": mem,
+            "llc_reported_bytes": llc_bytes()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

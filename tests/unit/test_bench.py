@@ -1,0 +1,33 @@
+"""`bnparity bench --quick` exercises the benchmark path end to end (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_writes_benchmark_and_bandwidth_records(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    env = {**os.environ, "BNPARITY_ADAPTERS": "tests.fakes:NumpyBN", "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "harness.bench", "--quick", "--adapters", "numpy-ref,fake-good",
+                          "--config", str(REPO / "cases" / "bench.toml"), "--out", str(out), "--env", "t"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    head, rest = recs[0], recs[1:]
+    assert head["kind"] == "header" and head["mode"] == "bench" and head["status"] == "complete"
+    assert head["machine"]["cores"] >= 1 and head["threads"] == "1"
+    bw = [r for r in rest if r["kind"] == "bandwidth"]
+    assert bw and any(r["beyond_llc"] for r in bw) and all(r["copy_gbs"] > 0 for r in bw)
+    rows = [r for r in rest if r["kind"] == "benchmark" and r["adapter"] == "numpy-ref"]
+    assert {r["mode"] for r in rows} == {"train_fwd", "train_fwd_bwd", "eval_fwd"}
+    for r in rows:
+        assert r["status"] == "ok" and r["min_s"] <= r["median_s"] and r["q1_s"] <= r["q3_s"]
+        assert r["bytes"] > 0 and r["gbs"] > 0 and r["bw_fraction"] > 0 and isinstance(r["stable"], bool)
+    fake = [r for r in rest if r["kind"] == "benchmark" and r["adapter"] == "fake-good"]
+    assert fake and fake[0]["status"] == "skip" and "bench_callable" in fake[0]["reason"]
