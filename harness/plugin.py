@@ -285,8 +285,10 @@ def _timings(state: State) -> dict[str, dict[str, float]]:
         t = out[c["adapter"]]
         w, info = c.get("worker", {}), c.get("info", {})
         t["cells"] += 1
-        t["worker_starts"] += 1 if "import_s" in w else 0
-        t["import_s"] += w.get("import_s", 0.0)
+        if "import_s" in w:  # a worker's first case: spawn + import + this case
+            t["worker_starts"] += 1
+            t["import_s"] += w["import_s"]
+            t["startup_s"] += max(c.get("wall_s", 0.0) - w["import_s"] - info.get("compute_s", 0.0), 0.0)
         t["compute_s"] += info.get("compute_s", 0.0)
         t["compile_s"] += info.get("compile_s", 0.0)
         t["compiles"] += info.get("compiles", 0)
@@ -332,7 +334,8 @@ def _summary(state: State, tr) -> None:
     t = _timings(state)
     if t:
         tr.write_line("time per adapter (s): " + "; ".join(
-            f"{a}: import {v.get('import_s', 0):.1f} in {int(v.get('worker_starts', 0))} worker(s), "
+            f"{a}: {int(v.get('worker_starts', 0))} worker start(s) {v.get('startup_s', 0):.1f}, "
+            f"import {v.get('import_s', 0):.1f}, "
             f"compute {v.get('compute_s', 0):.2f}, compile {v.get('compile_s', 0):.2f} "
             f"({int(v.get('compiles', 0))}x), worker round-trips {v.get('worker_wall_s', 0):.2f}"
             for a, v in sorted(t.items())))

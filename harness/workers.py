@@ -106,7 +106,6 @@ class Workers:
         self.in_process = in_process
         self.threads = threads
         self._workers: dict[str, _Worker] = {}
-        self.stats: dict[str, dict[str, float]] = {}
 
     def _pool(self, name: str, spec: str, env: dict[str, str]) -> _Worker:
         w = self._workers.get(name)
@@ -122,10 +121,6 @@ class Workers:
                                context=multiprocessing.get_context("spawn"))
             w = self._workers[name] = _Worker(pool, log, time.perf_counter())
         return w
-
-    def _stat(self, name: str, key: str, value: float) -> None:
-        s = self.stats.setdefault(name, {})
-        s[key] = s.get(key, 0.0) + value
 
     def run(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float) -> Outcome:
         """Run one case in the adapter's worker and wait for it."""
@@ -169,7 +164,6 @@ class Workers:
 
     def _done(self, name: str, out: Outcome, t0: float) -> Outcome:
         out.wall_s = time.perf_counter() - t0
-        self._account(name, out)
         return out
 
     @staticmethod
@@ -181,21 +175,6 @@ class Workers:
         except OSError:
             return ""
         return text[-limit:]
-
-    def _account(self, name: str, out: Outcome) -> None:
-        info = out.worker
-        if "import_s" in info:
-            self._stat(name, "import_s", info["import_s"])
-            self._stat(name, "worker_starts", 1)
-        if out.observed is not None:
-            compute = out.observed.info.get("compute_s", 0.0)
-            self._stat(name, "compute_s", compute)
-            self._stat(name, "compile_s", out.observed.info.get("compile_s", 0.0))
-            self._stat(name, "compiles", out.observed.info.get("compiles", 0))
-            self._stat(name, "overhead_s", out.wall_s - compute - info.get("import_s", 0.0))
-        self._stat(name, "cases", 1)
-        if out.status != "returned":
-            self._stat(name, out.status, 1)
 
     def close(self) -> None:
         for w in self._workers.values():
