@@ -101,16 +101,19 @@ class Workers:
     """Per-adapter worker pools, created on first use and closed at the end."""
 
     def __init__(self, log_dir: Path | None = None, in_process: bool = False,
-                 threads: str = DEFAULT_THREADS):
+                 threads: str = DEFAULT_THREADS, max_live: int = 3):
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bnparity-workers-"))
         self.in_process = in_process
         self.threads = threads
+        self.max_live = max_live  # framework processes kept alive at once (memory: TF and JAX take ~0.5 GB each)
         self._workers: dict[str, _Worker] = {}
 
     def _pool(self, name: str, spec: str, env: dict[str, str]) -> _Worker:
-        w = self._workers.get(name)
+        w = self._workers.pop(name, None)
         if w is None:
             from pebble import ProcessPool
+
+            self._retire(keep=self.max_live - 1)
 
             self.log_dir.mkdir(parents=True, exist_ok=True)
             tag = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -119,8 +122,15 @@ class Workers:
                         "PYTHONUNBUFFERED": "1", **env}
             pool = ProcessPool(max_workers=1, initializer=_worker_init, initargs=(full_env, str(log)),
                                context=multiprocessing.get_context("spawn"))
-            w = self._workers[name] = _Worker(pool, log, time.perf_counter())
+            w = _Worker(pool, log, time.perf_counter())
+        self._workers[name] = w  # most recently used last
         return w
+
+    def _retire(self, keep: int) -> None:
+        """Close the least recently used workers beyond ``keep`` (cells come grouped by adapter)."""
+        while len(self._workers) > keep:
+            oldest = next(iter(self._workers))
+            _shutdown(self._workers.pop(oldest))
 
     def run(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float) -> Outcome:
         """Run one case in the adapter's worker and wait for it."""
@@ -180,9 +190,15 @@ class Workers:
         for w in self._workers.values():
             w.pool.close()
         for w in self._workers.values():
-            try:
-                w.pool.join(timeout=10)
-            except Exception:
-                w.pool.stop()
-                w.pool.join()
+            _shutdown(w)
         self._workers.clear()
+
+
+def _shutdown(w: _Worker) -> None:
+    """Let the worker finish and exit; kill it if it does not within 10 s."""
+    w.pool.close()
+    try:
+        w.pool.join(timeout=10)
+    except Exception:
+        w.pool.stop()
+        w.pool.join()
