@@ -3,7 +3,7 @@
 Each ``[[difference]]`` scopes one real, understood discrepancy:
 
     [[difference]]
-    id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # PEP 440, on the adapter's framework
+    id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # adapter: glob or list; PEP 440 versions
     cases = "batch1_*"      # name glob (or a list); or tags = ["..."]
     quantity = "running_var*"   # glob (or list of globs) over quantity names; "outcome" = raise/crash/timeout
     kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
@@ -34,7 +34,7 @@ ALLOWED = set(REQUIRED) | {"versions", "cases", "tags"}
 @dataclass(frozen=True)
 class Entry:
     id: str
-    adapter: str
+    adapter: tuple[str, ...]
     quantity: tuple[str, ...]
     kind: str
     observed: str
@@ -46,7 +46,7 @@ class Entry:
 
     def applies(self, case: Case, adapter: str, version: str | None) -> bool:
         """Does this entry scope the (case, adapter) cell at this framework version?"""
-        if not fnmatch.fnmatchcase(adapter, self.adapter):
+        if not any(fnmatch.fnmatchcase(adapter, a) for a in self.adapter):
             return False
         if self.versions:
             if version is None:
@@ -106,5 +106,5 @@ def load_ledger(path: Path | None) -> list[Entry]:
             raise CaseError(f"{where}: field 'id': duplicate")
         seen.add(body["id"])
         entries.append(Entry(**{**body, "cases": _tuple(body.get("cases", ())), "tags": _tuple(body.get("tags", ())),
-                                "quantity": _tuple(body["quantity"])}))
+                                "quantity": _tuple(body["quantity"]), "adapter": _tuple(body["adapter"])}))
     return entries

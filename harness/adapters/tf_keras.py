@@ -1,0 +1,129 @@
+"""tf-keras (legacy Keras 2): ``tf_keras.layers.BatchNormalization(fused=True / fused=False)``.
+
+The two paths store different running variances: the fused kernel (``FusedBatchNormV3``)
+returns the Bessel-corrected batch variance, ``n / max(n - 1, 1)`` on CPU, and the layer keeps
+it (``_bessels_correction_test_only = True`` disables the undo); the non-fused path uses
+``tf.nn.moments``, biased. Each adapter declares its own estimator.
+
+``fused=True`` is accepted only for 4D inputs with axis 1 or 3, 5D with axis 1 or 4, and a
+float16 / bfloat16 / float32 compute dtype; elsewhere the layer raises, so the fused adapter
+skips those cases with the reason. ``info["fused"]`` records the path the built layer took.
+
+Dtypes as in the Keras 3 adapters: the case dtype as the layer dtype for float32 / float64,
+the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls, gradients from
+``tf.GradientTape``. Source: tf_keras/src/layers/normalization/batch_normalization.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness.adapters.base import Adapter, Conventions
+from harness.adapters.keras3 import KERAS_CONVENTIONS, dtype_policy, keras_axis, setup_tf, tf_info
+from harness.adapters.tf_raw import TF_ENV, tf_distribution
+from harness.cases import Case
+from harness.inputs import CaseData
+
+
+class TFKerasAdapter(Adapter):
+    framework = "tf-keras"
+    requires = ("tf_keras", "tensorflow")
+    worker_env = {**TF_ENV, "TF_USE_LEGACY_KERAS": "1"}
+
+    def __init__(self, fused: bool):
+        self.fused = fused
+        self.name = "tf-keras-fused" if fused else "tf-keras-nonfused"
+        self.conventions = Conventions(
+            **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"},
+            notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
+                   if fused else "fused=False: tf.nn.moments (two-pass, biased); moving average as assign_sub"),
+        )
+
+    def distributions(self) -> tuple[str, ...]:
+        tf_dist = tf_distribution()
+        return ("tf-keras", *((tf_dist,) if tf_dist else ()))
+
+    def supports(self, case: Case) -> str | None:
+        reason = super().supports(case)
+        if reason:
+            return reason
+        if not case.track_running_stats:
+            return "tf-keras BatchNormalization always tracks moving statistics (no track_running_stats=False)"
+        if dtype_policy(case) is None:
+            return f"no tf-keras dtype policy has variables in {case.resolved_param_dtype} and compute in {case.dtype}"
+        if self.fused:
+            if case.rank not in (4, 5):
+                return f"fused=True needs a 4D or 5D input (the layer raises for {case.rank}D)"
+            if case.dtype == "float64":
+                return "fused=True needs a float16/bfloat16/float32 compute dtype (FusedBatchNormV3 has no float64)"
+        return None
+
+    def settings(self, case: Case) -> dict[str, Any]:
+        out = super().settings(case)
+        out.update(axis=keras_axis(case), dtype_policy=dtype_policy(case), fused=self.fused)
+        return out
+
+    def setup(self) -> None:
+        setup_tf()
+        import tf_keras  # noqa: F401 - imported once here, timed as the worker's import
+
+    def build(self, case: Case, data: CaseData) -> Any:
+        import tf_keras
+
+        m = self.mapped(case)
+        policy = dtype_policy(case)
+        kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.affine, scale=case.affine, fused=self.fused,
+                                      dtype=tf_keras.mixed_precision.Policy(policy))
+        if not case.use_defaults:
+            kwargs.update(momentum=m.momentum, epsilon=m.eps)
+        layer = tf_keras.layers.BatchNormalization(**kwargs)
+        layer.build(case.physical_shape)
+        if case.affine:
+            layer.gamma.assign(data.gamma)
+            layer.beta.assign(data.beta)
+        layer.moving_mean.assign(data.running_mean)
+        layer.moving_variance.assign(data.running_var)
+        return {"layer": layer, "case": case}
+
+    def _call(self, state, x, g, training: bool) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        layer, case = state["layer"], state["case"]
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt, training=training)
+        params = [layer.gamma, layer.beta] if case.affine and training else []
+        grads = tape.gradient(y, [xt, *params], output_gradients=tf.cast(tf.constant(g), y.dtype))
+        state["output_dtype"] = y.dtype.name
+        out = {"y": y.numpy(), "dx": grads[0].numpy()}
+        if params:
+            out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
+        return out
+
+    def train_step(self, state, x, g):
+        out = self._call(state, x, g, training=True)
+        layer = state["layer"]
+        out["running_mean"] = layer.moving_mean.numpy()
+        out["running_var"] = layer.moving_variance.numpy()
+        return out
+
+    def eval_step(self, state, x, g):
+        return self._call(state, x, g, training=False)
+
+    def describe(self, state, info):
+        layer = state["layer"]
+        info["fused"] = bool(layer.fused)
+        info["data_format"] = getattr(layer, "_data_format", None) if layer.fused else None
+        info["dtype_policy"] = layer.dtype_policy.name
+        info["output_dtype"] = state.get("output_dtype")
+        info["moving_stats_dtype"] = layer.moving_mean.dtype.name
+        info["epsilon"] = float(layer.epsilon)
+        info["momentum"] = float(layer.momentum)
+        tf_info(info)
+
+
+FUSED = TFKerasAdapter(fused=True)
+NONFUSED = TFKerasAdapter(fused=False)
