@@ -1,0 +1,326 @@
+"""Flax: ``flax.linen.BatchNorm`` and ``flax.nnx.BatchNorm``, jitted, gradients by ``jax.vjp``.
+
+Four adapters: linen and nnx, each with the default ``use_fast_variance=True`` (one-pass
+``max(0, E[x^2] - E[x]^2)``, what users run) and with ``use_fast_variance=False`` (two-pass),
+so the report shows what the flag buys.
+
+What is compared is what a user's *jitted* training and eval steps return: one ``jax.jit``
+program per step computes y, the running statistics and the vjp of ``sum(y * g)`` with respect
+to the input and scale/bias (through the batch statistics), as a ``jit``-ed train step would.
+Eager (op-by-op) execution can round differently from the fused program; users jit.
+
+Compile once per structure. ``momentum`` and ``epsilon`` are plain module attributes that
+Flax only uses arithmetically, so the module is constructed (linen) or merged from a graphdef
+built with placeholder values (nnx) *inside* the jitted function, with momentum and eps as
+traced arguments. They are passed as Python floats, which JAX traces as weakly typed scalars:
+with x64 on, ``1 - momentum`` is computed in float64 and cast into the statistics' dtype
+exactly as a Python constant baked into the trace would be, so the values are those of the
+user's program (checked bitwise against constant-baked programs when this adapter was written),
+and a new eps or momentum costs no compilation. Programs are cached by ``jax.jit`` on module
+level functions, keyed by static structure (axis, flags, nnx graphdef) and argument shapes and
+dtypes, so they persist across cases in the worker. Compilations are counted by a
+``jax.monitoring`` listener (every trace, lowering and backend compile in the worker during
+the case, the adapter's own or not) and reported as ``info["compiles"]`` and ``info["compile_s"]``.
+
+float64: the worker runs with ``JAX_ENABLE_X64=1`` (and every call runs under
+``jax.enable_x64(True)``, so ``--in-process`` runs match without leaking the setting to other
+JAX adapters). Float32 and lower cases still compute in float32: their arrays are float32 and
+the only float64 values in those programs are the weakly typed eps/momentum scalars, which
+``info["program_f64_arrays"]`` records per program (False means no float64 array anywhere).
+
+Threads: with ``BNPARITY_THREADS=1`` (the default) the worker sets the XLA CPU single-thread
+flags before jaxlib loads; other counts leave XLA's own threading. ``BNPARITY_JAX_CACHE_DIR``
+(opt-in) turns on JAX's persistent compilation cache, which cuts a re-run's compile time about
+five-fold; hits are reported as ``info["compile_cache_hits"]``, not as compiles.
+
+Cases without running statistics (``track_running_stats = false``) are run the way a Flax user
+gets that behaviour: eval also calls with ``use_running_average=False`` and drops the update.
+
+Sources: flax/linen/normalization.py (_compute_stats, _normalize, BatchNorm),
+flax/nnx/nn/normalization.py (BatchNorm), at
+https://github.com/google/flax/tree/18f8f311c275d57f46d95e41b15aa97b454754c0 (identical to 0.12.8).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any
+
+import numpy as np
+
+from harness.adapters.base import Adapter, Conventions
+from harness.cases import Case
+from harness.inputs import CaseData
+
+# The XLA CPU recipe for one intra-op thread (jax-ml/jax#743, #1539); read when jaxlib loads.
+# intra_op_parallelism_threads=N for N > 1 is reported to crash, so other counts set nothing.
+_ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_F64_ARRAY = re.compile(r"tensor<(?:\d+x)+f64>")
+
+# -- compile accounting (one listener per worker process) ------------------------------
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_compile_log: list[tuple[str, float, str]] = []
+_listening = False
+
+
+def _on_duration(event: str, duration: float, **kwargs: Any) -> None:
+    if event in _COMPILE_EVENTS:
+        _compile_log.append((event, duration, str(kwargs.get("fun_name", ""))))
+
+
+def _on_event(event: str, **kwargs: Any) -> None:
+    if event == _CACHE_HIT_EVENT:  # a persistent-cache hit still runs inside backend_compile_duration
+        _compile_log.append((event, 0.0, ""))
+
+
+def _ensure_listener() -> None:
+    global _listening
+    if not _listening:  # once per process: four adapter objects share this module in an --in-process run
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        jax.monitoring.register_event_listener(_on_event)
+        _listening = True
+
+
+# -- the jitted programs (module level, so jax.jit's cache lives as long as the worker) ----------
+
+_PROGRAMS: dict[tuple, Any] = {}
+_F64_CHECKED: dict[tuple, bool] = {}
+
+
+def _linen_program(mode: str, axis: int, fast: bool, affine: bool, param_dtype: str):
+    """A jitted linen train or eval step: (x, g, params, stats, momentum, eps) -> outputs."""
+    key = ("linen", mode, axis, fast, affine, param_dtype)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+    import flax.linen as nn
+    import jax
+
+    def module(momentum, eps, use_running_average: bool):
+        return nn.BatchNorm(use_running_average=use_running_average, axis=axis, momentum=momentum, epsilon=eps,
+                            use_scale=affine, use_bias=affine, use_fast_variance=fast, param_dtype=param_dtype)
+
+    def train(x, g, params, stats, momentum, eps):
+        bn = module(momentum, eps, False)
+
+        def f(x, params):
+            y, updated = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+            return y, updated["batch_stats"]
+
+        y, vjp, new_stats = jax.vjp(f, x, params, has_aux=True)
+        dx, dparams = vjp(g.astype(y.dtype))
+        return y, dx, dparams, new_stats
+
+    def evaluate(x, g, params, stats, momentum, eps):
+        # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
+        bn = module(momentum, eps, mode == "eval")
+
+        def f(x):
+            if mode == "eval":
+                return bn.apply({"params": params, "batch_stats": stats}, x)
+            return bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])[0]
+
+        y, vjp = jax.vjp(f, x)
+        return y, vjp(g.astype(y.dtype))[0]
+
+    fn = jax.jit(train if mode == "train" else evaluate)
+    _PROGRAMS[key] = fn
+    return fn
+
+
+def _nnx_graphdef(channels: int, axis: int, fast: bool, affine: bool, param_dtype: str):
+    """The static structure of an nnx.BatchNorm (built abstractly: no arrays, no compilation)."""
+    key = ("nnx-graphdef", channels, axis, fast, affine, param_dtype)
+    if key not in _PROGRAMS:
+        from flax import nnx
+
+        # momentum and epsilon here are placeholders: the programs set the traced values
+        abstract = nnx.eval_shape(lambda: nnx.BatchNorm(channels, axis=axis, use_scale=affine, use_bias=affine,
+                                                        use_fast_variance=fast, param_dtype=param_dtype,
+                                                        rngs=nnx.Rngs(0)))
+        _PROGRAMS[key] = nnx.graphdef(abstract)
+    return _PROGRAMS[key]
+
+
+def _nnx_program(mode: str, graphdef):
+    key = ("nnx", mode, graphdef)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+    import jax
+    from flax import nnx
+
+    def merged(params, stats, momentum, eps, train: bool):
+        # copy=True: fresh Variables at the current trace level, so the stat update may mutate them
+        bn = nnx.merge(graphdef, nnx.State({**params, **stats}), copy=True)
+        bn.momentum, bn.epsilon = momentum, eps
+        if train:
+            bn.train()
+        else:
+            bn.eval()
+        return bn
+
+    def train(x, g, params, stats, momentum, eps):
+        def f(x, params):
+            bn = merged(params, stats, momentum, eps, True)
+            y = bn(x)
+            return y, {"mean": bn.mean[...], "var": bn.var[...]}
+
+        y, vjp, new_stats = jax.vjp(f, x, params, has_aux=True)
+        dx, dparams = vjp(g.astype(y.dtype))
+        return y, dx, dparams, new_stats
+
+    def evaluate(x, g, params, stats, momentum, eps):
+        y, vjp = jax.vjp(lambda x: merged(params, stats, momentum, eps, mode != "eval")(x), x)
+        return y, vjp(g.astype(y.dtype))[0]
+
+    fn = jax.jit(train if mode == "train" else evaluate)
+    _PROGRAMS[key] = fn
+    return fn
+
+
+class FlaxAdapter(Adapter):
+    """One Flax BatchNorm path: ``api`` is "linen" or "nnx", ``fast`` is ``use_fast_variance``."""
+
+    framework = "flax"
+    requires = ("flax", "jax")
+    conventions = Conventions(
+        momentum_style="decay_of_old",
+        running_var_estimator="biased",
+        default_eps=1e-5,
+        default_momentum=0.99,
+        native_layout="channels_last",
+        single_value_training="computes",
+        notes="stats in at least float32; output dtype = result_type(x, scale, bias) (float32 for float16/bfloat16 "
+              "inputs with float32 params); centered form (x - mean) * rsqrt(var + eps) * scale + bias",
+    )
+    # float64 cases need x64; float32 cases stay float32 (see the module docstring)
+    worker_env = {"JAX_ENABLE_X64": "1"}
+
+    def __init__(self, name: str, api: str, fast: bool):
+        self.name, self.api, self.fast = name, api, fast
+        variance = "one-pass max(0, E[x^2] - E[x]^2)" if fast else "two-pass E[(x - E[x])^2]"
+        self.conventions = Conventions(**{**self.conventions.as_dict(),
+                                          "notes": f"use_fast_variance={fast}: {variance}; {self.conventions.notes}"})
+
+    def distributions(self) -> tuple[str, ...]:
+        return ("flax", "jax", "jaxlib")
+
+    def settings(self, case: Case) -> dict[str, Any]:
+        out = super().settings(case)
+        out["training_flags"] = {"api": f"flax.{self.api}.BatchNorm", "use_fast_variance": self.fast,
+                                 "use_scale": case.affine, "use_bias": case.affine, "dtype": None,
+                                 "param_dtype": case.resolved_param_dtype, "jit": True}
+        return out
+
+    # -- worker side ------------------------------------------------------------------
+    def setup(self) -> None:
+        self._flags_applied = "jax" not in sys.modules
+        flags = os.environ.get("XLA_FLAGS", "")
+        if (self._flags_applied and os.environ.get("BNPARITY_THREADS", "1") == "1"
+                and "xla_cpu_multi_thread_eigen" not in flags):
+            os.environ["XLA_FLAGS"] = f"{flags} {_ONE_THREAD_FLAGS}".strip()
+        _ensure_listener()
+        cache = os.environ.get("BNPARITY_JAX_CACHE_DIR")
+        if cache:  # opt-in: JAX's persistent cache returns the executable a compile would produce
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        import flax.linen  # noqa: F401  (import cost belongs to the worker, not to the first case)
+        import flax.nnx  # noqa: F401
+
+    def run(self, case: Case, data: CaseData):
+        import jax
+
+        _ensure_listener()
+        start = len(_compile_log)
+        with jax.enable_x64(True):
+            obs = super().run(case, data)
+        new = _compile_log[start:]
+        hits = sum(1 for e, _, _ in new if e == _CACHE_HIT_EVENT)
+        obs.info["compiles"] = sum(1 for e, _, _ in new if e.endswith("backend_compile_duration")) - hits
+        if hits:
+            obs.info["compile_cache_hits"] = hits
+        obs.info["compile_s"] = sum(d for _, d, _ in new)
+        obs.info["compiled"] = sorted({n for e, _, n in new if e.endswith("backend_compile_duration")})
+        return obs
+
+    def build(self, case: Case, data: CaseData) -> Any:
+        m = self.mapped(case)
+        pdt = case.resolved_param_dtype
+        if self.api == "linen":
+            train = _linen_program("train", m.axis, self.fast, case.affine, pdt)
+            evaluate = _linen_program("eval" if case.track_running_stats else "eval_batch_stats", m.axis, self.fast,
+                                      case.affine, pdt)
+        else:
+            gd = _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, pdt)
+            train = _nnx_program("train", gd)
+            evaluate = _nnx_program("eval" if case.track_running_stats else "eval_batch_stats", gd)
+        params = {"scale": data.gamma, "bias": data.beta} if case.affine else {}
+        stats = {"mean": data.running_mean, "var": data.running_var}
+        # Python floats: traced as weakly typed scalars (see the module docstring)
+        return {"case": case, "train": train, "eval": evaluate, "params": params, "stats": stats,
+                "hyper": (float(m.momentum), float(m.eps)), "dtypes": {}}
+
+    def _check_program(self, state, fn, args) -> None:
+        """Record once per program whether a float64 array appears in a non-float64 case's program."""
+        case = state["case"]
+        if case.dtype == "float64":
+            return
+        import jax
+
+        key = (id(fn), tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args[:4])))
+        if key not in _F64_CHECKED:
+            _F64_CHECKED[key] = bool(_F64_ARRAY.search(fn.lower(*args).as_text()))
+        state["f64_arrays"] = state.get("f64_arrays", False) or _F64_CHECKED[key]
+
+    def train_step(self, state, x, g):
+        args = (x, g, state["params"], state["stats"], *state["hyper"])
+        self._check_program(state, state["train"], args)
+        y, dx, dparams, new_stats = state["train"](*args)
+        out = {"y": np.asarray(y), "dx": np.asarray(dx)}
+        if state["case"].affine:
+            out["dgamma"] = np.asarray(dparams["scale"])
+            out["dbeta"] = np.asarray(dparams["bias"])
+        if state["case"].track_running_stats:
+            state["stats"] = new_stats
+            out["running_mean"] = np.asarray(new_stats["mean"])
+            out["running_var"] = np.asarray(new_stats["var"])
+        state["dtypes"].update({"y": str(y.dtype), "dx": str(dx.dtype), "running_var": str(new_stats["var"].dtype)})
+        return out
+
+    def eval_step(self, state, x, g):
+        args = (x, g, state["params"], state["stats"], *state["hyper"])
+        self._check_program(state, state["eval"], args)
+        y, dx = state["eval"](*args)
+        state["dtypes"].update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
+        return {"y": np.asarray(y), "dx": np.asarray(dx)}
+
+    def describe(self, state, info):
+        import jax
+
+        info["module"] = f"flax.{self.api}.BatchNorm"
+        info["use_fast_variance"] = self.fast
+        info["output_dtypes"] = state["dtypes"]
+        info["jit"] = True
+        info["backend"] = jax.default_backend()
+        info["x64"] = True
+        if "f64_arrays" in state:
+            info["program_f64_arrays"] = state["f64_arrays"]
+        info["xla_flags"] = os.environ.get("XLA_FLAGS", "") if getattr(self, "_flags_applied", False) else (
+            "not applied: jax was imported before this adapter's setup (in-process run)")
+        if not state["case"].contiguous:
+            info["strides"] = "JAX arrays have no strides: the same values, contiguous"
+
+
+LINEN = FlaxAdapter("flax-linen", "linen", fast=True)
+LINEN_TWOPASS = FlaxAdapter("flax-linen-twopass", "linen", fast=False)
+NNX = FlaxAdapter("flax-nnx", "nnx", fast=True)
+NNX_TWOPASS = FlaxAdapter("flax-nnx-twopass", "nnx", fast=False)
