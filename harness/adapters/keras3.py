@@ -128,6 +128,14 @@ class Keras3Adapter(Adapter):
         self._jit_cache: dict[tuple, Any] = {}
 
     # -- parent side ------------------------------------------------------------------
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason is None:
+            version = self.versions().get("keras", "")
+            if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 3:
+                reason = f"keras {version} is Keras 2, not Keras 3 (the tf-keras adapters cover it)"
+        return reason
+
     def distributions(self) -> tuple[str, ...]:
         backend = {"tensorflow": TF_DISTRIBUTIONS, "jax": ("jax", "jaxlib"), "torch": ("torch",)}[self.backend]
         return ("keras", *backend)

@@ -16,6 +16,8 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -27,10 +29,39 @@ from harness.cases import Case
 from harness.inputs import CaseData
 
 
+def keras2_distribution() -> str | None:
+    """Which distribution provides legacy Keras 2: ``tf-keras``, or ``keras`` 2.x (TF <= 2.15's ``tf.keras``)."""
+    for dist in ("tf-keras", "keras"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if dist == "tf-keras" or version.startswith("2."):
+            return dist
+    return None
+
+
+def keras2():
+    """The Keras 2 module: ``tf_keras``, or ``tf.keras`` where TensorFlow still ships Keras 2."""
+    if keras2_distribution() == "tf-keras":
+        import tf_keras
+
+        return tf_keras
+    import tensorflow as tf
+
+    return tf.keras
+
+
 class TFKerasAdapter(Adapter):
     framework = "tf-keras"
-    requires = ("tf_keras", "tensorflow")
-    worker_env = {**TF_ENV, "TF_USE_LEGACY_KERAS": "1"}
+    requires = ("tensorflow",)
+
+    @property
+    def worker_env(self) -> dict[str, str]:  # type: ignore[override]
+        """TF_USE_LEGACY_KERAS=1 routes tf.keras to tf-keras on TF >= 2.16; TF 2.15's tf.keras is Keras 2
+        already, and setting it there without tf-keras installed sends the lazy loader into a recursion."""
+        legacy = {"TF_USE_LEGACY_KERAS": "1"} if keras2_distribution() == "tf-keras" else {}
+        return {**TF_ENV, **legacy}
 
     def __init__(self, fused: bool):
         self.fused = fused
@@ -41,9 +72,20 @@ class TFKerasAdapter(Adapter):
                    if fused else "fused=False: tf.nn.moments (two-pass, biased); moving average as assign_sub"),
         )
 
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason is None and keras2_distribution() is None:
+            reason = "no Keras 2: neither tf-keras nor keras 2.x (TensorFlow <= 2.15) is installed"
+        return reason
+
     def distributions(self) -> tuple[str, ...]:
         tf_dist = tf_distribution()
-        return ("tf-keras", *((tf_dist,) if tf_dist else ()))
+        return (keras2_distribution() or "tf-keras", *((tf_dist,) if tf_dist else ()))
+
+    def framework_version(self) -> str | None:
+        """The Keras 2 version: tf-keras's, or the keras 2.x that TensorFlow <= 2.15 ships as tf.keras."""
+        dist = keras2_distribution()
+        return self.versions().get(dist) if dist else None
 
     def supports(self, case: Case) -> str | None:
         reason = super().supports(case)
@@ -67,11 +109,10 @@ class TFKerasAdapter(Adapter):
 
     def setup(self) -> None:
         setup_tf()
-        import tf_keras  # noqa: F401 - imported once here, timed as the worker's import
+        keras2()  # imported once here, timed as the worker's import
 
     def build(self, case: Case, data: CaseData) -> Any:
-        import tf_keras
-
+        tf_keras = keras2()
         m = self.mapped(case)
         policy = dtype_policy(case)
         kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.affine, scale=case.affine, fused=self.fused,
