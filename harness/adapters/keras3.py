@@ -102,6 +102,24 @@ def tf_info(info: dict[str, Any]) -> None:
     info["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
 
 
+def tape_call(state: dict, x: np.ndarray, g: np.ndarray, training: bool, params_of) -> dict[str, np.ndarray]:
+    """Call a Keras layer on TensorFlow under a GradientTape; y, dx (and dgamma, dbeta in training)."""
+    import tensorflow as tf
+
+    layer, case = state["layer"], state["case"]
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, training=training)
+    params = params_of(layer) if case.affine and training else []
+    grads = tape.gradient(y, [xt, *params], output_gradients=tf.cast(tf.constant(g), y.dtype))
+    state["output_dtype"] = y.dtype.name
+    out = {"y": y.numpy(), "dx": grads[0].numpy()}
+    if params:
+        out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
+    return out
+
+
 class Keras3Adapter(Adapter):
     """``keras.layers.BatchNormalization`` on one Keras 3 backend."""
 
@@ -214,20 +232,7 @@ class Keras3Adapter(Adapter):
 
     # -- TensorFlow ---------------------------------------------------------------------
     def _tf_call(self, state, x, g, training: bool) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        layer, case = state["layer"], state["case"]
-        xt = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y = layer(xt, training=training)
-        params = [layer.gamma.value, layer.beta.value] if case.affine and training else []
-        grads = tape.gradient(y, [xt, *params], output_gradients=tf.cast(tf.constant(g), y.dtype))
-        state["output_dtype"] = y.dtype.name
-        out = {"y": y.numpy(), "dx": grads[0].numpy()}
-        if params:
-            out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
-        return out
+        return tape_call(state, x, g, training, lambda layer: [layer.gamma.value, layer.beta.value])
 
     # -- torch ---------------------------------------------------------------------------
     def _torch_call(self, state, x, g, training: bool) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from harness.adapters.base import Adapter, Conventions
-from harness.adapters.keras3 import KERAS_CONVENTIONS, dtype_policy, keras_axis, setup_tf, tf_info
+from harness.adapters.keras3 import KERAS_CONVENTIONS, dtype_policy, keras_axis, setup_tf, tape_call, tf_info
 from harness.adapters.tf_raw import TF_ENV, tf_distribution
 from harness.cases import Case
 from harness.inputs import CaseData
@@ -129,20 +129,7 @@ class TFKerasAdapter(Adapter):
         return {"layer": layer, "case": case}
 
     def _call(self, state, x, g, training: bool) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        layer, case = state["layer"], state["case"]
-        xt = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y = layer(xt, training=training)
-        params = [layer.gamma, layer.beta] if case.affine and training else []
-        grads = tape.gradient(y, [xt, *params], output_gradients=tf.cast(tf.constant(g), y.dtype))
-        state["output_dtype"] = y.dtype.name
-        out = {"y": y.numpy(), "dx": grads[0].numpy()}
-        if params:
-            out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
-        return out
+        return tape_call(state, x, g, training, lambda layer: [layer.gamma, layer.beta])
 
     def train_step(self, state, x, g):
         out = self._call(state, x, g, training=True)
