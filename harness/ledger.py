@@ -4,7 +4,7 @@ Each ``[[difference]]`` scopes one real, understood discrepancy:
 
     [[difference]]
     id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # adapter: glob or list; PEP 440 versions
-    cases = "batch1_*"      # name glob (or a list); or tags = ["..."]
+    cases = "batch1_*"      # name glob (or a list); or tags = ["..."]; not_cases = [...] excludes
     quantity = "running_var*"   # glob (or list of globs) over quantity names; "outcome" = raise/crash/timeout
     kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
     observed = "what was measured"; reason = "why"; link = "https://..."
@@ -28,7 +28,7 @@ from harness.cases import Case, CaseError
 
 KINDS = ("framework bug", "numerical weakness", "undocumented behaviour")
 REQUIRED = ("id", "adapter", "quantity", "kind", "observed", "reason", "link")
-ALLOWED = set(REQUIRED) | {"versions", "cases", "tags"}
+ALLOWED = set(REQUIRED) | {"versions", "cases", "tags", "not_cases"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Entry:
     versions: str = ""
     cases: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    not_cases: tuple[str, ...] = ()
 
     def applies(self, case: Case, adapter: str, version: str | None) -> bool:
         """Does this entry scope the (case, adapter) cell at this framework version?"""
@@ -60,7 +61,7 @@ class Entry:
             return False
         if self.tags and not set(self.tags) & set(case.tags):
             return False
-        return True
+        return not any(fnmatch.fnmatchcase(case.name, p) for p in self.not_cases)
 
     def covers(self, quantity: str) -> bool:
         return any(fnmatch.fnmatchcase(quantity, q) for q in self.quantity)
@@ -106,5 +107,6 @@ def load_ledger(path: Path | None) -> list[Entry]:
             raise CaseError(f"{where}: field 'id': duplicate")
         seen.add(body["id"])
         entries.append(Entry(**{**body, "cases": _tuple(body.get("cases", ())), "tags": _tuple(body.get("tags", ())),
+                                "not_cases": _tuple(body.get("not_cases", ())),
                                 "quantity": _tuple(body["quantity"]), "adapter": _tuple(body["adapter"])}))
     return entries

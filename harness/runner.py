@@ -134,14 +134,16 @@ def _apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[En
     used: set[str] = set()
     for r in records:
         if r["verdict"] in FAILING and r["verdict"] != "stale":
-            for e in entries:
-                if e.covers(r["quantity"]):
-                    r["verdict"] = "known"
-                    r["ledger"] = e.as_record()
-                    used.add(e.id)
-                    break
+            explaining = [e for e in entries if e.covers(r["quantity"])]
+            if explaining:  # every entry that explains a failure is in use, the first is shown
+                r["verdict"] = "known"
+                r["ledger"] = explaining[0].as_record()
+                r["ledger_ids"] = [e.id for e in explaining]
+                used.update(e.id for e in explaining)
+    compared = {r["quantity"] for r in records if r["verdict"] not in ("skip",) and r["quantity"] != "outcome"}
     for e in entries:
-        if e.id not in used:
+        # an entry is judged only where what it covers was compared (not when the call raised or crashed)
+        if e.id not in used and (any(e.covers(q) for q in compared) or e.covers("outcome")):
             records.append({**{k: records[0][k] for k in ("kind", "env", "case", "adapter", "framework",
                                                           "framework_version")},
                             "quantity": "|".join(e.quantity), "step": None, "verdict": "stale",

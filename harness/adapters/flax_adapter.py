@@ -184,6 +184,17 @@ def _nnx_program(mode: str, graphdef):
     return fn
 
 
+def _enable_x64(jax):
+    """``jax.enable_x64`` (new JAX) or ``jax.experimental.enable_x64`` (JAX 0.4.x)."""
+    fn = getattr(jax, "enable_x64", None)
+    if fn is None:
+        from jax.experimental import enable_x64 as fn
+    return fn
+
+
+NNX_MIN_FLAX = "0.10"
+
+
 class FlaxAdapter(Adapter):
     """One Flax BatchNorm path: ``api`` is "linen" or "nnx", ``fast`` is ``use_fast_variance``."""
 
@@ -210,6 +221,17 @@ class FlaxAdapter(Adapter):
 
     def distributions(self) -> tuple[str, ...]:
         return ("flax", "jax", "jaxlib")
+
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason is None and self.api == "nnx":
+            from packaging.version import Version
+
+            version = self.versions().get("flax", "0")
+            if Version(version) < Version(NNX_MIN_FLAX):
+                reason = (f"flax {version}: its flax.nnx predates the API this adapter drives (nnx.merge(copy=...), "
+                          f"BatchNorm.train()/.eval(); seen missing in 0.8.5); needs flax >= {NNX_MIN_FLAX}")
+        return reason
 
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)
@@ -241,7 +263,7 @@ class FlaxAdapter(Adapter):
 
         _ensure_listener()
         start = len(_compile_log)
-        with jax.enable_x64(True):
+        with _enable_x64(jax)(True):
             obs = super().run(case, data)
         new = _compile_log[start:]
         hits = sum(1 for e, _, _ in new if e == _CACHE_HIT_EVENT)
