@@ -72,6 +72,8 @@ class State:
         self.workers: Workers | None = None
         self.writer: ResultsWriter | None = None
         self.matrix: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        self.html: Path | None = None
+        self.html_error: str | None = None
         self.cells: list[dict[str, Any]] = []
 
     @property
@@ -297,14 +299,13 @@ def _timings(state: State) -> dict[str, dict[str, float]]:
 
 
 def _write_html(state: State) -> None:
+    """Render reports/<env>/index.html; a failure is reported, never allowed to cost the results."""
+    from harness.report import render_paths
+
     try:
-        from harness.report import render_paths
-    except ImportError:
-        return
-    try:
-        render_paths([state.writer.path], state.writer.path.parent / "index.html")
-    except Exception as e:  # the report must never cost the results
-        state.writer.head.setdefault("report_error", repr(e))
+        state.html = render_paths([state.writer.path], state.writer.path.parent / "index.html")
+    except Exception as e:
+        state.html_error = f"{type(e).__name__}: {e}"
 
 
 def _summary(state: State, tr) -> None:
@@ -341,3 +342,7 @@ def _summary(state: State, tr) -> None:
             for a, v in sorted(t.items())))
     if state.writer is not None:
         tr.write_line(f"results: {state.writer.path}")
+    if state.html is not None:
+        tr.write_line(f"report: {state.html}")
+    if state.html_error:
+        tr.write_line(f"report NOT written: {state.html_error}", red=True)

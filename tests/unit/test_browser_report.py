@@ -1,0 +1,188 @@
+"""The report in a real browser: Debian's chromium driven by Playwright (the Python package only).
+
+Opens a generated report from disk (file://, no network), applies filters, sorts, opens a
+cell's detail and checks the reproducer is there, for both the plain and the gzip-packed data
+blob; saves a screenshot under tmp_path (and to docs/report.png when that file is missing or
+BNPARITY_UPDATE_SCREENSHOT=1). Skips only when chromium or Playwright is missing and CI is
+not set; under CI a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import report
+from harness.cases import Case, load_cases
+from harness.report_sample import cell_records, header, synthetic, write
+
+REPO = Path(__file__).resolve().parents[2]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-quic", "--disable-sync"]
+EVIL = "<img src=x onerror=window.__pwned=1>"
+
+
+def _chromium() -> str | None:
+    for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if p and Path(p).exists():
+            return p
+    return None
+
+
+def _need_browser():
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "the playwright Python package is not installed (pip install playwright; no browser download)"
+        sync_playwright = None
+    exe = _chromium()
+    if exe is None and reason is None:
+        reason = "chromium is not installed (apt-get install chromium)"
+    if reason:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"browser test under CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return sync_playwright, exe
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_playwright, exe = _need_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two environments of sample data over part of the catalogue, one of them interrupted."""
+    tmp = tmp_path_factory.mktemp("results")
+    cases = [c for c in load_cases([REPO / "cases"])
+             if c.sweep and c.sweep["name"] in ("offset", "eps") or "batch1" in c.tags or c.use_defaults]
+    adapters = ["torch", "keras3-tensorflow", "keras3-jax", "tf-keras-fused", "flax-linen", "flax-nnx"]
+    return synthetic(tmp, ["current", "tf215"], adapters, cases=cases, seed=4, bad_fraction=0.12,
+                     statuses={"tf215": "interrupted"})
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]", timeout=30_000)
+    assert page.get_attribute("body", "data-ready") == "1", errors
+    return page, errors, requests
+
+
+def _visible_rows(page) -> int:
+    return page.evaluate("""() => [...document.querySelectorAll('#matrix-table tbody tr[data-r]')]
+        .filter(tr => tr.style.display !== 'none').length""")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["json", "gzip"])
+def test_report_in_chromium(browser, results: list[Path], tmp_path: Path, compress: bool) -> None:
+    html = report.render_paths(results, tmp_path / "index.html", compress=compress)
+    page, errors, requests = _open(browser, html.as_uri())
+    all_rows = _visible_rows(page)
+    assert all_rows > 10
+    assert page.locator("#partial-banner").is_visible()
+
+    # filter: failing cells only -> fewer rows, each with a failing cell left undimmed
+    page.select_option("#f-verdict", "failing")
+    failing_rows = _visible_rows(page)
+    assert 0 < failing_rows < all_rows
+    assert page.evaluate("""() => [...document.querySelectorAll('#matrix-table tbody tr[data-r]')]
+        .filter(tr => tr.style.display !== 'none')
+        .every(tr => [...tr.querySelectorAll('td')].some(td => !td.classList.contains('dim')
+            && /v-(fail|stale|raised|crashed|timeout)/.test(td.className)))""")
+    # filter: one adapter -> only its columns are displayed
+    page.select_option("#f-adapter", "keras3-jax")
+    shown = page.evaluate("""() => [...document.querySelectorAll('#matrix-table th.ad-h')]
+        .filter(th => getComputedStyle(th).display !== 'none').map(th => th.textContent.trim())""")
+    assert shown and set(shown) == {"keras3-jax"}
+    page.click("#f-reset")
+    assert _visible_rows(page) == all_rows
+    # free text and tag
+    page.fill("#f-text", "offset_1e")
+    page.wait_for_timeout(300)
+    names = page.evaluate("""() => [...document.querySelectorAll('#matrix-table tbody tr[data-r]')]
+        .filter(tr => tr.style.display !== 'none').map(tr => tr.querySelector('th').textContent)""")
+    assert names and all("offset_1e" in n for n in names)
+    page.click("#f-reset")
+    page.select_option("#f-tag", "defaults")
+    assert 0 < _visible_rows(page) < all_rows
+    page.click("#f-reset")
+    # quantity filter repaints the cells from the detail data
+    page.select_option("#f-quantity", "running_var")
+    assert page.locator("#matrix-table td.v-pass").count() > 0
+    page.click("#f-reset")
+
+    # sort by a column: the worst cell comes first in its group
+    first_col = page.locator("#matrix-table th.ad-h").first
+    first_col.click()
+    assert first_col.get_attribute("aria-sort") == "ascending"
+
+    # open the detail of a failing cell
+    page.select_option("#f-verdict", "fail")
+    cell = page.locator("#matrix-table td.v-fail:not(.dim)").first
+    cell.click()
+    drawer = page.locator("#detail")
+    assert drawer.is_visible()
+    assert page.locator("#d-body table.q tbody tr").count() >= 8
+    assert page.locator("#d-body .start").count() == 1
+    script = page.locator("#repro-script").inner_text()
+    assert "CASE = json.loads" in script and "ADAPTER = " in script and "def oracle(" in script
+    assert page.locator("#d-body", has_text="momentum as passed").count() == 1
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    page.click("#copy-repro")
+    page.wait_for_function("() => /copied|select/.test(document.querySelector('#d-body .ok').textContent)")
+    page.keyboard.press("Escape")
+    assert not drawer.is_visible()
+
+    # portability: a pair table for the first case
+    page.select_option("#p-q", "running_var")
+    assert page.locator("#p-table td").count() > 0
+
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
+    if not compress:
+        docs = REPO / "docs" / "report.png"
+        if not docs.exists() or os.environ.get("BNPARITY_UPDATE_SCREENSHOT") == "1":
+            docs.parent.mkdir(exist_ok=True)
+            shutil.copyfile(shot, docs)
+    page.close()
+
+
+def test_markup_in_results_stays_text_in_chromium(browser, tmp_path: Path) -> None:
+    """A case name and an exception message holding markup render as text; nothing runs."""
+    case = Case.model_validate({"name": "markup", "shape": [8, 2], "tags": ["structure"]})
+    recs = cell_records(case, "torch", "e", "2.13.0", np.random.default_rng(0), "raised")
+    recs += cell_records(case, "keras3-jax", "e", "3.15.1", np.random.default_rng(1), "fail")
+    for r in recs:
+        r["case"] = EVIL
+        if r.get("quantity") == "outcome" and r["verdict"] == "raised":
+            r["exception_message"] = f"</script><script>window.__pwned=2</script>{EVIL}"
+    paths = [write(tmp_path / "e" / "results.jsonl", header("e", ["torch", "keras3-jax"]), recs)]
+    for compress in (False, True):
+        html = report.render_paths(paths, tmp_path / f"evil{int(compress)}.html", compress=compress)
+        page, errors, _ = _open(browser, html.as_uri())
+        assert page.locator("th.case", has_text=EVIL).count() == 1
+        page.locator("#matrix-table td.v-raised").first.click()
+        assert EVIL in page.locator("#d-title").inner_text()
+        assert "</script><script>window.__pwned=2</script>" in page.locator("#d-body").inner_text()
+        assert page.evaluate("() => window.__pwned") is None
+        assert page.locator("#d-body img").count() == 0 and page.locator("th.case img").count() == 0
+        assert not errors, errors
+        page.close()
