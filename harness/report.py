@@ -415,7 +415,8 @@ def _jinja() -> Environment:
     return env
 
 
-def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plots: bool = True) -> str:
+def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plots: bool = True,
+           bench: dict[str, Any] | None = None) -> str:
     """The report as one HTML string. ``compress``: None = gzip the blob only when it is large."""
     b = Builder(model, gaps=gaps)
     blob = b.blob()
@@ -443,15 +444,17 @@ def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plo
         "verdicts": list(SEVERITY), "payload": payload, "encoding": encoding,
         "ncases": len(model.cases), "ncells": len(model.cells), "failing": FAILING, "differing": DIFFERING,
         "css": Markup((TEMPLATES / "report.css").read_text()), "js": Markup((TEMPLATES / "report.js").read_text()),
-        "multi_env": len(model.envs) > 1,
+        "multi_env": len(model.envs) > 1, "bench": bench,
     }
     return env.get_template("report.html.j2").render(**ctx)
 
 
 def render_paths(paths: list[Path], out: Path, **kw: Any) -> Path:
     """Read results files (or folders holding them) and write one self-contained HTML report to ``out``."""
+    from harness import report_bench
+
     model = load(paths)
-    html = render(model, **kw)
+    html = render(model, bench=report_bench.section(paths), **kw)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -482,7 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    html = render(model, compress=compress, plots=not args.no_plots)
+    from harness import report_bench
+
+    bench = None if args.no_plots else report_bench.section(args.paths)
+    html = render(model, compress=compress, plots=not args.no_plots, bench=bench)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     os.replace(tmp, out)

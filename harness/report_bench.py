@@ -1,0 +1,118 @@
+"""The report's benchmark section, from ``bench.jsonl`` files written by ``bnparity bench``.
+
+Per configuration, a bar chart of the median time per adapter and variant (whiskers: the
+inter-quartile range), a plot of achieved bandwidth as a fraction of the measured copy
+bandwidth against tensor size, and the raw figures; the measured machine bandwidth on top.
+Figures are matplotlib SVGs embedded as ``<img>`` data URIs, like the sweep plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.results import read
+
+MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
+
+
+def find(paths: Iterable[Path | str]) -> list[Path]:
+    """bench.jsonl files named directly, or in DIR/ or DIR/*/ (next to results.jsonl)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.name.endswith("bench.jsonl"):
+            out.append(p)
+        elif p.is_file() and (p.parent / "bench.jsonl").is_file():  # beside a results.jsonl
+            out.append(p.parent / "bench.jsonl")
+        elif p.is_dir():
+            out.extend(sorted({*p.glob("bench.jsonl"), *p.glob("*/bench.jsonl")}))
+    return out
+
+
+def load(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """One entry per file: its header, bandwidth records and benchmark rows."""
+    runs = []
+    for path in find(paths):
+        head, records = read(path)
+        runs.append({"path": str(path), "env": head.get("env", path.parent.name), "head": head,
+                     "bandwidth": [r for r in records if r.get("kind") == "bandwidth"],
+                     "rows": [r for r in records if r.get("kind") == "benchmark"]})
+    return runs
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue().encode()).decode()
+
+
+def _label(r: dict[str, Any], multi_env: bool) -> str:
+    lab = f"{r['adapter']} {r['variant']}" + (f" [{r['device']}]" if r.get("device", "cpu") != "cpu" else "")
+    return f"{lab} ({r['env']})" if multi_env else lab
+
+
+def section(paths: Iterable[Path | str]) -> dict[str, Any] | None:
+    """Everything the template shows, or None when there is no benchmark file."""
+    runs = load(paths)
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    multi_env = len({r["env"] for r in runs}) > 1
+    rows = [{**r, "env": run["env"]} for run in runs for r in run["rows"]]
+    ok = [r for r in rows if r.get("status") == "ok"]
+    machines = [{"env": run["env"], **(run["head"].get("machine") or {}),
+                 "bandwidth": sorted(run["bandwidth"], key=lambda b: b["size_bytes"])} for run in runs]
+    by_case: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        by_case[r["case"]].append(r)
+    charts = []
+    for case, rs in sorted(by_case.items()):
+        labels = sorted({_label(r, multi_env) for r in rs})
+        fig, axes = plt.subplots(1, len(MODES), figsize=(4.2 * len(MODES), 0.32 * len(labels) + 1.4), sharey=True)
+        for ax, mode in zip(axes, MODES):
+            pick = {_label(r, multi_env): r for r in rs if r["mode"] == mode}
+            ys = range(len(labels))
+            med = [pick[lab]["median_s"] * 1e3 if lab in pick else 0 for lab in labels]
+            lo = [(pick[lab]["median_s"] - pick[lab]["q1_s"]) * 1e3 if lab in pick else 0 for lab in labels]
+            hi = [(pick[lab]["q3_s"] - pick[lab]["median_s"]) * 1e3 if lab in pick else 0 for lab in labels]
+            colors = ["#c0504d" if lab in pick and not pick[lab]["stable"] else "#4f81bd" for lab in labels]
+            ax.barh(list(ys), med, xerr=[lo, hi], color=colors, capsize=2)
+            ax.set_title(mode, fontsize=9)
+            ax.set_xlabel("median ms (IQR whiskers; red: CV > 3%)", fontsize=7)
+            ax.tick_params(labelsize=7)
+        axes[0].set_yticks(list(range(len(labels))), labels)
+        fig.suptitle(case, fontsize=10)
+        best = {m: min((r for r in rs if r["mode"] == m), key=lambda r: r["median_s"], default=None) for m in MODES}
+        charts.append({"case": case, "uri": _svg(fig), "best": best})
+    frac_uri = None
+    if ok:
+        fig, axes = plt.subplots(1, len(MODES), figsize=(4.2 * len(MODES), 3.4), sharey=True)
+        for ax, mode in zip(axes, MODES):
+            series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+            for r in ok:
+                if r["mode"] == mode and r.get("bw_fraction") is not None:
+                    series[_label(r, multi_env)].append((r["bytes"], r["bw_fraction"]))
+            for lab, pts in sorted(series.items()):
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=lab)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(mode, fontsize=9)
+            ax.set_xlabel("bytes moved at minimum per call", fontsize=7)
+            ax.tick_params(labelsize=7)
+        axes[0].set_ylabel("fraction of measured copy bandwidth", fontsize=7)
+        axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        frac_uri = _svg(fig)
+    table = sorted(rows, key=lambda r: (r.get("case", ""), r.get("mode", ""), r.get("median_s") or 1e9))
+    return {"machines": machines, "charts": charts, "fraction_plot": frac_uri, "table": table,
+            "skipped": [r for r in rows if r.get("status") != "ok"], "multi_env": multi_env}
