@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import io
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from harness.results import read
 
