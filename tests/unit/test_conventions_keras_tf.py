@@ -127,14 +127,18 @@ def test_modes_no_keras_or_tf_path_has(adapter):
     assert adapter.supports(case(contiguous=False)) is None  # same values; no strides to vary
 
 
-def test_worker_environments():
+def test_worker_environments(monkeypatch):
     for a, backend in ((keras3.TENSORFLOW, "tensorflow"), (keras3.JAX, "jax"), (keras3.TORCH, "torch")):
         assert a.worker_env["KERAS_BACKEND"] == backend
         assert a.framework == "keras"
     assert keras3.JAX.worker_env["JAX_ENABLE_X64"] == "1"
     for a in (tf_keras.FUSED, tf_keras.NONFUSED):
-        assert a.worker_env["TF_USE_LEGACY_KERAS"] == "1"
         assert a.framework == "tf-keras"
+        # tf-keras provides Keras 2: route tf.keras to it; TF <= 2.15's own Keras 2: leave it alone
+        monkeypatch.setattr(tf_keras, "keras2_distribution", lambda: "tf-keras")
+        assert a.worker_env["TF_USE_LEGACY_KERAS"] == "1"
+        monkeypatch.setattr(tf_keras, "keras2_distribution", lambda: "keras")
+        assert "TF_USE_LEGACY_KERAS" not in a.worker_env
     assert tf_raw.RAW.framework == tf_raw.FUSED.framework == "tensorflow"
     assert all(a.worker_env["TF_CPP_MIN_LOG_LEVEL"] == "3" for a in ALL)
 
