@@ -119,13 +119,18 @@ class Adapter:
         return None
 
     def versions(self) -> dict[str, str]:
+        # reading distribution metadata costs ~3 ms (an email-header parse): once per adapter object
+        cached = self.__dict__.get("_versions")
+        if cached is not None:
+            return dict(cached)
         out = {}
         for dist in self.distributions():
             try:
                 out[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
                 pass
-        return out
+        self.__dict__["_versions"] = out
+        return dict(out)
 
     def distributions(self) -> tuple[str, ...]:
         return (self.framework,) if self.framework else ()
