@@ -184,6 +184,46 @@ def _nnx_program(mode: str, graphdef):
     return fn
 
 
+def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, affine: bool, param_dtype: str,
+                           graphdef=None):
+    """A jitted forward-only call for ``bnparity bench``: (x, params, stats, momentum, eps) -> y (, new stats).
+
+    The module is built as in the parity programs above; fwd+bwd reuses the parity train program itself.
+    """
+    key = ("bench", api, train, axis, fast, affine, param_dtype, graphdef)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+    import jax
+
+    if api == "linen":
+        import flax.linen as nn
+
+        def forward(x, params, stats, momentum, eps):
+            bn = nn.BatchNorm(use_running_average=not train, axis=axis, momentum=momentum, epsilon=eps,
+                              use_scale=affine, use_bias=affine, use_fast_variance=fast, param_dtype=param_dtype)
+            variables = {"params": params, "batch_stats": stats}
+            if not train:
+                return bn.apply(variables, x)
+            y, updated = bn.apply(variables, x, mutable=["batch_stats"])
+            return y, updated["batch_stats"]
+    else:
+        from flax import nnx
+
+        def forward(x, params, stats, momentum, eps):
+            bn = nnx.merge(graphdef, nnx.State({**params, **stats}), copy=True)
+            bn.momentum, bn.epsilon = momentum, eps
+            if not train:
+                bn.eval()
+                return bn(x)
+            bn.train()
+            y = bn(x)
+            return y, {"mean": bn.mean[...], "var": bn.var[...]}
+
+    fn = jax.jit(forward)
+    _PROGRAMS[key] = fn
+    return fn
+
+
 def _enable_x64(jax):
     """``jax.enable_x64`` (new JAX) or ``jax.experimental.enable_x64`` (JAX 0.4.x)."""
     fn = getattr(jax, "enable_x64", None)
@@ -324,6 +364,56 @@ class FlaxAdapter(Adapter):
         y, dx = state["eval"](*args)
         state["dtypes"].update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
         return {"y": np.asarray(y), "dx": np.asarray(dx)}
+
+
+    # -- benchmark hooks (bnparity bench) ------------------------------------------
+    bench_variants = ("jit",)  # Flax users jit their steps; op-by-op Flax is not a configuration anyone runs
+
+    def bench_devices(self) -> tuple[str, ...]:
+        from harness.adapters.keras3 import gpu_visible
+
+        return ("gpu",) if gpu_visible("jax") else ()
+
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
+        """A zero-argument call of one jitted BatchNorm step in ``mode``, inputs already on the device.
+
+        The worker runs with x64 on (``worker_env``), so these calls hit the programs parity traced.
+        """
+        if variant not in self.bench_variants or (mode == "eval_fwd" and not case.track_running_stats):
+            return None
+        import jax
+
+        state = self.build(case, data)
+        m = self.mapped(case)
+        dev = jax.devices(device)[0]
+        # Python floats become weakly typed scalars, as the parity calls pass them: same programs, no per-call transfer
+        x, g, params, momentum, eps = jax.device_put((data.x[0], data.g[0], state["params"], *state["hyper"]), dev)
+        held = {"stats": jax.device_put(state["stats"], dev)}
+        tracked = case.track_running_stats
+        if mode == "train_fwd_bwd":
+            step = state["train"]
+
+            def train_fwd_bwd():
+                y, dx, dparams, new_stats = step(x, g, params, held["stats"], momentum, eps)
+                if tracked:
+                    held["stats"] = new_stats  # carried, as a training loop does
+                return jax.block_until_ready((y, dx, dparams, new_stats))
+
+            return train_fwd_bwd
+        graphdef = (None if self.api == "linen" else
+                    _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, case.resolved_param_dtype))
+        fwd = _bench_forward_program(self.api, mode == "train_fwd", m.axis, self.fast, case.affine,
+                                     case.resolved_param_dtype, graphdef)
+        if mode == "eval_fwd":
+            return lambda: fwd(x, params, held["stats"], momentum, eps).block_until_ready()
+
+        def train_fwd():
+            y, new_stats = fwd(x, params, held["stats"], momentum, eps)
+            if tracked:
+                held["stats"] = new_stats
+            return jax.block_until_ready((y, new_stats))
+
+        return train_fwd
 
     def describe(self, state, info):
         import jax

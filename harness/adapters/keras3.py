@@ -22,8 +22,14 @@ Sources: keras/src/layers/normalization/batch_normalization.py (call), keras/src
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -118,6 +124,101 @@ def tape_call(state: dict, x: np.ndarray, g: np.ndarray, training: bool, params_
     if params:
         out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
     return out
+
+
+# -- benchmark helpers (bnparity bench), shared by the TensorFlow-based adapters and Flax ----------
+
+_GPU_PROBES = {
+    "tensorflow": "import tensorflow as tf; print(bool(tf.config.list_physical_devices('GPU')))",
+    "jax": "import jax; print(any(d.platform == 'gpu' for d in jax.devices()))",
+    "torch": "import torch; print(torch.cuda.is_available())",
+}
+
+
+@functools.cache
+def gpu_visible(module: str) -> bool:
+    """Whether ``module`` (tensorflow, jax, torch) sees a GPU, asked in a child interpreter.
+
+    ``bench_devices`` runs in the bench driver's process: importing TensorFlow or JAX there would
+    initialize them outside the adapter's worker environment, and JAX would preallocate most of the
+    GPU's memory for a process that never computes.
+    """
+    if module not in _GPU_PROBES or importlib.util.find_spec(module) is None:
+        return False
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    try:
+        res = subprocess.run([sys.executable, "-c", _GPU_PROBES[module]], env=env, capture_output=True, text=True,
+                             timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0 and res.stdout.strip().endswith("True")
+
+
+def tf_scope(device: str) -> str | None:
+    """The ``tf.device`` name that pins work to ``device`` ("cpu" | "gpu"), or None where no pin is needed.
+
+    Without a GPU every op runs on the CPU anyway, and leaving the scope out keeps its ~5 us off each timed call.
+    """
+    import tensorflow as tf
+
+    if device == "cpu" and not tf.config.list_logical_devices("GPU"):
+        return None
+    return "/GPU:0" if device == "gpu" else "/CPU:0"
+
+
+def tf_bench_call(fn: Callable[..., Any], args: tuple, variant: str, device: str) -> Callable[[], Any] | None:
+    """A zero-argument call of ``fn(*args)``: eager, ``tf.function`` or ``tf.function(jit_compile=True)``.
+
+    ``fn`` must return every result: a ``tf.function`` prunes what no output or stateful op needs.
+    On the CPU eager ops and function calls return when done; on a GPU they return once enqueued,
+    so the call waits for the device.
+    """
+    import tensorflow as tf
+
+    if variant in ("tf.function", "jit"):
+        fn = tf.function(fn, jit_compile=True) if variant == "jit" else tf.function(fn)
+    elif variant != "eager":
+        return None
+    scope = tf_scope(device)
+    if scope is None:
+        return lambda: fn(*args)
+    sync = getattr(getattr(tf.test, "experimental", None), "sync_devices", None)
+
+    def call():
+        with tf.device(scope):
+            out = fn(*args)
+        if device == "gpu":
+            if sync is not None:
+                sync()
+            else:  # older TensorFlow: one element back to the host waits for the stream
+                tf.reshape(tf.nest.flatten(out)[0], [-1])[:1].numpy()
+        return out
+
+    return call
+
+
+def tf_tensors(device: str, *arrays: np.ndarray) -> tuple:
+    """NumPy arrays as TensorFlow tensors on ``device``, converted once, outside the timed call."""
+    import tensorflow as tf
+
+    scope = tf_scope(device)
+    if scope is None:
+        return tuple(tf.constant(a) for a in arrays)
+    with tf.device(scope):
+        return tuple(tf.identity(tf.constant(a)) for a in arrays)
+
+
+def tf_fwd_bwd(forward: Callable[[Any], Any], params: list) -> Callable[[Any, Any], Any]:
+    """forward(x) under a GradientTape, then (dx, *dparams) for the upstream gradient g."""
+    import tensorflow as tf
+
+    def fwd_bwd(x, g):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = forward(x)
+        return y, tape.gradient(y, [x, *params], output_gradients=g)
+
+    return fwd_bwd
 
 
 class Keras3Adapter(Adapter):
@@ -320,6 +421,110 @@ class Keras3Adapter(Adapter):
 
     def eval_step(self, state, x, g):
         return self._call(state, x, g, training=False)
+
+
+    # -- benchmark hooks (bnparity bench) ------------------------------------------
+    @property
+    def bench_variants(self) -> tuple[str, ...]:
+        """TensorFlow: eager and XLA (``jit_compile=True``); JAX: the stateless call is always jitted; torch: eager."""
+        return {"tensorflow": ("eager", "jit"), "jax": ("jit",), "torch": ("eager",)}[self.backend]
+
+    def bench_devices(self) -> tuple[str, ...]:
+        if self.worker_env.get("JAX_PLATFORMS") == "cpu":  # the keras3-jax worker is pinned to the CPU
+            return ()
+        module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[self.backend]
+        return (("cuda",) if self.backend == "torch" else ("gpu",)) if gpu_visible(module) else ()
+
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
+        """A zero-argument call of one BatchNormalization call in ``mode``, inputs already on the device."""
+        if variant not in self.bench_variants:
+            return None
+        bench = {"tensorflow": self._bench_tf, "jax": self._bench_jax, "torch": self._bench_torch}[self.backend]
+        return bench(case, data, mode, variant, device)
+
+    def _bench_tf(self, case, data, mode, variant, device):
+        import tensorflow as tf
+
+        scope = tf_scope(device)
+        with tf.device(scope) if scope else contextlib.nullcontext():
+            layer = self.build(case, data)["layer"]
+        x, g = tf_tensors(device, data.x[0], data.g[0])
+        params = [layer.gamma.value, layer.beta.value] if case.affine else []
+        fns = {"train_fwd": lambda x, g: layer(x, training=True),
+               "train_fwd_bwd": tf_fwd_bwd(lambda x: layer(x, training=True), params),
+               "eval_fwd": lambda x, g: layer(x, training=False)}
+        return tf_bench_call(fns[mode], (x, g), variant, device)
+
+    def _bench_jax(self, case, data, mode, variant, device):
+        """The compiled train step of parity runs for fwd+bwd; forward-only programs compiled alike."""
+        import jax
+        import jax.numpy as jnp
+
+        state = self.build(case, data)
+        layer = state["layer"]
+        x, g = jnp.asarray(data.x[0]), jnp.asarray(data.g[0])
+        if mode == "train_fwd_bwd":
+            step = self._jax_fn(state, True, (state["tv"], state["ntv"], x, g))
+
+            def train_fwd_bwd():
+                y, dx, dtv, ntv = step(state["tv"], state["ntv"], x, g)
+                state["ntv"] = list(ntv)  # carried, as a training loop does
+                return jax.block_until_ready((y, dx, dtv, state["ntv"]))
+
+            return train_fwd_bwd
+        training = mode == "train_fwd"
+
+        def forward(tv, ntv, x):
+            return layer.stateless_call(tv, ntv, x, training=training)
+
+        fwd = jax.jit(forward).lower(state["tv"], state["ntv"], x).compile()
+
+        def call():
+            y, ntv = fwd(state["tv"], state["ntv"], x)
+            if training:
+                state["ntv"] = list(ntv)
+            return jax.block_until_ready((y, ntv))
+
+        return call
+
+    def _bench_torch(self, case, data, mode, variant, device):
+        import keras
+        import torch
+
+        from harness.adapters.torch_adapter import to_torch
+
+        # Keras places torch variables on its own default device (cuda when present): pin it when that differs
+        default = "cuda" if torch.cuda.is_available() else "cpu"
+        scope = (lambda: keras.device(device)) if device != default else contextlib.nullcontext
+        with scope():
+            layer = self.build(case, data)["layer"]
+        x = to_torch(torch, data.x[0]).to(device)
+        g = to_torch(torch, data.g[0]).to(device)
+        xg = x.detach().clone().requires_grad_(True)
+        params = [layer.gamma.value, layer.beta.value] if case.affine else []
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def train_fwd():
+            with scope(), torch.no_grad():
+                y = layer(x, training=True)
+            sync()
+            return y
+
+        def train_fwd_bwd():
+            xg.grad = None
+            for p in params:
+                p.grad = None
+            with scope():
+                layer(xg, training=True).backward(g)
+            sync()
+
+        def eval_fwd():
+            with scope(), torch.no_grad():
+                y = layer(x, training=False)
+            sync()
+            return y
+
+        return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}[mode]
 
     def describe(self, state, info):
         import keras

@@ -16,6 +16,7 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 from typing import Any
@@ -23,7 +24,19 @@ from typing import Any
 import numpy as np
 
 from harness.adapters.base import Adapter, Conventions
-from harness.adapters.keras3 import KERAS_CONVENTIONS, dtype_policy, keras_axis, setup_tf, tape_call, tf_info
+from harness.adapters.keras3 import (
+    KERAS_CONVENTIONS,
+    dtype_policy,
+    gpu_visible,
+    keras_axis,
+    setup_tf,
+    tape_call,
+    tf_bench_call,
+    tf_fwd_bwd,
+    tf_info,
+    tf_scope,
+    tf_tensors,
+)
 from harness.adapters.tf_raw import TF_ENV, tf_distribution
 from harness.cases import Case
 from harness.inputs import CaseData
@@ -140,6 +153,29 @@ class TFKerasAdapter(Adapter):
 
     def eval_step(self, state, x, g):
         return self._call(state, x, g, training=False)
+
+
+    # -- benchmark hooks (bnparity bench) ------------------------------------------
+    bench_variants = ("eager", "tf.function")  # tf.function is what Model.fit runs unless run_eagerly=True
+
+    def bench_devices(self) -> tuple[str, ...]:
+        return ("gpu",) if gpu_visible("tensorflow") else ()
+
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
+        """A zero-argument call of one BatchNormalization call in ``mode``, inputs already on the device."""
+        if variant not in self.bench_variants:
+            return None
+        import tensorflow as tf
+
+        scope = tf_scope(device)
+        with tf.device(scope) if scope else contextlib.nullcontext():
+            layer = self.build(case, data)["layer"]
+        x, g = tf_tensors(device, data.x[0], data.g[0])
+        params = [layer.gamma, layer.beta] if case.affine else []
+        fns = {"train_fwd": lambda x, g: layer(x, training=True),
+               "train_fwd_bwd": tf_fwd_bwd(lambda x: layer(x, training=True), params),
+               "eval_fwd": lambda x, g: layer(x, training=False)}
+        return tf_bench_call(fns[mode], (x, g), variant, device)
 
     def describe(self, state, info):
         layer = state["layer"]

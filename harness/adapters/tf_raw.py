@@ -19,13 +19,24 @@ batch_normalization, fused_batch_norm), tensorflow/core/kernels/fused_batch_norm
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 from typing import Any
 
 import numpy as np
 
 from harness.adapters.base import Adapter, Conventions
-from harness.adapters.keras3 import TF_DISTRIBUTIONS, keras_axis, setup_tf, tf_info
+from harness.adapters.keras3 import (
+    TF_DISTRIBUTIONS,
+    gpu_visible,
+    keras_axis,
+    setup_tf,
+    tf_bench_call,
+    tf_fwd_bwd,
+    tf_info,
+    tf_scope,
+    tf_tensors,
+)
 from harness.cases import Case
 from harness.inputs import CaseData
 
@@ -71,6 +82,30 @@ class _TFAdapter(Adapter):
 
     def setup(self) -> None:
         setup_tf()
+
+
+    # -- benchmark hooks (bnparity bench) ------------------------------------------
+    bench_variants = ("eager", "tf.function")
+
+    def bench_devices(self) -> tuple[str, ...]:
+        return ("gpu",) if gpu_visible("tensorflow") else ()
+
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
+        """A zero-argument call of one hand-written BN step in ``mode``, inputs already on the device."""
+        if variant not in self.bench_variants:
+            return None
+        import tensorflow as tf
+
+        scope = tf_scope(device)
+        with tf.device(scope) if scope else contextlib.nullcontext():
+            state = self.build(case, data)
+        x, g = tf_tensors(device, data.x[0], data.g[0])
+        fn = self._bench_fn(state, mode)
+        return None if fn is None else tf_bench_call(fn, (x, g), variant, device)
+
+    def _bench_fn(self, state, mode: str):
+        """fn(x, g) for ``mode``, returning every result (see tf_bench_call)."""
+        raise NotImplementedError
 
     def describe(self, state, info):
         info["output_dtype"] = state.get("output_dtype")
@@ -147,6 +182,38 @@ class TFRawAdapter(_TFAdapter):
 
     def eval_step(self, state, x, g):
         return self._run(state, x, g, training=False)
+
+
+    def _bench_fn(self, state, mode: str):
+        import tensorflow as tf
+
+        case = state["case"]
+        params = [state["gamma"], state["beta"]] if case.affine else []
+
+        def update(mean, var):  # the moving average as _run writes it
+            d = state["decay"]
+            for name, batch in (("rm", mean), ("rv", var)):
+                r = state[name]
+                r.assign(r * d + tf.cast(batch, r.dtype) * (1.0 - d))
+
+        def train_fwd(x, g):
+            mean, var = tf.nn.moments(x, state["axes"])
+            update(mean, var)
+            return self._bn(state, x, mean, var)
+
+        def train_fwd_bwd(x, g):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                mean, var = tf.nn.moments(x, state["axes"])
+                y = self._bn(state, x, mean, var)
+            grads = tape.gradient(y, [x, *params], output_gradients=g)
+            update(mean, var)
+            return y, grads
+
+        def eval_fwd(x, g):
+            return self._bn(state, x, state["rm"], state["rv"])
+
+        return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}[mode]
 
     def describe(self, state, info):
         super().describe(state, info)
@@ -229,6 +296,28 @@ class TFFusedAdapter(_TFAdapter):
 
     def eval_step(self, state, x, g):
         return self._run(state, x, g, training=False)
+
+
+    def _bench_fn(self, state, mode: str):
+        import tensorflow as tf
+
+        case = state["case"]
+        params = [state["gamma"], state["beta"]] if case.affine else []
+        training = mode != "eval_fwd"
+        kwargs = state["kwargs"] if training else {k: v for k, v in state["kwargs"].items() if k == "epsilon"}
+
+        def forward(x):
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                x, state["gamma"], state["beta"], mean=state["rm"], variance=state["rv"],
+                data_format=state["data_format"], is_training=training, **kwargs)
+            if training:  # the op returns the updated running statistics, as in _run
+                state["rm"].assign(mean)
+                state["rv"].assign(var)
+            return y
+
+        if mode == "train_fwd_bwd":
+            return tf_fwd_bwd(forward, params)
+        return lambda x, g: forward(x)
 
     def describe(self, state, info):
         super().describe(state, info)
