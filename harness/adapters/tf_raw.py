@@ -107,6 +107,12 @@ class _TFAdapter(Adapter):
         """fn(x, g) for ``mode``, returning every result (see tf_bench_call)."""
         raise NotImplementedError
 
+    def train_step(self, state, x, g):
+        return self._run(state, x, g, training=True)
+
+    def eval_step(self, state, x, g):
+        return self._run(state, x, g, training=False)
+
     def describe(self, state, info):
         info["output_dtype"] = state.get("output_dtype")
         tf_info(info)
@@ -176,12 +182,6 @@ class TFRawAdapter(_TFAdapter):
                 r.assign(r * d + tf.cast(batch, r.dtype) * (1.0 - d))
             out["running_mean"], out["running_var"] = state["rm"].numpy(), state["rv"].numpy()
         return out
-
-    def train_step(self, state, x, g):
-        return self._run(state, x, g, training=True)
-
-    def eval_step(self, state, x, g):
-        return self._run(state, x, g, training=False)
 
 
     def _bench_fn(self, state, mode: str):
@@ -290,12 +290,6 @@ class TFFusedAdapter(_TFAdapter):
             state["rv"].assign(var)
             out["running_mean"], out["running_var"] = mean.numpy(), var.numpy()
         return out
-
-    def train_step(self, state, x, g):
-        return self._run(state, x, g, training=True)
-
-    def eval_step(self, state, x, g):
-        return self._run(state, x, g, training=False)
 
 
     def _bench_fn(self, state, mode: str):
