@@ -377,7 +377,8 @@ class FlaxAdapter(Adapter):
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one jitted BatchNorm step in ``mode``, inputs already on the device.
 
-        The worker runs with x64 on (``worker_env``), so these calls hit the programs parity traced.
+        fwd+bwd calls the parity train program itself (x64 is on in the worker, as for parity runs);
+        the forward-only modes call programs that build the module the same way.
         """
         if variant not in self.bench_variants or (mode == "eval_fwd" and not case.track_running_stats):
             return None
@@ -386,7 +387,7 @@ class FlaxAdapter(Adapter):
         state = self.build(case, data)
         m = self.mapped(case)
         dev = jax.devices(device)[0]
-        # Python floats become weakly typed scalars, as the parity calls pass them: same programs, no per-call transfer
+        # device_put keeps the Python floats weakly typed, as the parity calls trace them, without a per-call transfer
         x, g, params, momentum, eps = jax.device_put((data.x[0], data.g[0], state["params"], *state["hyper"]), dev)
         held = {"stats": jax.device_put(state["stats"], dev)}
         tracked = case.track_running_stats
