@@ -137,10 +137,25 @@ def load_configs(path: Path, quick: bool) -> list[Case]:
 
 # -- the worker side ------------------------------------------------------------------
 
+def _pin_worker() -> list[int]:
+    """Pin a one-thread benchmark worker to one CPU, before any framework is imported.
+
+    The thread flags (``BNPARITY_THREADS``, OMP/MKL, XLA's intra-op flags) bound the compute threads, but XLA
+    and TF keep helper threads that still spread work over other cores: JAX measured about 1.75 cores busy with
+    every flag set. Affinity is the only bound every framework obeys, so with one thread the worker gets one CPU
+    (the lowest it may use) and the record says which. With more threads the affinity is left as it is.
+    """
+    threads = os.environ.get("BNPARITY_THREADS", "1")
+    if threads == "1" and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: float,
                 devices: tuple[str, ...]) -> list[dict[str, Any]]:
     from harness.workers import _get
 
+    cpus = _pin_worker()
     adapter, _ = _get(spec)
     rows = []
     for device in devices:
@@ -150,7 +165,7 @@ def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: 
             for variant in getattr(adapter, "bench_variants", ("eager",)):
                 for mode in modes:
                     row = {"config": case.tags[0], "case": case.name, "shape": list(case.shape), "dtype": case.dtype,
-                           "layout": case.layout, "mode": mode, "variant": variant, "device": device}
+                           "layout": case.layout, "mode": mode, "variant": variant, "device": device, "cpus": cpus}
                     if reason:
                         rows.append({**row, "status": "skip", "reason": reason})
                         continue
