@@ -221,6 +221,24 @@ def tf_fwd_bwd(forward: Callable[[Any], Any], params: list) -> Callable[[Any, An
     return fwd_bwd
 
 
+class TFBench:
+    """Benchmark hooks shared by the tf-keras and raw-TF adapters: eager and tf.function, CPU and any visible GPU."""
+
+    bench_variants = ("eager", "tf.function")  # tf.function is what Model.fit runs unless run_eagerly=True
+
+    def bench_devices(self) -> tuple[str, ...]:
+        return ("gpu",) if gpu_visible("tensorflow") else ()
+
+    def bench_setup(self, case: Case, data: CaseData, device: str) -> tuple[Any, tuple]:
+        """The adapter's state built on ``device``, and (x, g) placed there."""
+        import tensorflow as tf
+
+        scope = tf_scope(device)
+        with tf.device(scope) if scope else contextlib.nullcontext():
+            state = self.build(case, data)
+        return state, tf_tensors(device, data.x[0], data.g[0])
+
+
 class Keras3Adapter(Adapter):
     """``keras.layers.BatchNormalization`` on one Keras 3 backend."""
 

@@ -16,7 +16,6 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 from typing import Any
@@ -26,16 +25,14 @@ import numpy as np
 from harness.adapters.base import Adapter, Conventions
 from harness.adapters.keras3 import (
     KERAS_CONVENTIONS,
+    TFBench,
     dtype_policy,
-    gpu_visible,
     keras_axis,
     setup_tf,
     tape_call,
     tf_bench_call,
     tf_fwd_bwd,
     tf_info,
-    tf_scope,
-    tf_tensors,
 )
 from harness.adapters.tf_raw import TF_ENV, tf_distribution
 from harness.cases import Case
@@ -65,7 +62,7 @@ def keras2():
     return tf.keras
 
 
-class TFKerasAdapter(Adapter):
+class TFKerasAdapter(TFBench, Adapter):
     framework = "tf-keras"
     requires = ("tensorflow",)
 
@@ -155,22 +152,13 @@ class TFKerasAdapter(Adapter):
         return self._call(state, x, g, training=False)
 
 
-    # -- benchmark hooks (bnparity bench) ------------------------------------------
-    bench_variants = ("eager", "tf.function")  # tf.function is what Model.fit runs unless run_eagerly=True
-
-    def bench_devices(self) -> tuple[str, ...]:
-        return ("gpu",) if gpu_visible("tensorflow") else ()
-
+    # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one BatchNormalization call in ``mode``, inputs already on the device."""
         if variant not in self.bench_variants:
             return None
-        import tensorflow as tf
-
-        scope = tf_scope(device)
-        with tf.device(scope) if scope else contextlib.nullcontext():
-            layer = self.build(case, data)["layer"]
-        x, g = tf_tensors(device, data.x[0], data.g[0])
+        state, (x, g) = self.bench_setup(case, data, device)
+        layer = state["layer"]
         params = [layer.gamma, layer.beta] if case.affine else []
         fns = {"train_fwd": lambda x, g: layer(x, training=True),
                "train_fwd_bwd": tf_fwd_bwd(lambda x: layer(x, training=True), params),

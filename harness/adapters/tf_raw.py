@@ -19,7 +19,6 @@ batch_normalization, fused_batch_norm), tensorflow/core/kernels/fused_batch_norm
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 from typing import Any
 
@@ -28,14 +27,12 @@ import numpy as np
 from harness.adapters.base import Adapter, Conventions
 from harness.adapters.keras3 import (
     TF_DISTRIBUTIONS,
-    gpu_visible,
+    TFBench,
     keras_axis,
     setup_tf,
     tf_bench_call,
     tf_fwd_bwd,
     tf_info,
-    tf_scope,
-    tf_tensors,
 )
 from harness.cases import Case
 from harness.inputs import CaseData
@@ -60,7 +57,7 @@ def tf_version() -> str | None:
     return importlib.metadata.version(dist) if dist else None
 
 
-class _TFAdapter(Adapter):
+class _TFAdapter(TFBench, Adapter):
     framework = "tensorflow"
     requires = ("tensorflow",)
     worker_env = TF_ENV
@@ -84,22 +81,12 @@ class _TFAdapter(Adapter):
         setup_tf()
 
 
-    # -- benchmark hooks (bnparity bench) ------------------------------------------
-    bench_variants = ("eager", "tf.function")
-
-    def bench_devices(self) -> tuple[str, ...]:
-        return ("gpu",) if gpu_visible("tensorflow") else ()
-
+    # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one hand-written BN step in ``mode``, inputs already on the device."""
         if variant not in self.bench_variants:
             return None
-        import tensorflow as tf
-
-        scope = tf_scope(device)
-        with tf.device(scope) if scope else contextlib.nullcontext():
-            state = self.build(case, data)
-        x, g = tf_tensors(device, data.x[0], data.g[0])
+        state, (x, g) = self.bench_setup(case, data, device)
         fn = self._bench_fn(state, mode)
         return None if fn is None else tf_bench_call(fn, (x, g), variant, device)
 
