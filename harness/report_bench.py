@@ -103,15 +103,21 @@ def section(paths: Iterable[Path | str]) -> dict[str, Any] | None:
             for r in ok:
                 if r["mode"] == mode and r.get("bw_fraction") is not None:
                     series[_label(r, multi_env)].append((r["bytes"], r["bw_fraction"]))
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per adapter/variant (up to 20)
             for lab, pts in sorted(series.items()):
-                pts.sort()
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=lab)
+                # several rows share a size (dtypes, layouts): every row is a dot, the line joins the best per size
+                best: dict[int, float] = {}
+                for size, frac in pts:
+                    best[size] = max(frac, best.get(size, 0.0))
+                sizes = sorted(best)
+                (line,) = ax.plot(sizes, [best[b] for b in sizes], lw=1, label=lab)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=2.5, alpha=0.6, color=line.get_color())
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(mode, fontsize=9)
             ax.set_xlabel("bytes moved at minimum per call", fontsize=7)
             ax.tick_params(labelsize=7)
-        axes[0].set_ylabel("fraction of measured copy bandwidth", fontsize=7)
+        axes[0].set_ylabel("fraction of measured copy bandwidth (line: best row per size)", fontsize=7)
         axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
         frac_uri = _svg(fig)
     table = sorted(rows, key=lambda r: (r.get("case", ""), r.get("mode", ""), r.get("median_s") or 1e9))
