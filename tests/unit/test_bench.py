@@ -36,5 +36,5 @@ def test_quick_bench_writes_benchmark_and_bandwidth_records(tmp_path):
 
     sec = report_bench.section([out])
     assert sec and sec["machines"][0]["bandwidth"] and sec["fraction_plot"].startswith("data:image/svg+xml;base64,")
-    assert [c["case"] for c in sec["charts"]] == ["quick.float32.channels_first"]
+    assert [c["case"] for c in sec["charts"]] == ["quick.float32.channels_first", "quick.float32.channels_last"]
     assert any(r["adapter"] == "fake-good" and r["status"] == "skip" for r in sec["skipped"])
