@@ -294,6 +294,7 @@ def _timings(state: State) -> dict[str, dict[str, float]]:
         t["compute_s"] += info.get("compute_s", 0.0)
         t["compile_s"] += info.get("compile_s", 0.0)
         t["compiles"] += info.get("compiles", 0)
+        t["compile_cache_hits"] += info.get("compile_cache_hits", 0)
         t["worker_wall_s"] += c.get("wall_s", 0.0)
     return {a: dict(v) for a, v in out.items()}
 
@@ -338,7 +339,9 @@ def _summary(state: State, tr) -> None:
             f"{a}: {int(v.get('worker_starts', 0))} worker start(s) {v.get('startup_s', 0):.1f}, "
             f"import {v.get('import_s', 0):.1f}, "
             f"compute {v.get('compute_s', 0):.2f}, compile {v.get('compile_s', 0):.2f} "
-            f"({int(v.get('compiles', 0))}x), worker round-trips {v.get('worker_wall_s', 0):.2f}"
+            f"({int(v.get('compiles', 0))}x"
+            + (f", {int(v['compile_cache_hits'])} from the cache" if v.get("compile_cache_hits") else "")
+            + f"), worker round-trips {v.get('worker_wall_s', 0):.2f}"
             for a, v in sorted(t.items())))
     if state.writer is not None:
         tr.write_line(f"results: {state.writer.path}")

@@ -30,8 +30,8 @@ the only float64 values in those programs are the weakly typed eps/momentum scal
 
 Threads: with ``BNPARITY_THREADS=1`` (the default) the worker sets the XLA CPU single-thread
 flags before jaxlib loads; other counts leave XLA's own threading. ``BNPARITY_JAX_CACHE_DIR``
-(opt-in) turns on JAX's persistent compilation cache, which cuts a re-run's compile time about
-five-fold; hits are reported as ``info["compile_cache_hits"]``, not as compiles.
+turns on JAX's persistent compilation cache (``jax_support``); hits are reported as
+``info["compile_cache_hits"]``, not as compiles.
 
 Cases without running statistics (``track_running_stats = false``) are run the way a Flax user
 gets that behaviour: eval also calls with ``use_running_average=False`` and drops the update.
@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.adapters import jax_support
 from harness.adapters.base import Adapter, Conventions
 from harness.cases import Case
 from harness.inputs import CaseData
@@ -58,35 +59,6 @@ from harness.inputs import CaseData
 # intra_op_parallelism_threads=N for N > 1 is reported to crash, so other counts set nothing.
 _ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 _F64_ARRAY = re.compile(r"tensor<(?:\d+x)+f64>")
-
-# -- compile accounting (one listener per worker process) ------------------------------
-
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
-_compile_log: list[tuple[str, float, str]] = []
-_listening = False
-
-
-def _on_duration(event: str, duration: float, **kwargs: Any) -> None:
-    if event in _COMPILE_EVENTS:
-        _compile_log.append((event, duration, str(kwargs.get("fun_name", ""))))
-
-
-def _on_event(event: str, **kwargs: Any) -> None:
-    if event == _CACHE_HIT_EVENT:  # a persistent-cache hit still runs inside backend_compile_duration
-        _compile_log.append((event, 0.0, ""))
-
-
-def _ensure_listener() -> None:
-    global _listening
-    if not _listening:  # once per process: four adapter objects share this module in an --in-process run
-        import jax.monitoring
-
-        jax.monitoring.register_event_duration_secs_listener(_on_duration)
-        jax.monitoring.register_event_listener(_on_event)
-        _listening = True
-
 
 # -- the jitted programs (module level, so jax.jit's cache lives as long as the worker) ----------
 
@@ -287,31 +259,18 @@ class FlaxAdapter(Adapter):
         if (self._flags_applied and os.environ.get("BNPARITY_THREADS", "1") == "1"
                 and "xla_cpu_multi_thread_eigen" not in flags):
             os.environ["XLA_FLAGS"] = f"{flags} {_ONE_THREAD_FLAGS}".strip()
-        _ensure_listener()
-        cache = os.environ.get("BNPARITY_JAX_CACHE_DIR")
-        if cache:  # opt-in: JAX's persistent cache returns the executable a compile would produce
-            import jax
-
-            jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        jax_support.watch()
+        jax_support.enable_compilation_cache()
         import flax.linen  # noqa: F401  (import cost belongs to the worker, not to the first case)
         import flax.nnx  # noqa: F401
 
     def run(self, case: Case, data: CaseData):
         import jax
 
-        _ensure_listener()
-        start = len(_compile_log)
+        mark = jax_support.watch()
         with _enable_x64(jax)(True):
             obs = super().run(case, data)
-        new = _compile_log[start:]
-        hits = sum(1 for e, _, _ in new if e == _CACHE_HIT_EVENT)
-        obs.info["compiles"] = sum(1 for e, _, _ in new if e.endswith("backend_compile_duration")) - hits
-        if hits:
-            obs.info["compile_cache_hits"] = hits
-        obs.info["compile_s"] = sum(d for _, d, _ in new)
-        obs.info["compiled"] = sorted({n for e, _, n in new if e.endswith("backend_compile_duration")})
+        obs.info.update(jax_support.compiled_since(mark))
         return obs
 
     def build(self, case: Case, data: CaseData) -> Any:

@@ -304,7 +304,11 @@ class Keras3Adapter(Adapter):
                 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
             import jax
 
+            from harness.adapters import jax_support
+
             jax.config.update("jax_enable_x64", os.environ.get("JAX_ENABLE_X64", "1") not in ("0", "false"))
+            jax_support.watch()
+            jax_support.enable_compilation_cache()
         elif self.backend == "tensorflow":
             setup_tf()
         elif self.backend == "torch":
@@ -400,10 +404,16 @@ class Keras3Adapter(Adapter):
             dtv, dx = vjp(g.astype(y.dtype))
             return y, dx, dtv, new_ntv
 
+        from harness.adapters import jax_support
+
         t0 = time.perf_counter()
+        mark = jax_support.watch()
         compiled = jax.jit(step).lower(*args).compile()
         state["compile_s"] += time.perf_counter() - t0
-        state["compiles"] += 1
+        if jax_support.compiled_since(mark).get("compile_cache_hits"):  # read back from the persistent cache
+            state["compile_cache_hits"] = state.get("compile_cache_hits", 0) + 1
+        else:
+            state["compiles"] += 1
         self._jit_cache[key] = compiled
         return compiled
 
@@ -559,6 +569,8 @@ class Keras3Adapter(Adapter):
 
             info["compiles"] = state["compiles"]
             info["compile_s"] = state["compile_s"]
+            if state.get("compile_cache_hits"):
+                info["compile_cache_hits"] = state["compile_cache_hits"]
             info["jax_enable_x64"] = bool(jax.config.jax_enable_x64)
             info["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
         if self.backend == "tensorflow":
