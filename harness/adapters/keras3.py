@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.adapters import jax_support
 from harness.adapters.base import Adapter, Conventions
 from harness.cases import Case
 from harness.inputs import CaseData
@@ -304,8 +305,6 @@ class Keras3Adapter(Adapter):
                 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
             import jax
 
-            from harness.adapters import jax_support
-
             jax.config.update("jax_enable_x64", os.environ.get("JAX_ENABLE_X64", "1") not in ("0", "false"))
             jax_support.watch()
             jax_support.enable_compilation_cache()
@@ -403,8 +402,6 @@ class Keras3Adapter(Adapter):
             y, vjp, new_ntv = jax.vjp(fwd, tv, x, has_aux=True)
             dtv, dx = vjp(g.astype(y.dtype))
             return y, dx, dtv, new_ntv
-
-        from harness.adapters import jax_support
 
         t0 = time.perf_counter()
         mark = jax_support.watch()

@@ -151,7 +151,6 @@ class TFKerasAdapter(TFBench, Adapter):
     def eval_step(self, state, x, g):
         return self._call(state, x, g, training=False)
 
-
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one BatchNormalization call in ``mode``, inputs already on the device."""

@@ -80,7 +80,6 @@ class _TFAdapter(TFBench, Adapter):
     def setup(self) -> None:
         setup_tf()
 
-
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one hand-written BN step in ``mode``, inputs already on the device."""

@@ -3,7 +3,7 @@
 The framework-free self-tests check the benchmark's bookkeeping with fake adapters; this one runs
 each real adapter's ``bench_callable`` in every variant and mode, in both layouts, and fails on any
 row a framework could not time (a wrong memory format, a dtype the hook mishandles). Timings are
-not asserted. It needs the frameworks, so it runs in tox's ``current`` environment, where
+not asserted. It needs the frameworks, so it runs in tox's ``frameworks`` environment, where
 ``BNPARITY_REQUIRE_FRAMEWORKS=1`` makes a missing framework a failure; ``unit`` installs none and
 skips it.
 """
@@ -26,12 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_quick_bench_times_every_installed_adapter(tmp_path: Path) -> None:
     adapters = {name: load_spec(spec) for name, spec in discover().items()}
-    installed = sorted(name for name, a in adapters.items() if not a.available())
-    missing = {name: a.available() for name, a in adapters.items() if a.available()}
+    why_not = {name: a.available() for name, a in adapters.items()}  # None where the framework imports
+    installed = sorted(name for name, reason in why_not.items() if not reason)
+    missing = {name: reason for name, reason in why_not.items() if reason}
     if os.environ.get("BNPARITY_REQUIRE_FRAMEWORKS") == "1":
         assert not missing, f"frameworks required here but missing: {missing}"
     if not installed:
-        pytest.skip("no framework installed (tox -e current runs this)")
+        pytest.skip("no framework installed (tox -e frameworks runs this)")
     out = tmp_path / "bench.jsonl"
     res = subprocess.run([sys.executable, "-m", "harness.bench", "--quick", "--adapters", ",".join(installed),
                           "--out", str(out), "--env", "selftest"],
