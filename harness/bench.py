@@ -36,6 +36,7 @@ from harness.adapters.base import Adapter, Conventions, discover, load_spec
 from harness.cases import Case
 from harness.inputs import build, np_dtype
 from harness.results import ResultsWriter, header
+from harness.schema import Bandwidth, Benchmark
 
 MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
 TARGET_CV = 0.03
@@ -293,9 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in [*sizes, big]:
         bw = bandwidth(size, 0.2 if args.quick else 0.5)
         bws.append(bw)
-        bw.update(kind="bandwidth", env=args.env, threads=args.threads, beyond_llc=size == big,
-                  llc_reported_bytes=llc)
-        writer.write([bw])
+        writer.write([Bandwidth(**bw, env=args.env, threads=args.threads, beyond_llc=size == big,
+                                llc_reported_bytes=llc)])
         print(f"bandwidth at {bw['size_bytes'] / 2**20:8.1f} MiB: copy {bw['copy_gbs']:6.1f} GB/s, "
               f"add {bw['add_gbs']:6.1f} GB/s{'  (beyond the LLC)' if size == big else ''}")
     workers = Workers(out.parent / "logs", threads=args.threads)
@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, adapter in adapters.items():
             reason = adapter.available() or (None if hasattr(adapter, "bench_callable") else "no bench_callable")
             if reason:
-                writer.write([{"kind": "benchmark", "env": args.env, "adapter": name, "status": "skip",
-                               "reason": reason}])
+                writer.write([Benchmark(env=args.env, adapter=name, status="skip", reason=reason)])
                 print(f"{name}: skip ({reason})")
                 continue
             devices = ("cpu", *getattr(adapter, "bench_devices", lambda: ())())
@@ -317,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 rows = [{"status": "error", "reason": f"worker: {type(e).__name__}: {e}"}]
             for r in rows:
-                r.update(kind="benchmark", env=args.env, adapter=name, framework=adapter.framework,
-                         framework_version=adapter.framework_version(), threads=args.threads)
                 if r.get("status") == "ok":
                     _bandwidth_fields(r, bws)
-            writer.write(rows)
+            writer.write([Benchmark(**r, env=args.env, adapter=name, framework=adapter.framework,
+                                    framework_version=adapter.framework_version(), threads=args.threads)
+                          for r in rows])
             ok = [r for r in rows if r.get("status") == "ok"]
             print(f"{name}: {len(ok)} rows timed, {len(rows) - len(ok)} skipped/failed, "
                   f"{time.perf_counter() - t0:.1f} s")

@@ -11,7 +11,7 @@ Each ``[[difference]]`` scopes one real, understood discrepancy:
 
 Strict both ways: a failing quantity that no entry covers fails; an entry
 that applies to a (case, adapter) cell but covers no failure there is stale
-and fails too.
+and fails too (``apply_ledger``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from harness.cases import Case, CaseError
+from harness.schema import LedgerRef, Result, Verdict
 
 KINDS = ("framework bug", "numerical weakness", "undocumented behaviour")
 REQUIRED = ("id", "adapter", "quantity", "kind", "observed", "reason", "link")
@@ -66,9 +67,9 @@ class Entry:
     def covers(self, quantity: str) -> bool:
         return any(fnmatch.fnmatchcase(quantity, q) for q in self.quantity)
 
-    def as_record(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "reason": self.reason, "link": self.link,
-                "observed": self.observed, "versions": self.versions}
+    def as_record(self) -> LedgerRef:
+        return LedgerRef(id=self.id, kind=self.kind, reason=self.reason, link=self.link, observed=self.observed,
+                         versions=self.versions)
 
 
 def _tuple(v) -> tuple[str, ...]:
@@ -110,3 +111,32 @@ def load_ledger(path: Path | None) -> list[Entry]:
                                 "not_cases": _tuple(body.get("not_cases", ())),
                                 "quantity": _tuple(body["quantity"]), "adapter": _tuple(body["adapter"])}))
     return entries
+
+
+def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Entry],
+                 records: list[Result]) -> list[Result]:
+    """Mark every failing record an applicable entry covers ``known``; return a ``stale`` record for each
+    applicable entry that covered nothing where what it covers was compared."""
+    entries = [e for e in ledger if e.applies(case, adapter, version)]
+    used: set[str] = set()
+    for r in records:
+        if r.verdict.fails_run and r.verdict != Verdict.STALE:
+            explaining = [e for e in entries if e.covers(r.quantity)]
+            if explaining:  # every entry that explains a failure is in use, the first is shown
+                r.verdict = Verdict.KNOWN
+                r.ledger = explaining[0].as_record()
+                r.ledger_ids = [e.id for e in explaining]
+                used.update(e.id for e in explaining)
+    compared = {r.quantity for r in records if r.verdict != Verdict.SKIP and r.quantity != "outcome"}
+    head = records[0]
+    stale = []
+    for e in entries:
+        # an entry is judged only where what it covers was compared (not when the call raised or crashed)
+        if e.id not in used and (any(e.covers(q) for q in compared) or e.covers("outcome")):
+            covers = "|".join(e.quantity)
+            stale.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
+                                framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
+                                verdict=Verdict.STALE, ledger=e.as_record(),
+                                message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here, but nothing "
+                                         "differed: the framework changed or the entry is too wide")))
+    return stale

@@ -25,12 +25,11 @@ from harness.cases import CaseError, cases_hash, load_cases
 from harness.ledger import load_ledger
 from harness.results import ResultsWriter, header
 from harness.runner import run_cell
+from harness.schema import Cell, Result, Verdict, dumps, parse
 from harness.workers import DEFAULT_TIMEOUT, Workers
 
 RECORD_KEY = "bnparity_records"
 CELL_ID = re.compile(r"\[(.+)-[^-\]]+\]$")  # test_parity[ADAPTER-CASE]; case names have no '-'
-SYMBOLS = {"pass": "P", "fail": "F", "known": "K", "stale": "S", "raised": "R", "expected-raise": "E",
-           "crashed": "C", "timeout": "T", "skip": "-"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -74,7 +73,7 @@ class State:
         self.matrix: dict[tuple[str, str], Counter] = defaultdict(Counter)
         self.html: Path | None = None
         self.html_error: str | None = None
-        self.cells: list[dict[str, Any]] = []
+        self.cells: list[Cell] = []
 
     @property
     def cases(self):
@@ -164,7 +163,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.extra_keyword_matches.update(case.tags)
 
 
-class Cell:
+class CellUnderTest:
     """What a parity test receives: ``bn_cell.check()`` runs and judges the cell."""
 
     def __init__(self, request: pytest.FixtureRequest, case_name: str, adapter_name: str):
@@ -179,7 +178,7 @@ class Cell:
         repro = f'pytest "{self.request.node.nodeid}"'
         res = run_cell(self.case, adapter, st.specs[self.adapter_name], st.get_workers(), env=st.env,
                        ledger=st.ledger, timeout=st.timeout, repro=repro)
-        self.request.node.user_properties.append((RECORD_KEY, json.dumps(res.records, default=str)))
+        self.request.node.user_properties.append((RECORD_KEY, json.dumps([dumps(r) for r in res.records])))
         if res.skip_reason:
             pytest.skip(res.skip_reason)
         if res.failures:
@@ -188,9 +187,9 @@ class Cell:
 
 
 @pytest.fixture
-def bn_cell(request: pytest.FixtureRequest) -> Cell:
+def bn_cell(request: pytest.FixtureRequest) -> CellUnderTest:
     case_name, adapter_name = request.param
-    return Cell(request, case_name, adapter_name)
+    return CellUnderTest(request, case_name, adapter_name)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -222,7 +221,7 @@ class Controller:
             except OSError:
                 h = ""
             st.writer = ResultsWriter(st.results_dir / "results.jsonl",
-                                      header(st.env, versions, h, adapters=sorted(st.specs),
+                                      header(st.env, versions, h, mode="parity", adapters=sorted(st.specs),
                                              argv=list(st.config.invocation_params.args),
                                              ledger=str(st.ledger_path)))
         return st.writer
@@ -260,12 +259,12 @@ class Controller:
         for key, value in report.user_properties:
             if key != RECORD_KEY:
                 continue
-            records = json.loads(value)
+            records = [parse(line) for line in json.loads(value)]
             self._writer().write(records)
             for r in records:
-                if r["kind"] == "result":
-                    st.matrix[(r["case"], r["adapter"])][r["verdict"]] += 1
-                elif r["kind"] == "cell":
+                if isinstance(r, Result):
+                    st.matrix[(r.case, r.adapter)][r.verdict] += 1
+                elif isinstance(r, Cell):
                     st.cells.append(r)
 
     @pytest.hookimpl(trylast=True)
@@ -284,18 +283,18 @@ def _timings(state: State) -> dict[str, dict[str, float]]:
     """Per adapter: worker starts, import, compile and compute seconds, harness overhead."""
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for c in state.cells:
-        t = out[c["adapter"]]
-        w, info = c.get("worker", {}), c.get("info", {})
+        t = out[c.adapter]
+        w, info, wall = c.worker, c.info, c.wall_s or 0.0
         t["cells"] += 1
         if "import_s" in w:  # a worker's first case: spawn + import + this case
             t["worker_starts"] += 1
             t["import_s"] += w["import_s"]
-            t["startup_s"] += max(c.get("wall_s", 0.0) - w["import_s"] - info.get("compute_s", 0.0), 0.0)
+            t["startup_s"] += max(wall - w["import_s"] - info.get("compute_s", 0.0), 0.0)
         t["compute_s"] += info.get("compute_s", 0.0)
         t["compile_s"] += info.get("compile_s", 0.0)
         t["compiles"] += info.get("compiles", 0)
         t["compile_cache_hits"] += info.get("compile_cache_hits", 0)
-        t["worker_wall_s"] += c.get("wall_s", 0.0)
+        t["worker_wall_s"] += wall
     return {a: dict(v) for a, v in out.items()}
 
 
@@ -318,8 +317,6 @@ def _summary(state: State, tr) -> None:
     width = max(len(c) for c in cases)
     cols = [max(len(a), 3) for a in adapters]
     tr.write_line(" " * width + "  " + "  ".join(a.rjust(w) for a, w in zip(adapters, cols)))
-    from harness.runner import worst_verdict
-
     totals: Counter = Counter()
     for c in cases:
         row = []
@@ -329,9 +326,9 @@ def _summary(state: State, tr) -> None:
                 row.append(" " * (w - 1) + ".")
                 continue
             totals.update(cnt)
-            row.append(SYMBOLS.get(worst_verdict(cnt), "?").rjust(w))
+            row.append(Verdict.worst(cnt).info.letter.rjust(w))
         tr.write_line(c.ljust(width) + "  " + "  ".join(row))
-    tr.write_line("legend: " + ", ".join(f"{s}={v}" for v, s in SYMBOLS.items()) + ", .=not run")
+    tr.write_line("legend: " + ", ".join(f"{v.info.letter}={v}" for v in Verdict.ordered()) + ", .=not run")
     tr.write_line("records by verdict: " + ", ".join(f"{v}={n}" for v, n in sorted(totals.items())))
     t = _timings(state)
     if t:

@@ -43,7 +43,7 @@ from harness.report_model import (
     rank,
     safe_link,
 )
-from harness.results import _clean
+from harness.schema import _clean
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPRESS_ABOVE = 1_500_000  # bytes of JSON: beyond this the blob travels gzip + base64

@@ -37,7 +37,9 @@ def load(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
     """One entry per file: its header, bandwidth records and benchmark rows."""
     runs = []
     for path in find(paths):
-        head, records = read(path)
+        rf = read(path)
+        head = rf.header.to_json_dict() if rf.header else {}
+        records = [r.to_json_dict() for r in rf.records]
         runs.append({"path": str(path), "env": head.get("env", path.parent.name), "head": head,
                      "bandwidth": [r for r in records if r.get("kind") == "bandwidth"],
                      "rows": [r for r in records if r.get("kind") == "benchmark"]})

@@ -232,13 +232,22 @@ def _unique_key(name: str, path: Path, taken: set[str]) -> str:
     return key
 
 
+def _as_dict(r) -> dict[str, Any]:
+    d = r.to_json_dict()
+    if d.get("kind") == "result" and d.get("quantity") is None:
+        d["quantity"] = "|".join(d.get("covers") or [])
+    return d
+
+
 def load(paths: Iterable[Path | str]) -> Model:
     envs: list[Env] = []
     cells: dict[tuple[str, str, str], Cell] = {}
     cases: dict[str, CaseInfo] = {}
     taken: set[str] = set()
     for path in resolve(paths):
-        head, records = read(path)
+        rf = read(path)
+        head = rf.header.to_json_dict() if rf.header else {}
+        records = [_as_dict(r) for r in rf.records]
         name = str(head.get("env") or path.parent.name)
         env = Env(_unique_key(name, path, taken), name, str(path), head)
         envs.append(env)

@@ -11,51 +11,38 @@ gaps and reproducers work on them. Nothing here is evidence about any framework.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness import __version__
+from harness.adapters.base import Adapter, discover, load_spec
 from harness.cases import Case, load_cases
-from harness.results import dumps
+from harness.compare import ulp as ulp_of
+from harness.schema import (
+    Cell,
+    Effective,
+    Header,
+    LedgerRef,
+    OutcomeStatus,
+    Quantity,
+    Record,
+    Result,
+    Verdict,
+    dumps,
+    parse,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTERS = ("torch", "keras3-tensorflow", "keras3-jax", "keras3-torch", "tf-keras-fused", "tf-keras-nonfused",
             "tf-raw", "tf-fused", "flax-linen", "flax-linen-twopass", "flax-nnx", "flax-nnx-twopass")
-TRAIN = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta")
 
 
-def conventions_for(adapter: str) -> dict[str, Any]:
-    """Plausible declared conventions per adapter family (PyTorch, Keras/tf-keras, raw TF, Flax)."""
-    if adapter.startswith("torch"):
-        return {"momentum_style": "weight_of_new", "running_var_estimator": "unbiased", "default_eps": 1e-5,
-                "default_momentum": 0.1, "native_layout": "channels_first", "single_value_training": "raises",
-                "notes": ""}
-    if adapter.startswith("flax"):
-        return {"momentum_style": "decay_of_old", "running_var_estimator": "biased", "default_eps": 1e-5,
-                "default_momentum": 0.99, "native_layout": "channels_last", "single_value_training": "computes",
-                "notes": ""}
-    if adapter in ("tf-fused", "tf-keras-fused"):
-        return {"momentum_style": "decay_of_old", "running_var_estimator": "unbiased_guarded", "default_eps": 1e-3,
-                "default_momentum": 0.99, "native_layout": "channels_last", "single_value_training": "computes",
-                "notes": ""}
-    return {"momentum_style": "decay_of_old", "running_var_estimator": "biased", "default_eps": 1e-3,
-            "default_momentum": 0.99, "native_layout": "channels_last", "single_value_training": "computes",
-            "notes": ""}
-
-
-def settings_for(case: Case, conv: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(settings as passed, effective momentum in weight-of-new style and eps), like Adapter.mapped/effective."""
-    if case.use_defaults:
-        m, eps = conv["default_momentum"], conv["default_eps"]
-    else:
-        m = None if case.momentum == "cumulative" else (
-            case.momentum if conv["momentum_style"] == "weight_of_new" else 1.0 - case.momentum)
-        eps = case.eps
-    eff_m = "cumulative" if m is None else (m if conv["momentum_style"] == "weight_of_new" else 1.0 - m)
-    return ({"momentum": m, "eps": eps, "axis": case.channel_axis, "training_flags": {}},
-            {"momentum": eff_m, "eps": eps})
+def _adapter(name: str) -> Adapter:
+    """The real adapter object (its conventions and settings need no framework)."""
+    specs = discover()
+    return load_spec(specs[name]) if name in specs else load_spec(specs["torch"])
 
 
 def _metrics(rng: np.random.Generator, case: Case, q: str, bad: bool) -> dict[str, Any]:
@@ -63,7 +50,7 @@ def _metrics(rng: np.random.Generator, case: Case, q: str, bad: bool) -> dict[st
     idx = [int(rng.integers(0, d)) for d in shape]
     ulp = float(10 ** rng.uniform(3, 8)) if bad else float(10 ** rng.uniform(-1.5, 1.2))
     expected = float(rng.standard_normal())
-    spacing = 2.0 ** math.floor(math.log2(max(abs(expected), 1e-30))) * 2**-23
+    spacing = ulp_of(max(abs(expected), 1e-30), "float32")
     abs_err = ulp * spacing
     threshold = abs_err / (10 ** rng.uniform(-4, -0.5)) if bad else abs_err * 10 ** rng.uniform(0.3, 2.0)
     total = int(np.prod(shape))
@@ -75,86 +62,85 @@ def _metrics(rng: np.random.Generator, case: Case, q: str, bad: bool) -> dict[st
 
 
 def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.random.Generator,
-                 fate: str = "pass") -> list[dict[str, Any]]:
+                 fate: str = "pass") -> list[Result | Cell]:
     """Every record of one (case, adapter) cell. ``fate``: pass | fail | known | stale | raised | crashed |
     timeout | skip | expected-raise (what the cell is made to show)."""
-    base = {"kind": "result", "env": env, "case": case.name, "adapter": adapter, "framework": adapter.split("-")[0],
-            "framework_version": version}
+    ids = dict(env=env, case=case.name, adapter=adapter, framework=adapter.split("-")[0], framework_version=version)
     if fate == "skip":
-        return [{**base, "quantity": "outcome", "step": None, "verdict": "skip",
-                 "message": f"{adapter} does not support dtype {case.dtype}"}]
-    conv = conventions_for(adapter)
-    settings, effective = settings_for(case, conv)
-    out = {**base, "quantity": "outcome", "step": None, "verdict": "pass", "message": "returned normally"}
+        return [Result(**ids, quantity=Quantity.OUTCOME, verdict=Verdict.SKIP,
+                       message=f"{adapter} does not support dtype {case.dtype}")]
+    real = _adapter(adapter)
+    momentum, eps = real.effective(case)
+    out = Result(**ids, quantity=Quantity.OUTCOME, verdict=Verdict.PASS, message="returned normally")
     records = [out]
+    repro = f'pytest "tests/parity/test_parity.py::test_parity[{adapter}-{case.name}]"'
     if fate in ("raised", "expected-raise"):
-        out.update(verdict=fate, exception_type="ValueError", exception_stage="train step 0",
-                   exception_message="Expected more than 1 value per channel when training",
-                   message="unexpected exception during train step 0: ValueError: Expected more than 1 value "
-                           "per channel when training")
+        out.verdict, out.exception_type, out.exception_stage = Verdict(fate), "ValueError", "train step 0"
+        out.exception_message = "Expected more than 1 value per channel when training"
+        out.message = ("unexpected exception during train step 0: ValueError: Expected more than 1 value per "
+                       "channel when training")
     elif fate in ("crashed", "timeout"):
-        out.update(verdict=fate, exit_code=-11 if fate == "crashed" else None,
-                   message=("worker died with signal 11 (SIGSEGV)" if fate == "crashed"
-                            else "no answer within 300 s; worker killed"),
-                   stderr_tail="Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f (most recent call "
-                               "first):\n  File \"bn.py\", line 42 in forward")
+        out.verdict, out.exit_code = Verdict(fate), -11 if fate == "crashed" else None
+        out.message = "worker died with signal 11 (SIGSEGV)" if fate == "crashed" else "no answer within 300 s; " \
+            "worker killed"
+        out.stderr_tail = ("Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f (most recent call "
+                           "first):\n  File \"bn.py\", line 42 in forward")
     else:
         bad_q = {"fail": "running_var", "known": "y", "stale": None}.get(fate)
-        keys = [(q, s) for s in range(case.steps) for q in TRAIN
+        keys = [(q, s) for s in range(case.steps) for q in Quantity.of_phase("train")
                 if case.affine or q not in ("dgamma", "dbeta")
                 if case.track_running_stats or q not in ("running_mean", "running_var")]
-        keys += [("y_eval", None), ("dx_eval", None)]
+        keys += [(q, None) for q in Quantity.of_phase("eval")]
         for q, s in keys:
             bad = bad_q is not None and (q == bad_q or (fate == "fail" and q == "y_eval"))
             m = _metrics(rng, case, q, bad)
-            rec = {**base, "quantity": q, "step": s, **m, "verdict": "pass", "message": ""}
+            rec = Result(**ids, quantity=q, step=s, **m, verdict=Verdict.PASS)
             if bad:
-                rec["verdict"] = "known" if fate == "known" else "fail"
-                rec["message"] = (f"{q}: values differ\n  Mismatched elements: {m['mismatched']} / {m['total']}\n"
-                                  f"  Reproduce: pytest \"tests/parity/test_parity.py::test_parity[{adapter}-"
-                                  f"{case.name}]\"")
+                rec.verdict = Verdict.KNOWN if fate == "known" else Verdict.FAIL
+                rec.message = f"{q.label(s)}: values differ\n  Mismatched elements: {m['mismatched']} / {m['total']}"
                 if fate == "known":
-                    rec["ledger"] = {"id": f"{adapter}-sample-entry", "kind": "numerical weakness",
-                                     "reason": "a made-up reason for the sample data",
-                                     "link": "https://github.com/pytorch/pytorch/issues/5410",
-                                     "observed": "sample", "versions": ">=0"}
+                    rec.ledger = LedgerRef(id=f"{adapter}-sample-entry", kind="numerical weakness",
+                                           reason="a made-up reason for the sample data",
+                                           link="https://github.com/pytorch/pytorch/issues/5410", observed="sample",
+                                           versions=">=0")
             records.append(rec)
         if fate == "stale":
-            records.append({**base, "quantity": "dx|dgamma", "step": None, "verdict": "stale",
-                            "ledger": {"id": f"{adapter}-stale-entry", "kind": "framework bug",
-                                       "reason": "fixed upstream", "link": "https://example.org/issue/1",
-                                       "observed": "sample", "versions": ">=0"},
-                            "message": f"ledger entry '{adapter}-stale-entry' expects a difference in 'dx|dgamma' "
-                                       "here, but nothing differed"})
-    verdicts = [r["verdict"] for r in records]
-    order = ["pass", "skip", "expected-raise", "known", "stale", "fail", "raised", "timeout", "crashed"]
-    records.append({"kind": "cell", "env": env, "case": case.name, "adapter": adapter,
-                    "framework": base["framework"], "framework_version": version,
-                    "verdict": max(verdicts, key=order.index), "case_params": case.summary(), "tags": list(case.tags),
-                    "file": case.file, "conventions": conv, "settings": settings, "effective": effective,
-                    "info": {"compute_s": float(rng.uniform(0.001, 0.02))}, "worker": {"pid": 1000},
-                    "status": "returned" if fate not in ("crashed", "timeout") else fate,
-                    "wall_s": float(rng.uniform(0.002, 0.05)), "input_digests": {"x": "0" * 16, "x_eval": "0" * 16}})
+            records.append(Result(**ids, quantity=None, covers=["dx", "dgamma"], verdict=Verdict.STALE,
+                                  ledger=LedgerRef(id=f"{adapter}-stale-entry", kind="framework bug",
+                                                   reason="fixed upstream", link="https://example.org/issue/1",
+                                                   observed="sample", versions=">=0"),
+                                  message=f"ledger entry '{adapter}-stale-entry' expects a difference in "
+                                          "'dx|dgamma' here, but nothing differed"))
+    for r in records:
+        if r.verdict.fails_run:
+            r.repro = repro
+    records.append(Cell(**ids, verdict=Verdict.worst(r.verdict for r in records), case_params=case.summary(),
+                        tags=list(case.tags), file=case.file, conventions=real.conventions.as_dict(),
+                        settings=real.settings(case), effective=Effective(momentum=momentum, eps=eps),
+                        info={"compute_s": float(rng.uniform(0.001, 0.02))}, worker={"pid": 1000},
+                        worker_env=dict(real.worker_env),
+                        status=OutcomeStatus.RETURNED if fate not in ("crashed", "timeout") else OutcomeStatus(fate),
+                        wall_s=float(rng.uniform(0.002, 0.05)), input_digests={"x": "0" * 16, "x_eval": "0" * 16}))
     return records
 
 
-def header(env: str, adapters: list[str], status: str = "complete") -> dict[str, Any]:
-    versions = {"bnparity": "0.1.0", "numpy": "2.4.6"}
+def header(env: str, adapters: list[str], status: str = "complete") -> Header:
+    versions = {"bnparity": __version__, "numpy": "2.4.6"}
     for a in adapters:
         versions[a.split("-")[0]] = "2.13.0" if a.startswith("torch") else "1.0.0"
-    return {"kind": "header", "schema_version": 1, "env": env, "status": status,
-            "started": "2026-01-01T00:00:00+0000", "finished": "2026-01-01T00:05:00+0000", "versions": versions,
-            "cases_hash": "0" * 64, "platform": {"system": "Linux", "machine": "x86_64", "python": "3.11.7"},
-            "adapters": list(adapters), "argv": ["tests/parity"], "timings": {},
-            "sample": "made-up metrics from harness.report_sample; not a measurement of any framework"}
+    return Header(env=env, status=status, started="2026-01-01T00:00:00+0000", finished="2026-01-01T00:05:00+0000",
+                  versions=versions, cases_hash="0" * 64,
+                  platform={"system": "Linux", "machine": "x86_64", "python": "3.11.7"}, mode="parity",
+                  adapters=list(adapters), argv=["tests/parity"], timings={},
+                  sample="made-up metrics from harness.report_sample; not a measurement of any framework")
 
 
-def write(path: Path, head: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+def write(path: Path, head: Header | dict[str, Any], records: list[Record | dict[str, Any]]) -> Path:
+    """A results file; records given as dicts are validated through the schema first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(dumps(head) + "\n")
-        for r in records:
-            f.write(dumps(r) + "\n")
+        for r in [head, *records]:
+            f.write(dumps(r if isinstance(r, Record) else parse(r)) + "\n")
     return path
 
 
@@ -167,7 +153,7 @@ def synthetic(out_dir: Path, envs: list[str], adapters: list[str] | tuple[str, .
     paths = []
     for k, env in enumerate(envs):
         rng = np.random.default_rng([seed, k])
-        records: list[dict[str, Any]] = []
+        records: list[Record] = []
         for case in cases:
             for a in adapters:
                 fate = str(rng.choice(fates)) if rng.random() < bad_fraction else "pass"

@@ -1,56 +1,47 @@
-"""``reports/<env>/results.jsonl``: one JSON object per line, streamed as results arrive.
+"""Results files: written line by line as results arrive, read back as typed records.
 
-The first line is the ``header`` record; its ``status`` is ``running`` while
-the run goes on and is rewritten to ``complete`` or ``interrupted`` at the
-end (a run killed outright keeps ``running``: readers treat it as partial).
-See the README for the schema.
+The first line is the ``Header``; its ``status`` is ``running`` while the run goes on and is
+rewritten to ``complete`` or ``interrupted`` at the end (a run killed outright keeps
+``running``: readers treat it as partial). The records are defined in ``harness.schema``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from pydantic import ValidationError
+
+from harness.schema import SCHEMA_VERSION, Header, Record, SchemaError, dumps, parse
 
 
-def _clean(v: Any) -> Any:
-    """JSON has no NaN/Inf: non-finite floats become strings ("nan", "inf", "-inf")."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(_clean(record), allow_nan=False, default=str)
+def platform_info() -> dict[str, Any]:
+    return {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+            "processor": platform.processor(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+            "node": platform.node()}
 
 
-def header(env: str, versions: dict[str, str], cases_hash: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "kind": "header", "schema_version": SCHEMA_VERSION, "env": env, "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions, "cases_hash": cases_hash,
-        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
-                     "processor": platform.processor(), "python": sys.version.split()[0],
-                     "cpu_count": os.cpu_count(), "node": platform.node()},
-        **extra,
-    }
+def header(env: str, versions: dict[str, str], cases_hash: str, **extra: Any) -> Header:
+    """A new file's header: status ``running``, started now, on this platform."""
+    return Header(env=env, versions=versions, cases_hash=cases_hash, started=now(), platform=platform_info(),
+                  **extra)
 
 
 class ResultsWriter:
     """Appends records line by line (flushed), and rewrites the header at the end."""
 
-    def __init__(self, path: Path, head: dict[str, Any]):
+    def __init__(self, path: Path, head: Header):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.head = head
@@ -58,11 +49,11 @@ class ResultsWriter:
         self._write(head)
         self.count = 0
 
-    def _write(self, rec: dict[str, Any]) -> None:
+    def _write(self, rec: Record) -> None:
         self._f.write(dumps(rec) + "\n")
         self._f.flush()
 
-    def write(self, records: Iterable[dict[str, Any]]) -> None:
+    def write(self, records: Iterable[Record]) -> None:
         for r in records:
             self._write(r)
             self.count += 1
@@ -72,7 +63,7 @@ class ResultsWriter:
         if self._f.closed:
             return
         self._f.close()
-        self.head.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), records=self.count, **extra)
+        self.head = self.head.model_copy(update=dict(status=status, finished=now(), records=self.count, **extra))
         tmp = self.path.with_suffix(".jsonl.tmp")
         with open(self.path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
             src.readline()
@@ -82,18 +73,70 @@ class ResultsWriter:
         os.replace(tmp, self.path)
 
 
-def read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(header, records) of one results file; a torn last line is dropped."""
-    head: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
+@dataclass
+class ResultsFile:
+    path: Path
+    header: Header | None
+    records: list[Record] = field(default_factory=list)
+
+
+def _upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 record in schema-2 terms: the repro command out of the message, NaN at the worst
+    element as "nan" (schema 1 wrote null), a stale record's quantity globs as `covers`."""
+    kind = obj.get("kind")
+    if kind == "header":
+        return {**obj, "schema_version": SCHEMA_VERSION}
+    if kind == "result":
+        obj = dict(obj)
+        msg = obj.get("message") or ""
+        i = msg.find("\n  Reproduce: ")
+        if i >= 0:
+            obj["message"], obj["repro"] = msg[:i], msg[i + len("\n  Reproduce: "):]
+        if obj.get("verdict") == "stale" and isinstance(obj.get("quantity"), str):
+            obj["covers"], obj["quantity"] = obj["quantity"].split("|"), None
+        if obj.get("worst_index") is not None and obj.get("mismatch_kind") not in (None, "match", "value", "shape"):
+            for k in ("expected", "observed"):
+                if obj.get(k) is None:
+                    obj[k] = "nan"
+    return obj
+
+
+def read(path: Path | str) -> ResultsFile:
+    """The header and records of one results file. A torn last line (a run killed mid-write) is dropped;
+    a file written by a newer schema, or a record that does not validate, raises ``SchemaError``
+    naming the file and line."""
+    path = Path(path)
+    out = ResultsFile(path, None)
+    version = SCHEMA_VERSION
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+        lines = f.readlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # torn by a kill mid-write
                 continue
-            if rec.get("kind") == "header" and not head:
-                head = rec
-            else:
-                records.append(rec)
-    return head, records
+            raise SchemaError(f"{path}:{n}: not a JSON line") from None
+        if not isinstance(obj, dict):
+            raise SchemaError(f"{path}:{n}: not a JSON object")
+        if obj.get("kind") == "header":
+            if out.header is not None:
+                raise SchemaError(f"{path}:{n}: a second header")
+            version = obj.get("schema_version")
+            if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+                raise SchemaError(f"{path}: written with results schema {version!r}; this bnparity reads "
+                                  f"schema 1 to {SCHEMA_VERSION}: upgrade bnparity to read this file")
+        if version == 1:
+            obj = _upgrade_v1(obj)
+        try:
+            rec = parse(obj)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise SchemaError(f"{path}:{n}: {obj.get('kind', 'record')} record, field {where!r}: {err['msg']}") \
+                from None
+        if isinstance(rec, Header):
+            out.header = rec
+        else:
+            out.records.append(rec)
+    return out

@@ -4,76 +4,63 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from harness import inputs
 from harness.adapters.base import Adapter
 from harness.cases import Case
-from harness.compare import compare, describe, quantity_label
+from harness.compare import compare, describe
 from harness.expected import expected_quantities
-from harness.ledger import Entry
+from harness.ledger import Entry, apply_ledger
+from harness.schema import Cell, Effective, MismatchKind, OutcomeStatus, Quantity, Result, Verdict
 from harness.workers import Outcome, Workers
 
-FAILING = ("fail", "stale", "raised", "crashed", "timeout")
-VERDICTS = ("pass", "fail", "known", "stale", "raised", "expected-raise", "crashed", "timeout", "skip")
+STDERR_TAIL_LINES = 8  # of a crashed worker's stderr, in the outcome message
 
 
 @dataclass
 class CellResult:
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Result | Cell] = field(default_factory=list)
     skip_reason: str | None = None
 
     @property
-    def failures(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["kind"] == "result" and r["verdict"] in FAILING]
+    def failures(self) -> list[Result]:
+        return [r for r in self.records if isinstance(r, Result) and r.verdict.fails_run]
 
     def failure_text(self) -> str:
-        return "\n\n".join(r["message"] for r in self.failures)
+        return "\n\n".join(r.message + (f"\n  Reproduce: {r.repro}" if r.repro else "") for r in self.failures)
 
 
-def _base(env: str, case: Case, adapter: Adapter, version: str | None) -> dict[str, Any]:
-    return {"kind": "result", "env": env, "case": case.name, "adapter": adapter.name,
-            "framework": adapter.framework, "framework_version": version}
-
-
-def _metrics_fields(m) -> dict[str, Any]:
-    return {"max_abs_err": m.max_abs_err, "max_rel_err": m.max_rel_err, "max_ulp_err": m.max_ulp_err,
-            "threshold": m.threshold, "error_ratio": m.error_ratio, "worst_index": m.worst_index,
-            "expected": m.expected, "observed": m.observed, "mismatched": m.mismatched,
-            "total": m.total, "mismatch_kind": m.kind, "observed_dtype": m.observed_dtype}
-
-
-def judge_raise(case: Case, adapter: str, outcome: Outcome) -> tuple[str, str]:
+def judge_raise(case: Case, adapter: str, outcome: Outcome) -> tuple[Verdict, str]:
     """(verdict, message) of the outcome itself: returned / raised / expected-raise / crashed / timeout."""
     want = case.expect_raise.get(adapter)
     raised = outcome.observed.raised if outcome.observed else None
-    if outcome.status != "returned":
-        tail = outcome.stderr_tail.strip().splitlines()[-8:]
-        return outcome.status, f"{outcome.message}" + ("\n  stderr tail:\n    " + "\n    ".join(tail) if tail else "")
+    if outcome.status != OutcomeStatus.RETURNED:
+        tail = outcome.stderr_tail.strip().splitlines()[-STDERR_TAIL_LINES:]
+        return Verdict(outcome.status), outcome.message + ("\n  stderr tail:\n    " + "\n    ".join(tail)
+                                                           if tail else "")
     if raised is None:
         if want:
-            return "fail", (f"expected {want.type} matching {want.match!r} but the call returned normally")
-        return "pass", "returned normally"
+            return Verdict.FAIL, f"expected {want.type} matching {want.match!r} but the call returned normally"
+        return Verdict.PASS, "returned normally"
     text = f"{raised.type}: {raised.message}"
     if want and raised.type == want.type and re.search(want.match, raised.message):
-        return "expected-raise", f"raised as the case expects, during {raised.stage}: {text}"
+        return Verdict.EXPECTED_RAISE, f"raised as the case expects, during {raised.stage}: {text}"
     if want:
-        return "raised", f"expected {want.type} matching {want.match!r}, but during {raised.stage}: {text}"
-    return "raised", f"unexpected exception during {raised.stage}: {text}"
+        return Verdict.RAISED, f"expected {want.type} matching {want.match!r}, but during {raised.stage}: {text}"
+    return Verdict.RAISED, f"unexpected exception during {raised.stage}: {text}"
 
 
 def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: str,
              ledger: list[Entry], timeout: float, repro: str) -> CellResult:
-    """Everything about one cell, as result records (one per quantity and step)."""
+    """Everything about one cell, as result records (one per quantity and step) and the cell record."""
     version = adapter.framework_version()
-    base = _base(env, case, adapter, version)
+    ids = dict(env=env, case=case.name, adapter=adapter.name, framework=adapter.framework,
+               framework_version=version)
     res = CellResult()
     reason = adapter.available() or adapter.supports(case)
     if reason:
         res.skip_reason = reason
-        res.records.append({**base, "quantity": "outcome", "step": None, "verdict": "skip", "message": reason})
+        res.records.append(Result(**ids, quantity=Quantity.OUTCOME, verdict=Verdict.SKIP, message=reason))
         return res
 
     data = inputs.build(case)
@@ -84,81 +71,41 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     outcome = wait()
     obs = outcome.observed
     verdict, message = judge_raise(case, adapter.name, outcome)
-    outcome_rec = {**base, "quantity": "outcome", "step": None, "verdict": verdict, "message": message}
+    outcome_rec = Result(**ids, quantity=Quantity.OUTCOME, verdict=verdict, message=message)
     if obs is not None and obs.raised:
-        outcome_rec.update(exception_type=obs.raised.type, exception_message=obs.raised.message,
-                           exception_stage=obs.raised.stage)
-    if outcome.status != "returned":
-        outcome_rec.update(exit_code=outcome.exit_code, stderr_tail=outcome.stderr_tail)
+        outcome_rec.exception_type = obs.raised.type
+        outcome_rec.exception_message = obs.raised.message
+        outcome_rec.exception_stage = obs.raised.stage
+    if outcome.status != OutcomeStatus.RETURNED:
+        outcome_rec.exit_code, outcome_rec.stderr_tail = outcome.exit_code, outcome.stderr_tail
     records = [outcome_rec]
-    if obs is not None and verdict == "pass":
+    if obs is not None and verdict == Verdict.PASS:
         for key, exp in expected.items():
-            q, step = key
-            label = quantity_label(q, step)
-            rec = {**base, "quantity": q, "step": step}
+            q, step = Quantity(key[0]), key[1]
             if key not in obs.arrays:
-                rec.update(verdict="fail", mismatch_kind="missing", message=f"{label}: not returned by the adapter")
-            else:
-                arr = obs.arrays[key]
-                m = compare(exp, arr)
-                rec.update(_metrics_fields(m), digest=inputs.digest(arr))
-                rec["verdict"] = "pass" if m.ok else "fail"
-                rec["message"] = "" if m.ok else describe(label, m, exp.dtype)
-            records.append(rec)
+                records.append(Result(**ids, quantity=q, step=step, verdict=Verdict.FAIL,
+                                      mismatch_kind=MismatchKind.MISSING,
+                                      message=f"{q.label(step)}: not returned by the adapter"))
+                continue
+            arr = obs.arrays[key]
+            m = compare(exp, arr)
+            records.append(Result(**ids, quantity=q, step=step, verdict=Verdict.PASS if m.ok else Verdict.FAIL,
+                                  message="" if m.ok else describe(q.label(step), m, exp.dtype),
+                                  digest=inputs.digest(arr), **m.fields()))
 
-    _apply_ledger(case, adapter.name, version, ledger, records)
+    records += apply_ledger(case, adapter.name, version, ledger, records)
     for r in records:
-        if r["verdict"] in FAILING and r.get("message"):
-            r["message"] += f"\n  Reproduce: {repro}"
-    cell = {"kind": "cell", "env": env, "case": case.name, "adapter": adapter.name,
-            "framework": adapter.framework, "framework_version": version,
-            "verdict": worst_verdict(r["verdict"] for r in records),
-            "case_params": case.summary(), "tags": list(case.tags), "file": case.file,
-            "conventions": adapter.conventions.as_dict(), "settings": adapter.settings(case),
-            "effective": {"momentum": momentum, "eps": eps},
-            "info": ({k: v for k, v in obs.info.items() if _jsonable(v)} if obs else {}),
-            "worker": outcome.worker, "status": outcome.status, "wall_s": outcome.wall_s,
-            "input_digests": data.digests}
+        if r.verdict.fails_run:
+            r.repro = repro
+    cell = Cell(**ids, verdict=Verdict.worst(r.verdict for r in records), case_params=case.summary(),
+                tags=list(case.tags), file=case.file, conventions=adapter.conventions.as_dict(),
+                settings=adapter.settings(case), effective=Effective(momentum=momentum, eps=eps),
+                info=({k: v for k, v in obs.info.items() if _jsonable(v)} if obs else {}),
+                worker=outcome.worker, worker_env=dict(adapter.worker_env), status=OutcomeStatus(outcome.status),
+                wall_s=outcome.wall_s, input_digests=data.digests)
     res.records = [*records, cell]
     return res
 
 
 def _jsonable(v) -> bool:
     return isinstance(v, (str, int, float, bool, type(None), list, dict))
-
-
-def _apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Entry],
-                  records: list[dict[str, Any]]) -> None:
-    """fail -> known where an entry covers it; an applicable entry covering nothing -> stale."""
-    entries = [e for e in ledger if e.applies(case, adapter, version)]
-    used: set[str] = set()
-    for r in records:
-        if r["verdict"] in FAILING and r["verdict"] != "stale":
-            explaining = [e for e in entries if e.covers(r["quantity"])]
-            if explaining:  # every entry that explains a failure is in use, the first is shown
-                r["verdict"] = "known"
-                r["ledger"] = explaining[0].as_record()
-                r["ledger_ids"] = [e.id for e in explaining]
-                used.update(e.id for e in explaining)
-    compared = {r["quantity"] for r in records if r["verdict"] not in ("skip",) and r["quantity"] != "outcome"}
-    for e in entries:
-        # an entry is judged only where what it covers was compared (not when the call raised or crashed)
-        if e.id not in used and (any(e.covers(q) for q in compared) or e.covers("outcome")):
-            records.append({**{k: records[0][k] for k in ("kind", "env", "case", "adapter", "framework",
-                                                          "framework_version")},
-                            "quantity": "|".join(e.quantity), "step": None, "verdict": "stale",
-                            "ledger": e.as_record(),
-                            "message": (f"ledger entry {e.id!r} expects a difference in {'|'.join(e.quantity)!r} here, "
-                                        f"but nothing differed: the framework changed or the entry is too wide")})
-
-
-_ORDER = {v: i for i, v in enumerate(["pass", "skip", "expected-raise", "known", "stale", "fail", "raised",
-                                      "timeout", "crashed"])}
-
-
-def worst_verdict(verdicts) -> str:
-    return max(verdicts, key=lambda v: _ORDER.get(v, 0), default="pass")
-
-
-def array_digests(obs) -> dict[str, str]:
-    return {f"{q}@{s}": inputs.digest(np.asarray(a)) for (q, s), a in obs.arrays.items()}

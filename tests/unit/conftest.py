@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from harness.results import read
+from harness.schema import Cell, Header, Record, Result
 
 pytest_plugins = ["pytester"]
 
@@ -17,19 +19,22 @@ PARITY_TEST = "def test_parity(bn_cell):\n    bn_cell.check()\n"
 @dataclass
 class InnerRun:
     result: pytest.RunResult
-    header: dict
-    records: list[dict]
+    header: Header | None
+    records: list[Record]
     lines: list[str]
 
-    def results(self, **match) -> list[dict]:
-        return [r for r in self.records if r["kind"] == "result" and all(r.get(k) == v for k, v in match.items())]
+    def results(self, **match) -> list[Result]:
+        return [r for r in self.records if isinstance(r, Result) and all(getattr(r, k) == v for k, v in match.items())]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [r for r in self.records if isinstance(r, Cell)]
 
     def verdicts(self, adapter: str, case: str) -> set[str]:
-        return {r["verdict"] for r in self.results(adapter=adapter, case=case)}
+        return {r.verdict for r in self.results(adapter=adapter, case=case)}
 
     def failing_quantities(self, adapter: str, case: str) -> set[str]:
-        return {r["quantity"] for r in self.results(adapter=adapter, case=case)
-                if r["verdict"] in ("fail", "raised", "crashed", "timeout", "stale")}
+        return {r.quantity for r in self.results(adapter=adapter, case=case) if r.verdict.fails_run}
 
 
 @pytest.fixture
@@ -53,9 +58,9 @@ def run_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
             "--cases", str(cases), "--results-dir", str(pytester.path / "reports"), "--bnparity-env", "t",
             "--adapters", names, "-p", "no:cacheprovider", "-p", "no:randomly", *args)
         path = pytester.path / "reports" / "t" / "results.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        recs = [json.loads(line) for line in lines]
-        head = recs[0] if recs and recs[0]["kind"] == "header" else {}
-        return InnerRun(res, head, recs[1:] if head else recs, lines)
+        if not path.exists():
+            return InnerRun(res, None, [], [])
+        rf = read(path)  # every record validates against the schema
+        return InnerRun(res, rf.header, rf.records, path.read_text().splitlines())
 
     return run

@@ -94,8 +94,8 @@ EXPECT = {
 def test_correct_float32_implementation_passes_everything(run_parity):
     run = run_parity(CASES, ["NumpyBN"])
     assert run.result.ret == 0, run.result.stdout.str()[-3000:]
-    assert {r["verdict"] for r in run.results()} == {"pass"}
-    assert len({r["case"] for r in run.results()}) == 11
+    assert {r.verdict for r in run.results()} == {"pass"}
+    assert len({r.case for r in run.results()}) == 11
 
 
 def test_every_planted_bug_is_flagged(run_parity):
@@ -109,11 +109,13 @@ def test_every_planted_bug_is_flagged(run_parity):
         assert f"FAILED test_parity.py::test_parity[{name}-{case}]" in out
     # the message says what, where, by how much, and how to reproduce
     rec = next(r for r in run.results(adapter="bug-eps-outside-sqrt", case="dense", quantity="y")
-               if r["verdict"] == "fail")
-    assert "y after train step 0: values differ" in rec["message"]
-    assert "Worst element at index" in rec["message"] and "ulp of float32" in rec["message"]
-    assert 'Reproduce: pytest "test_parity.py::test_parity[bug-eps-outside-sqrt-dense]"' in rec["message"]
-    assert rec["max_abs_err"] > rec["threshold"]
+               if r.verdict == "fail")
+    assert "y after train step 0: values differ" in rec.message
+    assert "Worst element (largest error over its bound) at index" in rec.message
+    assert "ulp of float32" in rec.message
+    assert rec.repro == 'pytest "test_parity.py::test_parity[bug-eps-outside-sqrt-dense]"'
+    assert f"Reproduce: {rec.repro}" in out
+    assert rec.max_abs_err > rec.threshold
 
 
 def test_gradient_bug_leaves_forward_alone(run_parity):

@@ -30,25 +30,25 @@ def test_xdist_no_lost_or_duplicated_records(run_parity):
     run = run_parity(CASES, ["NumpyBN", "MomentumFlipped"], "-n", "2", "--dist", "loadgroup")
     assert run.result.ret == 1  # the flipped momentum fails
     assert all(json.loads(line) for line in run.lines)  # every line parses
-    keys = Counter((r["case"], r["adapter"], r["quantity"], r["step"]) for r in run.results())
+    keys = Counter((r.case, r.adapter, r.quantity, r.step) for r in run.results())
     assert max(keys.values()) == 1, [k for k, v in keys.items() if v > 1]
     for adapter in ("fake-good", "bug-momentum-flipped"):
         for i in range(10):
             n = len(run.results(adapter=adapter, case=f"c{i}"))
-            assert n == _expected_records(i) + (0 if adapter == "fake-good" else 0), (adapter, i, n)
-    cells = [r for r in run.records if r["kind"] == "cell"]
-    assert len(cells) == 20 == len({(c["case"], c["adapter"]) for c in cells})
-    assert run.header["status"] == "complete" and run.header["records"] == len(run.records)
+            assert n == _expected_records(i), (adapter, i, n)
+    cells = run.cells
+    assert len(cells) == 20 == len({(c.case, c.adapter) for c in cells})
+    assert run.header.status == "complete" and run.header.records == len(run.records)
     # --dist loadgroup: one xdist worker per adapter, so each framework worker starts once
     for adapter in ("fake-good", "bug-momentum-flipped"):
-        assert len({c["worker"]["pid"] for c in cells if c["adapter"] == adapter}) == 1
+        assert len({c.worker["pid"] for c in cells if c.adapter == adapter}) == 1
 
 
 def test_reruns_are_bit_identical(run_parity):
     a = run_parity(CASES, ["NumpyBN"], "-k", "c1 or c2 or c3")
     b = run_parity(CASES, ["NumpyBN"], "-k", "c1 or c2 or c3")
-    da = {(r["case"], r["quantity"], r["step"]): r["digest"] for r in a.results() if "digest" in r}
-    db = {(r["case"], r["quantity"], r["step"]): r["digest"] for r in b.results() if "digest" in r}
+    da = {(r.case, r.quantity, r.step): r.digest for r in a.results() if r.digest}
+    db = {(r.case, r.quantity, r.step): r.digest for r in b.results() if r.digest}
     assert da and da == db
 
 
@@ -75,13 +75,14 @@ reason = "an entry that matches no failure must be reported stale"
 link = "https://example.org/stale"
 """
     run = run_parity(CASES, ["NumpyBN", "MomentumFlipped"], "-k", "c1 or c2 or c3", ledger=ledger)
-    assert {r["verdict"] for r in run.results(adapter="bug-momentum-flipped", case="c1")} == {"pass", "known"}
-    known = [r for r in run.results(adapter="bug-momentum-flipped", case="c1") if r["verdict"] == "known"]
-    assert known[0]["ledger"]["id"] == "flipped-running-mean"
+    assert {r.verdict for r in run.results(adapter="bug-momentum-flipped", case="c1")} == {"pass", "known"}
+    known = [r for r in run.results(adapter="bug-momentum-flipped", case="c1") if r.verdict == "known"]
+    assert known[0].ledger.id == "flipped-running-mean"
     # not covered on c3: a plain failure
     assert "fail" in run.verdicts("bug-momentum-flipped", "c3")
     stale = run.results(adapter="fake-good", case="c1", verdict="stale")
-    assert len(stale) == 1 and "good-is-never-wrong" in stale[0]["message"]
+    assert len(stale) == 1 and "good-is-never-wrong" in stale[0].message
+    assert stale[0].quantity is None and stale[0].covers == ["y"]
     out = run.result.stdout.str()
     assert "FAILED test_parity.py::test_parity[fake-good-c1]" in out
     assert "FAILED test_parity.py::test_parity[bug-momentum-flipped-c3]" in out

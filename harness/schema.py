@@ -1,0 +1,441 @@
+"""The results data model, defined once: verdicts, quantities, and every record of a results file.
+
+``reports/<env>/results.jsonl`` (parity) and ``reports/<env>/bench.jsonl`` (benchmark) hold one
+JSON object per line: a ``Header`` first, then ``Result`` and ``Cell`` records (parity) or
+``Bandwidth`` and ``Benchmark`` records (benchmark). Writers build these models and readers load
+through them (``harness.results``), so a renamed field is a type error, not a silent ``None``.
+``docs/results.schema.json`` is generated from the models (``python -m harness.schema``) for
+tools outside Python.
+
+JSON has no NaN or infinity: a non-finite float is written as the string ``"nan"``, ``"inf"``
+or ``"-inf"`` (one encoding, everywhere), and read back as a float.
+
+    >>> Verdict.worst(["pass", "known", "skip"])
+    <Verdict.KNOWN: 'known'>
+    >>> Verdict.STALE.fails_run, Quantity.RUNNING_VAR.label(2)
+    (True, 'running_var after train step 2')
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, model_validator
+
+# 2: NaN at the worst element is "nan" (was null); the pytest command is `repro` (was appended to `message`);
+#    a stale record names its entry's quantity globs in `covers` (was "a|b" in `quantity`); cells carry
+#    `worker_env`; the greatest differences over the mismatched elements, each with its own index.
+SCHEMA_VERSION = 2
+
+
+class SchemaError(ValueError):
+    """A results file this version cannot read (newer schema, or a record that does not validate)."""
+
+
+# -- verdicts ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _VerdictInfo:
+    severity: int  # a cell shows its worst (highest) verdict
+    fails_run: bool
+    differs: bool  # the values differ from the oracle (known: and the ledger says why)
+    shows_error: bool  # the matrix shows the worst error in ulps rather than a letter
+    letter: str  # terminal matrix
+    mark: str  # report matrix, where no error is shown
+    meaning: str
+
+
+class Verdict(enum.StrEnum):
+    """One verdict per (case, adapter, quantity, step); a cell's verdict is its worst."""
+
+    PASS = "pass"
+    SKIP = "skip"
+    EXPECTED_RAISE = "expected-raise"
+    KNOWN = "known"
+    STALE = "stale"
+    FAIL = "fail"
+    RAISED = "raised"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+
+    @property
+    def info(self) -> _VerdictInfo:
+        return _VERDICTS[self]
+
+    @property
+    def severity(self) -> int:
+        return _VERDICTS[self].severity
+
+    @property
+    def fails_run(self) -> bool:
+        return _VERDICTS[self].fails_run
+
+    @property
+    def differs(self) -> bool:
+        return _VERDICTS[self].differs
+
+    @classmethod
+    def worst(cls, verdicts: Iterable[str]) -> Verdict:
+        """The most severe of ``verdicts`` (pass when there are none)."""
+        return max((cls(v) for v in verdicts), key=lambda v: v.severity, default=cls.PASS)
+
+    @classmethod
+    def ordered(cls) -> list[Verdict]:
+        return sorted(cls, key=lambda v: v.severity)
+
+    @classmethod
+    def table(cls) -> list[dict[str, Any]]:
+        """Every verdict with its properties, in severity order (what the report's JavaScript reads)."""
+        return [{"name": v.value, "severity": v.severity, "fails_run": v.fails_run, "differs": v.differs,
+                 "shows_error": v.info.shows_error, "letter": v.info.letter, "mark": v.info.mark,
+                 "meaning": v.info.meaning} for v in cls.ordered()]
+
+
+_VERDICTS = {
+    Verdict.PASS: _VerdictInfo(0, False, False, True, "P", "", "within the tolerance of the float64 oracle"),
+    Verdict.SKIP: _VerdictInfo(1, False, False, False, "-", "–",
+                               "the adapter is unavailable or does not support the case (the reason is recorded)"),
+    Verdict.EXPECTED_RAISE: _VerdictInfo(2, False, False, False, "E", "E",
+                                         "the framework raised what the case declares (`expect_raise`)"),
+    Verdict.KNOWN: _VerdictInfo(3, False, True, True, "K", "K",
+                                "a failure that matches an entry of the ledger `cases/known_differences.toml`"),
+    Verdict.STALE: _VerdictInfo(4, True, False, True, "S", "S",
+                                "a ledger entry that applies here but matched no failure (the framework changed)"),
+    Verdict.FAIL: _VerdictInfo(5, True, True, True, "F", "F",
+                               "outside the tolerance, or NaN/Inf where the oracle is finite (or the reverse), "
+                               "or wrong shape"),
+    Verdict.RAISED: _VerdictInfo(6, True, False, False, "R", "R",
+                                 "the framework raised, and the case does not expect it"),
+    Verdict.TIMEOUT: _VerdictInfo(7, True, False, False, "T", "T",
+                                  "the case exceeded its time limit; the worker was killed and replaced"),
+    Verdict.CRASHED: _VerdictInfo(8, True, False, False, "C", "C",
+                                  "the framework killed its worker process (segfault, abort, OOM kill)"),
+}
+
+
+# -- quantities ----------------------------------------------------------------------------------------
+
+class Quantity(enum.StrEnum):
+    """What is compared: the outcome of the call, then every array, in the order the computation runs."""
+
+    OUTCOME = "outcome"
+    RUNNING_MEAN = "running_mean"
+    RUNNING_VAR = "running_var"
+    Y = "y"
+    DX = "dx"
+    DGAMMA = "dgamma"
+    DBETA = "dbeta"
+    Y_EVAL = "y_eval"
+    DX_EVAL = "dx_eval"
+
+    @property
+    def phase(self) -> Literal["outcome", "train", "eval"]:
+        return _QUANTITIES[self][0]
+
+    @property
+    def order(self) -> int:
+        """Position within its phase (train: the batch mean, variance, y, then the gradients)."""
+        return [q for q in Quantity if q.phase == self.phase].index(self)
+
+    @property
+    def per_channel(self) -> bool:
+        """One value per channel, in the parameter dtype (running statistics, dgamma, dbeta)."""
+        return self in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA)
+
+    @property
+    def stage(self) -> str:
+        """What part of the computation this quantity shows."""
+        return _QUANTITIES[self][1]
+
+    def label(self, step: int | None = None) -> str:
+        """'running_var after train step 2', 'y (eval)'."""
+        base = self.value if self.phase != "eval" else f"{self.value.removesuffix('_eval')} (eval)"
+        return base if step is None else f"{base} after train step {step}"
+
+    @classmethod
+    def of_phase(cls, phase: str) -> list[Quantity]:
+        return [q for q in cls if q.phase == phase]
+
+
+_QUANTITIES: dict[Quantity, tuple[Literal["outcome", "train", "eval"], str]] = {
+    Quantity.OUTCOME: ("outcome", "the call itself (returned, raised, crashed)"),
+    Quantity.RUNNING_MEAN: ("train", "batch mean -> running_mean"),
+    Quantity.RUNNING_VAR: ("train", "batch variance -> running_var"),
+    Quantity.Y: ("train", "normalized output y"),
+    Quantity.DX: ("train", "gradients (dx)"),
+    Quantity.DGAMMA: ("train", "gradients (dgamma)"),
+    Quantity.DBETA: ("train", "gradients (dbeta)"),
+    Quantity.Y_EVAL: ("eval", "eval output y"),
+    Quantity.DX_EVAL: ("eval", "eval gradient dx"),
+}
+
+
+class MismatchKind(enum.StrEnum):
+    """How an observed array differs from the oracle (``match``: it does not)."""
+
+    MATCH = "match"
+    VALUE = "value"
+    NAN = "nan"
+    FINITE_WHERE_NAN = "finite_where_nan"
+    INF = "inf"
+    SHAPE = "shape"
+    MISSING = "missing"
+
+    @property
+    def headline(self) -> str:
+        return {"match": "values agree", "value": "values differ", "nan": "NaN where the oracle is finite",
+                "finite_where_nan": "finite value where the oracle is NaN", "inf": "infinity placement differs",
+                "shape": "shape differs", "missing": "not returned by the adapter"}[self.value]
+
+
+class OutcomeStatus(enum.StrEnum):
+    """How the worker's call ended."""
+
+    RETURNED = "returned"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+
+
+# -- records -------------------------------------------------------------------------------------------
+
+# a float that may be NaN or infinite: written as "nan" / "inf" / "-inf" (JSON has no such numbers)
+Float = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number"}, {"enum": ["nan", "inf", "-inf"]}]})]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, frozen=False)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The record as it is written: fields left at None are left out (top level only)."""
+        return self.model_dump(mode="python", exclude_none=True)
+
+
+class LedgerRef(Record):
+    """The ledger entry that explains a record (``known``) or that no longer happens (``stale``)."""
+
+    id: str
+    kind: str
+    reason: str
+    link: str
+    observed: str
+    versions: str = ""
+
+
+class Header(Record):
+    """Line 1 of a results file; rewritten at the end with the final ``status``."""
+
+    kind: Literal["header"] = "header"
+    schema_version: int = SCHEMA_VERSION
+    env: str
+    status: Literal["running", "complete", "interrupted"] = "running"
+    started: str = ""
+    finished: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    cases_hash: str = ""
+    platform: dict[str, Any] = Field(default_factory=dict)
+    adapters: list[str] | None = None
+    argv: list[str] | None = None
+    ledger: str | None = None
+    records: int | None = None
+    exit_status: int | None = None
+    timings: dict[str, dict[str, float]] | None = None
+    # benchmark files
+    mode: Literal["parity", "bench"] | None = None
+    threads: str | None = None
+    machine: dict[str, Any] | None = None
+    malloc: dict[str, str] | None = None
+    # synthetic files (harness.report_sample): what they are
+    sample: str | None = None
+
+
+class Result(Record):
+    """One (case, adapter, quantity, step): its verdict, and the metrics when the array was compared."""
+
+    kind: Literal["result"] = "result"
+    env: str
+    case: str
+    adapter: str
+    framework: str
+    framework_version: str | None = None
+    quantity: Quantity | None = Field(None, description="None only on a stale record: its entry's globs are `covers`")
+    step: int | None = None
+    verdict: Verdict
+    message: str = ""
+    repro: str | None = Field(None, description="the command that reproduces a failing record")
+    covers: list[str] | None = None
+    # the comparison (compare.Metrics)
+    mismatch_kind: MismatchKind | None = None
+    max_abs_err: Float | None = Field(None, description="largest |observed - expected| over every element")
+    max_rel_err: Float | None = None
+    max_ulp_err: Float | None = Field(None, description="max_abs_err in ulps of the dtype at the quantity's scale")
+    greatest_abs_diff: Float | None = Field(None, description="largest |diff| over the mismatched elements")
+    greatest_abs_index: list[int] | None = None
+    greatest_rel_diff: Float | None = Field(None, description="largest relative diff over the mismatched elements")
+    greatest_rel_index: list[int] | None = None
+    threshold: Float | None = None
+    error_ratio: Float | None = None
+    worst_index: list[int] | None = Field(None, description="the element with the largest error over its bound")
+    expected: Float | None = None
+    observed: Float | None = None
+    mismatched: int | None = None
+    total: int | None = None
+    nan_expected: int | None = None
+    nan_observed: int | None = None
+    expected_shape: list[int] | None = None
+    observed_shape: list[int] | None = None
+    observed_dtype: str | None = None
+    digest: str | None = None
+    # the outcome (quantity "outcome")
+    exception_type: str | None = None
+    exception_message: str | None = None
+    exception_stage: str | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    # the ledger
+    ledger: LedgerRef | None = None
+    ledger_ids: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _quantity_or_covers(self) -> Result:
+        if self.quantity is None and self.covers is None:
+            raise ValueError("a result names its quantity, or (a stale ledger record) the globs it covers")
+        return self
+
+    @property
+    def compared(self) -> bool:
+        """Did an array get compared (metrics present)?"""
+        return self.mismatch_kind is not None and self.mismatch_kind not in (MismatchKind.SHAPE,
+                                                                             MismatchKind.MISSING)
+
+
+class Effective(Record):
+    """The settings in case terms (momentum as the weight of the new statistic) that the oracle used."""
+
+    momentum: Float | Literal["cumulative"] | None
+    eps: Float | None
+
+
+class Cell(Record):
+    """One (case, adapter) cell: its worst verdict and what is needed to understand and reproduce it."""
+
+    kind: Literal["cell"] = "cell"
+    env: str
+    case: str
+    adapter: str
+    framework: str
+    framework_version: str | None = None
+    verdict: Verdict
+    case_params: dict[str, Any]
+    tags: list[str] = Field(default_factory=list)
+    file: str = ""
+    conventions: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    effective: Effective
+    info: dict[str, Any] = Field(default_factory=dict)
+    worker: dict[str, Any] = Field(default_factory=dict)
+    worker_env: dict[str, str] = Field(default_factory=dict)
+    status: OutcomeStatus
+    wall_s: Float | None = None
+    input_digests: dict[str, str] = Field(default_factory=dict)
+
+
+class Bandwidth(Record):
+    """The machine's measured memory bandwidth at one working-set size (benchmark files)."""
+
+    kind: Literal["bandwidth"] = "bandwidth"
+    env: str
+    size_bytes: int
+    copy_gbs: Float
+    add_gbs: Float
+    copy_cv: Float
+    add_cv: Float
+    trials: int
+    copy_gbs_trials: list[Float]
+    threads: str
+    beyond_llc: bool
+    llc_reported_bytes: int | None = None
+
+
+class Benchmark(Record):
+    """One timed configuration of one adapter (or why it was not timed)."""
+
+    kind: Literal["benchmark"] = "benchmark"
+    env: str
+    adapter: str
+    status: Literal["ok", "skip", "error"]
+    reason: str | None = None
+    framework: str | None = None
+    framework_version: str | None = None
+    threads: str | None = None
+    config: str | None = None
+    case: str | None = None
+    shape: list[int] | None = None
+    dtype: str | None = None
+    layout: str | None = None
+    mode: str | None = None
+    variant: str | None = None
+    device: str | None = None
+    cpus: list[int] | None = None
+    median_s: Float | None = None
+    min_s: Float | None = None
+    q1_s: Float | None = None
+    q3_s: Float | None = None
+    reps: int | None = None
+    samples: int | None = None
+    cv: Float | None = None
+    stable: bool | None = None
+    warmup_s: Float | None = None
+    bytes: int | None = None
+    gbs: Float | None = None
+    bw_fraction: Float | None = None
+    bw_fraction_dram: Float | None = None
+
+
+AnyRecord = Annotated[Header | Result | Cell | Bandwidth | Benchmark, Field(discriminator="kind")]
+RECORD = TypeAdapter(AnyRecord)
+
+
+# -- encoding ------------------------------------------------------------------------------------------
+
+def _clean(v: Any) -> Any:
+    """JSON has no NaN/Inf: non-finite floats become strings ("nan", "inf", "-inf")."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, enum.Enum):
+        return v.value
+    return v
+
+
+def dumps(record: Record | dict[str, Any]) -> str:
+    """One line of a results file."""
+    d = record.to_json_dict() if isinstance(record, Record) else record
+    return json.dumps(_clean(d), allow_nan=False, default=str)
+
+
+def parse(line: str | dict[str, Any]) -> Header | Result | Cell | Bandwidth | Benchmark:
+    """One line (or its decoded object) as a typed record; raises pydantic's ValidationError."""
+    obj = json.loads(line) if isinstance(line, str) else line
+    return RECORD.validate_python(obj)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of one line of a results file (any record kind)."""
+    schema = RECORD.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"bnparity results record (schema_version {SCHEMA_VERSION})"
+    schema["description"] = ("One line of reports/<env>/results.jsonl or bench.jsonl. Non-finite numbers are "
+                             "written as the strings 'nan', 'inf' and '-inf'.")
+    return schema
+
+
+if __name__ == "__main__":  # python -m harness.schema > docs/results.schema.json
+    print(json.dumps(json_schema(), indent=1, sort_keys=True))
