@@ -132,7 +132,7 @@ def read(path: Path | str) -> ResultsFile:
             rec = parse(obj)
         except ValidationError as e:
             err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
+            where = ".".join(str(x) for x in err["loc"][1:]) or str(err["loc"][0])  # loc[0] is the record kind
             raise SchemaError(f"{path}:{n}: {obj.get('kind', 'record')} record, field {where!r}: {err['msg']}") \
                 from None
         if isinstance(rec, Header):

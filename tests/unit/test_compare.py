@@ -1,0 +1,79 @@
+"""The comparison and its mismatch message, pinned as snapshots: a person reads these numbers."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from harness.compare import compare, describe
+from harness.expected import Expected
+from harness.schema import MismatchKind
+
+
+def _exp(values, tol, dtype="float32") -> Expected:
+    return Expected(np.asarray(values, dtype=np.float64), np.asarray(tol, dtype=np.float64), dtype)
+
+
+def test_worst_element_states_its_own_difference():
+    """The worst element by error/bound is index 1; the largest |diff| is at index 0 (within its bound there).
+    The message once printed index 0's |diff| (0.5) next to index 1's values."""
+    m = compare(_exp([100.0, 1.0], [1.0, 1e-3]), np.array([100.5, 1.01]))
+    assert m.worst_index == [1] and m.mismatched == 1
+    assert describe("y after train step 0", m, "float32") == (
+        "y after train step 0: values differ\n"
+        "  Mismatched elements: 1 / 2 (50.0%)\n"
+        "  Worst element (largest error over its bound) at index (1,): expected 1, observed 1.01 "
+        "(|diff| 0.01, up to 0.001 allowed there)\n"
+        "  Greatest absolute difference: 0.01 at index (1,); greatest relative difference: 0.01 at index (1,) "
+        "(over the mismatched elements)\n"
+        "  Largest error over all elements: 65536 ulp of float32 at the quantity's scale (|diff| 0.5)")
+
+
+def test_greatest_differences_are_over_mismatches_each_with_its_index():
+    # index 0: large allowed diff; index 1: largest absolute mismatch; index 2: largest relative mismatch
+    e, tol = [1000.0, 10.0, 1e-3], [10.0, 1e-3, 1e-6]
+    o = [1005.0, 10.5, 2e-3]
+    m = compare(_exp(e, tol), np.array(o))
+    assert m.mismatched == 2
+    assert (m.greatest_abs_diff, m.greatest_abs_index) == (0.5, [1])
+    assert m.greatest_rel_index == [2] and np.isclose(m.greatest_rel_diff, 1.0)
+    assert m.max_abs_err == 5.0  # over every element, as the matrix shows it
+    text = describe("dx after train step 1", m, "float32")
+    assert "Greatest absolute difference: 0.5 at index (1,); greatest relative difference: 1 at index (2,)" in text
+
+
+def test_nan_at_the_worst_element_is_nan_not_missing():
+    m = compare(_exp([1.0, 2.0], [1e-3, 1e-3]), np.array([1.0, np.nan]))
+    assert m.mismatch_kind == MismatchKind.NAN and m.worst_index == [1]
+    assert m.expected == 2.0 and np.isnan(m.observed) and m.nan_observed == 1
+    assert describe("y (eval)", m, "float32").splitlines()[:3] == [
+        "y (eval): NaN where the oracle is finite",
+        "  Mismatched elements: 1 / 2 (50.0%)",
+        "  Worst element (largest error over its bound) at index (1,): expected 2, observed nan "
+        "(|diff| n/a, up to 0.001 allowed there)"]
+
+
+def test_finite_where_the_oracle_is_nan():
+    m = compare(_exp([np.nan, 1.0], [np.nan, 1e-3]), np.array([np.inf, 1.0]))
+    assert m.mismatch_kind == MismatchKind.FINITE_WHERE_NAN and m.worst_index == [0]
+    assert np.isnan(m.expected) and m.observed == np.inf
+
+
+def test_all_nan_expectation_warns_nothing():
+    """An all-NaN oracle (eps = 0 on a constant channel) once printed 'All-NaN slice encountered' on every run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compare(_exp([np.nan, np.nan], [np.nan, np.nan]), np.array([np.nan, np.nan]))
+    assert m.ok and m.nan_expected == 2
+
+
+def test_shape_mismatch():
+    m = compare(_exp([1.0, 2.0], [1e-3, 1e-3]), np.zeros((2, 1)))
+    assert not m.ok and describe("dgamma", m, "float32") == "dgamma: shape differs: expected (2,), observed (2, 1)"
+
+
+def test_a_match_has_no_mismatch_fields():
+    m = compare(_exp([1.0, -2.0], [1e-3, 1e-3]), np.array([1.0005, -2.0]))
+    assert m.ok and m.mismatch_kind == MismatchKind.MATCH and m.greatest_abs_diff is None
+    assert m.worst_index == [0] and np.isclose(m.max_abs_err, 5e-4) and 0 < m.error_ratio < 1

@@ -1,0 +1,106 @@
+"""The results data model: one vocabulary, a versioned format, and a JSON Schema tools outside Python can use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from harness import results
+from harness.schema import SCHEMA_VERSION, Header, Quantity, Result, SchemaError, Verdict, dumps, json_schema, parse
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "docs" / "results.schema.json"
+CASES = """
+[[case]]
+name = "c1"
+shape = [6, 3]
+seed = 1
+[[case]]
+name = "fault_target"
+shape = [2, 3, 4]
+seed = 2
+"""
+
+
+def test_the_shipped_json_schema_is_generated_from_the_models():
+    assert json.loads(SHIPPED.read_text()) == json_schema(), "regenerate: python -m harness.schema > " \
+                                                             "docs/results.schema.json"
+
+
+def test_a_real_results_file_validates_against_the_json_schema(run_parity):
+    run = run_parity(CASES, ["NumpyBN", "MomentumFlipped", "Raises"])
+    validator = jsonschema.Draft202012Validator(json.loads(SHIPPED.read_text()))
+    kinds = set()
+    for line in run.lines:
+        obj = json.loads(line)
+        validator.validate(obj)
+        kinds.add(obj["kind"])
+    assert kinds == {"header", "result", "cell"}
+    assert any(r.verdict == Verdict.FAIL for r in run.results()) and any(r.verdict == Verdict.RAISED
+                                                                         for r in run.results())
+
+
+def test_verdict_order_and_failing_set():
+    assert [v.value for v in Verdict.ordered()] == ["pass", "skip", "expected-raise", "known", "stale", "fail",
+                                                    "raised", "timeout", "crashed"]
+    assert {v for v in Verdict if v.fails_run} == {Verdict.FAIL, Verdict.STALE, Verdict.RAISED, Verdict.TIMEOUT,
+                                                   Verdict.CRASHED}
+    assert Verdict.worst([]) == Verdict.PASS and Verdict.worst(["known", "stale", "skip"]) == Verdict.STALE
+    with pytest.raises(ValueError):
+        Verdict.worst(["pass", "mystery"])  # an unknown verdict is an error, never silently a pass
+    assert [q.value for q in Quantity.of_phase("train")] == ["running_mean", "running_var", "y", "dx", "dgamma",
+                                                             "dbeta"]
+    assert Quantity.DX_EVAL.label() == "dx (eval)" and Quantity.Y.label(0) == "y after train step 0"
+
+
+def _write(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+RESULT = {"kind": "result", "env": "e", "case": "c", "adapter": "a", "framework": "f", "quantity": "y", "step": 0,
+          "verdict": "pass"}
+
+
+def test_a_newer_schema_is_refused_naming_the_file(tmp_path):
+    p = _write(tmp_path / "results.jsonl", [{"kind": "header", "schema_version": SCHEMA_VERSION + 1, "env": "e"},
+                                            {**RESULT, "verdict": "some-future-verdict"}])
+    with pytest.raises(SchemaError, match=rf"{p}: written with results schema {SCHEMA_VERSION + 1}"):
+        results.read(p)
+
+
+def test_a_bad_record_names_file_line_and_field(tmp_path):
+    p = _write(tmp_path / "results.jsonl", [Header(env="e").to_json_dict(), RESULT, {**RESULT, "step": "two"}])
+    with pytest.raises(SchemaError, match=rf"{p}:3: result record, field 'step'"):
+        results.read(p)
+
+
+def test_a_torn_last_line_is_dropped(tmp_path):
+    p = tmp_path / "results.jsonl"
+    p.write_text(json.dumps(Header(env="e").to_json_dict()) + "\n" + json.dumps(RESULT) + '\n{"kind": "res')
+    rf = results.read(p)
+    assert rf.header.env == "e" and len(rf.records) == 1
+
+
+def test_schema_1_files_are_read_in_schema_2_terms(tmp_path):
+    p = _write(tmp_path / "results.jsonl", [
+        {"kind": "header", "schema_version": 1, "env": "old", "status": "complete"},
+        {**RESULT, "verdict": "fail", "mismatch_kind": "nan", "worst_index": [3], "expected": 1.5, "observed": None,
+         "message": 'y: NaN where the oracle is finite\n  Reproduce: pytest "t.py::test_parity[a-c]"'},
+        {**RESULT, "quantity": "running_*|*_eval", "step": None, "verdict": "stale", "message": "stale"}])
+    rf = results.read(p)
+    fail, stale = rf.records
+    assert fail.message == "y: NaN where the oracle is finite" and fail.repro == 'pytest "t.py::test_parity[a-c]"'
+    assert fail.expected == 1.5 and fail.observed != fail.observed  # NaN
+    assert stale.quantity is None and stale.covers == ["running_*", "*_eval"]
+
+
+def test_non_finite_floats_round_trip_as_strings(tmp_path):
+    r = Result(**{**RESULT, "verdict": "fail"}, max_abs_err=float("inf"), expected=float("nan"), observed=-1.0)
+    line = dumps(r)
+    assert '"max_abs_err": "inf"' in line and '"expected": "nan"' in line
+    back = parse(line)
+    assert back.max_abs_err == float("inf") and back.expected != back.expected and back.observed == -1.0
