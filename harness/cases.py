@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DTYPES = ("float16", "bfloat16", "float32", "float64")
 Dtype = Literal["float16", "bfloat16", "float32", "float64"]
 NOT_CASE_FILES = {"known_differences.toml", "bench.toml"}  # the ledger and the benchmark configurations
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")

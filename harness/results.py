@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.schema import SCHEMA_VERSION, Header, Record, SchemaError, dumps, parse
+from harness.schema import SCHEMA_VERSION, Header, Record, SchemaError, Verdict, dumps, parse
 
 
 def now() -> str:
@@ -92,7 +92,7 @@ def _upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
         i = msg.find("\n  Reproduce: ")
         if i >= 0:
             obj["message"], obj["repro"] = msg[:i], msg[i + len("\n  Reproduce: "):]
-        if obj.get("verdict") == "stale" and isinstance(obj.get("quantity"), str):
+        if obj.get("verdict") == Verdict.STALE and isinstance(obj.get("quantity"), str):
             obj["covers"], obj["quantity"] = obj["quantity"].split("|"), None
         if obj.get("worst_index") is not None and obj.get("mismatch_kind") not in (None, "match", "value", "shape"):
             for k in ("expected", "observed"):

@@ -54,12 +54,6 @@ def _bcast(v, ndim: int, channel_axis: int) -> np.ndarray:
     return _f64(v).reshape(shape)
 
 
-def count_per_channel(shape, channel_axis: int) -> int:
-    """n = prod(shape) / shape[channel_axis]."""
-    c = channel_axis % len(shape)
-    return int(np.prod([s for i, s in enumerate(shape) if i != c], dtype=np.int64))
-
-
 def batch_stats(x, channel_axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """mean = sum(x)/n; var = sum((x - mean)**2)/n (two-pass, biased)."""
     x = _f64(x)
