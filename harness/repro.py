@@ -54,7 +54,9 @@ from typing import Any
 
 
 def _head(adapter_name: str, worker_env: dict[str, str], what: str, imports: str, numpy: bool) -> str:
-    """Docstring, imports, the case, the adapter's name and its worker environment (applied before NumPy)."""
+    """Docstring, imports, the case, the adapter's name and its worker's environment (applied before NumPy)."""
+    from harness.workers import worker_environment
+
     lit = json.dumps(str(adapter_name))  # a JSON string literal is a valid Python one
     return (
         f'#!/usr/bin/env python3\n"""bnparity reproducer: the case in CASE below, on adapter {lit}.\n\n'
@@ -67,9 +69,8 @@ def _head(adapter_name: str, worker_env: dict[str, str], what: str, imports: str
         f"from __future__ import annotations\n\n{imports}\n"
         f'CASE = json.loads(r"""\n{CASE_PLACEHOLDER}\n""")\n'
         f"ADAPTER = {lit}\n"
-        f"WORKER_ENV = {json.dumps(dict(worker_env), sort_keys=True)}\n"
+        f"WORKER_ENV = {json.dumps(worker_environment(worker_env), sort_keys=True)}\n"
         "os.environ.update(WORKER_ENV)  # before NumPy or the framework is imported, as the harness's worker does\n"
-        'os.environ.setdefault("BNPARITY_THREADS", "1")\n'
         + ("\nimport numpy as np  # noqa: E402\n" if numpy else "")
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import os
 import re
 import shutil
@@ -72,6 +73,10 @@ def _digests(out: str) -> dict[str, str]:
         if m:
             got[m.group(1)] = m.group(2)
     return got
+
+
+def _worker_env(text: str) -> dict[str, str]:
+    return json.loads(re.search(r"^WORKER_ENV = (.*)$", text, re.M).group(1))
 
 
 def _run(script: str, tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -211,10 +216,12 @@ def test_template_loads_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(base, "load_spec", refuse)
     env = {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
     text = repro.template("keras3-jax", env)
-    assert 'WORKER_ENV = {"JAX_ENABLE_X64": "1", "KERAS_BACKEND": "jax"}' in text and repro.CASE_PLACEHOLDER in text
-    assert "WORKER_ENV = {}" in repro.template("some-third-party-adapter")
-    assert 'WORKER_ENV = {"OMP_NUM_THREADS": "7"}' in repro.template("torch", {"OMP_NUM_THREADS": "7"})
-    assert '"MKL_NUM_THREADS": "1"' in repro.template("torch")  # TorchAdapter.worker_env, read without loading
+    assert repro.CASE_PLACEHOLDER in text
+    # the worker's environment: its thread counts, then the adapter's
+    assert _worker_env(text) == {"BNPARITY_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
+    assert _worker_env(repro.template("some-third-party-adapter"))["OMP_NUM_THREADS"] == "1"
+    assert _worker_env(repro.template("torch", {"OMP_NUM_THREADS": "7"}))["OMP_NUM_THREADS"] == "7"
+    assert _worker_env(repro.template("torch"))["MKL_NUM_THREADS"] == "1"  # TorchAdapter.worker_env, not loaded
     text = repro.script(_case(), "keras3-jax", standalone=False, worker_env=env)
     assert text == repro.fill(repro.template("keras3-jax", env, standalone=False), repro.case_json(_case()))
 
@@ -250,7 +257,7 @@ def test_repro_cli(capsys: pytest.CaptureFixture) -> None:
     assert '"name": "batch1_dense"' in out and "import torch" in out
     assert repro.main(["conv2d_basic", "keras3-jax", "--cases", str(REPO / "cases")]) == 0
     out = capsys.readouterr().out  # the CLI, and only it, loads the adapter for its worker environment
-    assert '"KERAS_BACKEND": "jax"' in out and "reproduce_in_process" in out
+    assert _worker_env(out)["KERAS_BACKEND"] == "jax" and "reproduce_in_process" in out
     assert repro.main(["no_such_case", "torch", "--cases", str(REPO / "cases")]) == 2
     assert repro.main(["batch1_dense", "no-such-adapter"]) == 2
 
