@@ -4,24 +4,24 @@ Every adapter receives the same cast arrays (bit-identical), and the oracle
 receives those arrays converted back to float64, so rounding of the inputs is
 never counted as a framework error. Arrays are in the case's physical layout:
 (N, C, *spatial) for channels_first, (N, *spatial, C) for channels_last.
+
+This module needs only NumPy (and ml_dtypes for bfloat16): ``bnparity repro``
+copies it into the standalone torch reproducer (``harness/repro.py``), where
+``case`` is a plain object with ``harness.cases.Case``'s fields and properties.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import ml_dtypes
 import numpy as np
 
-from harness.cases import Case
+if TYPE_CHECKING:
+    from harness.cases import Case
 
-NP_DTYPES = {
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-}
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 # one independent stream per component, so adding a step never changes another
 _STREAMS = {"x": 1, "g": 2, "x_eval": 3, "g_eval": 4, "gamma": 5, "beta": 6,
@@ -29,12 +29,23 @@ _STREAMS = {"x": 1, "g": 2, "x_eval": 3, "g_eval": 4, "gamma": 5, "beta": 6,
 
 
 def np_dtype(name: str) -> np.dtype:
-    return NP_DTYPES[name]
+    """The NumPy dtype of a case dtype name; NumPy has no bfloat16, ml_dtypes provides it."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in DTYPE_NAMES:
+        raise KeyError(name)
+    return np.dtype(name)
 
 
 def finfo(name: str):
     """Machine limits of a float dtype name, bfloat16 included."""
-    return ml_dtypes.finfo(NP_DTYPES[name])
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(ml_dtypes.bfloat16)
+    return np.finfo(np_dtype(name))
 
 
 def generate(spec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

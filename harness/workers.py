@@ -31,6 +31,11 @@ from harness.adapters.base import Observed, load_spec
 DEFAULT_TIMEOUT = 300.0  # seconds per case; --case-timeout and a case's `timeout` override it
 DEFAULT_THREADS = "1"
 
+def worker_environment(adapter_env: dict[str, str], threads: str = DEFAULT_THREADS) -> dict[str, str]:
+    """What a worker process sets before anything imports a framework: thread counts, then the adapter's own."""
+    return {"BNPARITY_THREADS": threads, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1", **adapter_env}
+
+
 # -- inside the worker -----------------------------------------------------------
 
 _ADAPTERS: dict[str, Any] = {}
@@ -118,9 +123,8 @@ class Workers:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             tag = os.environ.get("PYTEST_XDIST_WORKER", "main")
             log = self.log_dir / f"{name}-{tag}.log"
-            full_env = {"BNPARITY_THREADS": self.threads, "OMP_NUM_THREADS": self.threads,
-                        "PYTHONUNBUFFERED": "1", **env}
-            pool = ProcessPool(max_workers=1, initializer=_worker_init, initargs=(full_env, str(log)),
+            pool = ProcessPool(max_workers=1, initializer=_worker_init,
+                               initargs=(worker_environment(env, self.threads), str(log)),
                                context=multiprocessing.get_context("spawn"))
             w = _Worker(pool, log, time.perf_counter())
         self._workers[name] = w  # most recently used last

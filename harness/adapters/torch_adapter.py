@@ -3,11 +3,18 @@
 Sources: torch/nn/modules/batchnorm.py (_BatchNorm.forward),
 torch/nn/functional.py (batch_norm, _verify_batch_size),
 aten/src/ATen/native/Normalization.cpp (running var uses var_sum / (n - 1)).
+
+What the adapter does to torch is in the plain functions below (``torch_setup``,
+``torch_build``, ``torch_train_step``, ``torch_eval_step`` and their helpers):
+``TorchAdapter`` calls them, and ``bnparity repro`` copies their source into the
+standalone torch reproducer (``harness/repro.py``). They use NumPy, torch
+(imported inside) and ml_dtypes for bfloat16 only, never the harness.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +22,24 @@ import numpy as np
 from harness.adapters.base import Adapter, Conventions
 from harness.cases import Case
 from harness.inputs import CaseData
+
+
+@dataclass
+class TorchState:
+    """What ``torch_build`` makes for one case and every step uses."""
+
+    bn: Any  # the torch.nn.BatchNorm1d/2d/3d module
+    layout: str  # the case's: "channels_first" or "channels_last" (arrays arrive in that physical layout)
+    contiguous: bool  # False: inputs are strided views (every other element along the batch axis)
+    affine: bool
+    memory_format: str | None = None  # of the last input as torch saw it: channels_last, contiguous or strided
+
+
+def torch_setup(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
 
 
 def to_torch(torch, a: np.ndarray):
@@ -35,6 +60,98 @@ def to_numpy(t) -> np.ndarray:
     return t.numpy().copy()
 
 
+def torch_build(case: Case, data: CaseData, momentum: float | None, eps: float) -> TorchState:
+    """``BatchNorm{1,2,3}d`` for the case's rank, in its param dtype, with gamma, beta and running stats set.
+
+    ``momentum`` and ``eps`` as passed to torch (``None``: the cumulative average).
+    """
+    import torch
+
+    cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+           5: torch.nn.BatchNorm3d}.get(case.rank)
+    if cls is None:
+        raise ValueError(f"torch has no BatchNorm for rank {case.rank}")
+    bn = cls(case.channels, eps=eps, momentum=momentum, affine=case.affine,
+             track_running_stats=case.track_running_stats)
+    bn = bn.to(getattr(torch, case.resolved_param_dtype))
+    with torch.no_grad():
+        if case.affine:
+            bn.weight.copy_(to_torch(torch, data.gamma))
+            bn.bias.copy_(to_torch(torch, data.beta))
+        if case.track_running_stats:
+            bn.running_mean.copy_(to_torch(torch, data.running_mean))
+            bn.running_var.copy_(to_torch(torch, data.running_var))
+    return TorchState(bn, case.layout, case.contiguous, case.affine)
+
+
+def torch_tensor(state: TorchState, a: np.ndarray):
+    """Physical array -> logical (N, C, ...) tensor; channels_last keeps NHWC strides.
+
+    ``contiguous = false`` cases get a strided view: every other element of a buffer twice
+    as long along the batch axis.
+    """
+    import torch
+
+    t = to_torch(torch, a)
+    if not state.contiguous:
+        buf = torch.zeros((2 * t.shape[0], *t.shape[1:]), dtype=t.dtype)
+        buf[::2] = t
+        t = buf[::2]
+    if state.layout == "channels_last" and t.dim() > 2:
+        t = t.movedim(-1, 1)
+    return t
+
+
+def torch_leaf(state: TorchState, a: np.ndarray):
+    """The input as a tensor that autograd fills ``.grad`` of, with the case's strides kept."""
+    t = torch_tensor(state, a)
+    if state.contiguous:
+        return t.clone().requires_grad_(True)  # preserve_format keeps channels_last strides
+    t.requires_grad_(True)  # a view of a fresh buffer: already a leaf with its own strides
+    return t
+
+
+def torch_back(state: TorchState, t) -> np.ndarray:
+    """Logical tensor -> array in the case's physical layout."""
+    if state.layout == "channels_last" and t.dim() > 2:
+        t = t.movedim(1, -1)
+    return to_numpy(t)
+
+
+def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    """One call of the module in its current mode, and the backward of sum(y * g)."""
+    import torch
+
+    bn = state.bn
+    xt = torch_leaf(state, x)
+    bn.zero_grad(set_to_none=True)
+    y = bn(xt)
+    y.backward(torch_tensor(state, g))
+    out = {"y": torch_back(state, y), "dx": torch_back(state, xt.grad)}
+    if state.affine:
+        out["dgamma"] = to_numpy(bn.weight.grad)
+        out["dbeta"] = to_numpy(bn.bias.grad)
+    state.memory_format = ("channels_last" if xt.dim() == 4 and xt.is_contiguous(
+        memory_format=torch.channels_last) else "contiguous" if xt.is_contiguous() else "strided")
+    return out
+
+
+def torch_train_step(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    """A training call: y, dx, dgamma, dbeta, and the running statistics after it (where tracked)."""
+    bn = state.bn
+    bn.train()
+    out = torch_call(state, x, g)
+    if bn.track_running_stats:
+        out["running_mean"] = to_numpy(bn.running_mean)
+        out["running_var"] = to_numpy(bn.running_var)
+    return out
+
+
+def torch_eval_step(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    state.bn.eval()
+    return torch_call(state, x, g)
+
+
 class TorchAdapter(Adapter):
     name = "torch"
     framework = "torch"
@@ -52,90 +169,17 @@ class TorchAdapter(Adapter):
     worker_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def setup(self) -> None:
-        import torch
+        torch_setup(int(os.environ.get("BNPARITY_THREADS", "1")))
 
-        torch.set_num_threads(int(os.environ.get("BNPARITY_THREADS", "1")))
-        torch.use_deterministic_algorithms(True)
-
-    def build(self, case: Case, data: CaseData) -> Any:
-        import torch
-
-        cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
-               5: torch.nn.BatchNorm3d}.get(case.rank)
-        if cls is None:
-            raise ValueError(f"torch has no BatchNorm for rank {case.rank}")
+    def build(self, case: Case, data: CaseData) -> TorchState:
         m = self.mapped(case)
-        bn = cls(case.channels, eps=m.eps, momentum=m.momentum, affine=case.affine,
-                 track_running_stats=case.track_running_stats)
-        pdt = getattr(torch, case.resolved_param_dtype)
-        bn = bn.to(pdt)
-        with torch.no_grad():
-            if case.affine:
-                bn.weight.copy_(to_torch(torch, data.gamma))
-                bn.bias.copy_(to_torch(torch, data.beta))
-            if case.track_running_stats:
-                bn.running_mean.copy_(to_torch(torch, data.running_mean))
-                bn.running_var.copy_(to_torch(torch, data.running_var))
-        return {"bn": bn, "case": case}
+        return torch_build(case, data, m.momentum, m.eps)
 
-    def _tensor(self, case: Case, a: np.ndarray):
-        """Physical array -> logical (N, C, ...) tensor; channels_last keeps NHWC strides.
+    def train_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+        return torch_train_step(state, x, g)
 
-        ``contiguous = false`` cases get a strided view: every other element of a buffer twice
-        as long along the batch axis.
-        """
-        import torch
-
-        t = to_torch(torch, a)
-        if not case.contiguous:
-            buf = torch.zeros((2 * t.shape[0], *t.shape[1:]), dtype=t.dtype)
-            buf[::2] = t
-            t = buf[::2]
-        if case.layout == "channels_last" and case.rank > 2:
-            t = t.movedim(-1, 1)
-        return t
-
-    def _leaf(self, case: Case, a: np.ndarray):
-        """The input as a tensor that autograd fills ``.grad`` of, with the case's strides kept."""
-        t = self._tensor(case, a)
-        if case.contiguous:
-            return t.clone().requires_grad_(True)  # preserve_format keeps channels_last strides
-        t.requires_grad_(True)  # a view of a fresh buffer: already a leaf with its own strides
-        return t
-
-    def _back(self, case: Case, t) -> np.ndarray:
-        if case.layout == "channels_last" and t.dim() > 2:
-            t = t.movedim(1, -1)
-        return to_numpy(t)
-
-    def _call(self, state, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
-
-        bn, case = state["bn"], state["case"]
-        xt = self._leaf(case, x)
-        bn.zero_grad(set_to_none=True)
-        y = bn(xt)
-        y.backward(self._tensor(case, g))
-        out = {"y": self._back(case, y), "dx": self._back(case, xt.grad)}
-        if case.affine:
-            out["dgamma"] = to_numpy(bn.weight.grad)
-            out["dbeta"] = to_numpy(bn.bias.grad)
-        state["memory_format"] = ("channels_last" if case.rank == 4 and xt.is_contiguous(
-            memory_format=torch.channels_last) else "contiguous" if xt.is_contiguous() else "strided")
-        return out
-
-    def train_step(self, state, x, g):
-        bn = state["bn"]
-        bn.train()
-        out = self._call(state, x, g)
-        if bn.track_running_stats:
-            out["running_mean"] = to_numpy(bn.running_mean)
-            out["running_var"] = to_numpy(bn.running_var)
-        return out
-
-    def eval_step(self, state, x, g):
-        state["bn"].eval()
-        return self._call(state, x, g)
+    def eval_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+        return torch_eval_step(state, x, g)
 
     # -- benchmark hooks (bnparity bench) ------------------------------------------
     bench_variants = ("eager", "compile")
@@ -150,13 +194,13 @@ class TorchAdapter(Adapter):
         import torch
 
         state = self.build(case, data)
-        bn = state["bn"].to(device)
+        bn = state.bn.to(device)
         fmt = torch.contiguous_format
         if case.layout == "channels_last" and case.rank in (4, 5):
             fmt = torch.channels_last if case.rank == 4 else torch.channels_last_3d
         # x and g dense in the layout a channels-last model holds its activations in
-        x = self._tensor(case, data.x[0]).to(device).contiguous(memory_format=fmt)
-        g = self._tensor(case, data.g[0]).to(device).contiguous(memory_format=fmt)
+        x = torch_tensor(state, data.x[0]).to(device).contiguous(memory_format=fmt)
+        g = torch_tensor(state, data.g[0]).to(device).contiguous(memory_format=fmt)
         xg = x.detach().clone().requires_grad_(True)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         fwd = torch.compile(bn, dynamic=False) if variant == "compile" else bn
@@ -182,9 +226,9 @@ class TorchAdapter(Adapter):
 
         return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}[mode]
 
-    def describe(self, state, info):
-        info["module"] = type(state["bn"]).__name__
-        info["memory_format"] = state.get("memory_format")
+    def describe(self, state: TorchState, info: dict[str, Any]) -> None:
+        info["module"] = type(state.bn).__name__
+        info["memory_format"] = state.memory_format
 
 
 ADAPTER = TorchAdapter()

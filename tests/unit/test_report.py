@@ -1,14 +1,11 @@
-"""The HTML report and the reproducer scripts, on hand-made and synthetic results files."""
+"""The HTML report, on hand-made and synthetic results files (the reproducer scripts: test_repro.py)."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -312,86 +309,3 @@ def test_settings_match_the_adapter_base() -> None:
     a = NumpyBN()
     assert settings["momentum"] == a.mapped(case).momentum and eff["momentum"] == a.effective(case)[0]
     assert signature({"effective": eff, "conventions": conventions_for("torch")}) == ("unbiased", 0.2, 1e-5)
-
-
-# -- reproducer scripts --------------------------------------------------------------------------
-
-def _run(script: str, tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    path = tmp_path / "repro.py"
-    path.write_text(script)
-    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, cwd=tmp_path)
-
-
-def _digests(out: str) -> dict[str, str]:
-    got = {}
-    for line in out.splitlines():
-        m = re.match(r"^(\S+(?: after train step \d+)?)\s+max\|diff\|.*digest ([0-9a-f]{16})", line)
-        if m:
-            got[m.group(1)] = m.group(2)
-    return got
-
-
-def test_in_process_script_reproduces_the_harness(tmp_path: Path) -> None:
-    """The generic script runs the adapter through the harness: same bits as an in-process harness run."""
-    from harness import inputs
-    from harness.compare import quantity_label
-    from tests.fakes import NumpyBN
-
-    case = _case("repro_check", shape=[6, 3, 2], layout="channels_last", steps=2)
-    text = repro.script(case, "fake-good")
-    res = _run(text, tmp_path, {"BNPARITY_ADAPTERS": "tests.fakes:NumpyBN", "PYTHONPATH": str(REPO)})
-    assert res.returncode == 0, res.stderr
-    obs = NumpyBN().run(case, inputs.build(case))
-    want = {quantity_label(q, s).replace(" (eval)", "_eval"): inputs.digest(a) for (q, s), a in obs.arrays.items()}
-    assert _digests(res.stdout) == want
-    assert "momentum (weight of new) 0.1" in res.stdout
-
-
-def test_script_survives_hostile_case_text(tmp_path: Path) -> None:
-    params = {**_case().summary(), "description": 'x"""\n__import__("os")._exit(3)\n"""\\', "name": "n\ny"}
-    text = repro.script(params, "torch")
-    compile(text, "repro.py", "exec")
-    ns: dict = {}
-    head = text.split("\nADAPTER = ")[0]
-    exec(compile(head, "head", "exec"), ns)
-    assert ns["CASE"] == params
-
-
-def test_repro_cli(capsys: pytest.CaptureFixture) -> None:
-    assert repro.main(["batch1_dense", "torch", "--cases", str(REPO / "cases")]) == 0
-    out = capsys.readouterr().out
-    assert '"name": "batch1_dense"' in out and "import torch" in out
-    assert repro.main(["no_such_case", "torch", "--cases", str(REPO / "cases")]) == 2
-    assert repro.main(["batch1_dense", "no-such-adapter"]) == 2
-
-
-torch_available = pytest.mark.skipif(
-    subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode != 0,
-    reason="torch is not installed (the standalone torch reproducer needs it)")
-
-
-@torch_available
-@pytest.mark.parametrize("name", ["huge_float32", "noncontiguous", "bfloat16_channels_last", "cumulative_average"])
-def test_torch_script_matches_the_adapter_bit_for_bit(name: str, tmp_path: Path) -> None:
-    """The framework-only script and the adapter-in-process script print the same observed digests."""
-    case = next(c for c in load_cases([REPO / "cases"]) if c.name == name)
-    alone = _run(repro.script(case, "torch"), tmp_path)
-    assert alone.returncode == 0, alone.stderr
-    assert "import harness" not in repro.script(case, "torch")
-    via = _run(repro.script(case, "torch", standalone=False), tmp_path, {"PYTHONPATH": str(REPO)})
-    assert via.returncode == 0, via.stderr
-    got, want = _digests(alone.stdout), _digests(via.stdout)
-    assert got and got == want
-    # and the comparison lines agree too (same oracle, same observed values)
-    strip = lambda s: [re.sub(r"\s+", " ", ln) for ln in s.splitlines() if "max|diff|" in ln]  # noqa: E731
-    assert strip(alone.stdout) == strip(via.stdout)
-
-
-@torch_available
-def test_torch_script_reports_the_expected_raise(tmp_path: Path) -> None:
-    case = next(c for c in load_cases([REPO / "cases"]) if c.name == "batch1_dense")
-    res = _run(repro.script(case, "torch"), tmp_path)
-    assert res.returncode == 1
-    assert "raised during train step 0: ValueError: Expected more than 1 value per channel" in res.stdout
-    assert "(the case expects ValueError" in res.stdout

@@ -1,0 +1,157 @@
+"""What a reproducer script does besides the harness's own code: the oracle over a case's steps, the printout.
+
+Both reproducer scripts (``bnparity repro``, ``harness/repro.py``) end in ``reproduce``. The
+in-process script imports this module from the installed harness; the standalone torch script
+gets these functions' source copied in, after the harness code they call (``reference``, the
+input generators of ``harness.inputs``, ``harness.compare.ulp``), so everything here uses only
+the standard library, NumPy and the names imported below, never another harness module.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from harness.compare import ulp
+from harness.inputs import build, digest, np_dtype
+from reference import eval_backward, eval_forward, train_backward, train_forward, update_running
+
+ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval")
+PARAM_QUANTITIES = ("running_mean", "running_var", "dgamma", "dbeta")  # in the param dtype
+
+
+def plain(value: Any) -> Any:
+    """JSON data as attributes, the way ``harness.cases.Case`` holds it: dicts become namespaces."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: plain(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def case_from_params(params: dict[str, Any], defaults: dict[str, Any], case_class: type) -> Any:
+    """A case object without pydantic: ``Case``'s defaults under the case's parameters, as attributes."""
+    fields = {k: plain(v) for k, v in {**defaults, **params}.items()}
+    fields["shape"] = tuple(fields["shape"])
+    fields["expect_raise"] = {k: plain(v) for k, v in params.get("expect_raise", {}).items()}
+    return case_class(**fields)
+
+
+def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dict[tuple[str, int | None], np.ndarray]:
+    """The float64 value of every quantity: ``reference`` composed over the steps as ``harness.expected`` does.
+
+    ``momentum`` is the weight of the new statistic (or ``"cumulative"``), ``eps`` the one the
+    framework uses, ``estimator`` the adapter's running-variance estimator.
+    """
+    ax = data.channel_axis
+    gamma, beta = data.f64("gamma"), data.f64("beta")
+    rm, rv = data.f64("running_mean"), data.f64("running_var")
+    m = None if momentum == "cumulative" else momentum
+    out: dict[tuple[str, int | None], np.ndarray] = {}
+    for step in range(case.steps):
+        x, g = data.f64("x", step), data.f64("g", step)
+        y, mean, var = train_forward(x, gamma, beta, eps, ax)
+        dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
+        out["y", step], out["dx", step] = y, dx
+        if case.affine:
+            out["dgamma", step], out["dbeta", step] = dgamma, dbeta
+        if case.track_running_stats:
+            rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=step + 1)
+            out["running_mean", step], out["running_var", step] = rm, rv
+    x, g = data.f64("x_eval"), data.f64("g_eval")
+    if case.track_running_stats:
+        out["y_eval", None] = eval_forward(x, gamma, beta, rm, rv, eps, ax)
+        out["dx_eval", None] = eval_backward(x, g, gamma, rm, rv, eps, ax)[0]
+    else:  # nothing stored: eval normalizes with the batch statistics
+        out["y_eval", None] = train_forward(x, gamma, beta, eps, ax)[0]
+        out["dx_eval", None] = train_backward(x, g, gamma, eps, ax)[0]
+    return out
+
+
+def num(v: Any) -> Any:
+    """A setting for printing: 1 - 0.9 reads 0.1."""
+    return v if isinstance(v, str) or v is None else f"{v:.12g}"
+
+
+def show(label: str, expected: np.ndarray, observed: np.ndarray, dtype_name: str) -> None:
+    """One line: largest |diff|, the same in ULPs of the dtype at the quantity's scale, the worst element, digest."""
+    o = np.asarray(observed, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if o.shape != e.shape:
+        print(f"{label:34s} shape differs: expected {e.shape}, observed {o.shape}")
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        # a finite value beyond the dtype's range is stored as inf: that is the right answer there
+        stored = e.astype(np_dtype(dtype_name)).astype(np.float64)
+        e = np.where(np.isfinite(e) & np.isinf(stored), stored, e)
+        both = np.isfinite(o) & np.isfinite(e)
+        err = np.where(both, np.abs(o - e), 0.0)
+        placed = int(((np.isnan(o) != np.isnan(e)) | ((np.isinf(o) | np.isinf(e)) & (o != e)
+                                                    & ~np.isnan(o) & ~np.isnan(e))).sum())
+    if not e.size:
+        return
+    i = np.unravel_index(int(np.argmax(err)), e.shape)
+    scale = float(np.abs(e[np.isfinite(e)]).max()) if np.isfinite(e).any() else 0.0
+    u = ulp(scale, dtype_name)
+    extra = f"  NaN/Inf placement differs at {placed} element(s)" if placed else ""
+    print(f"{label:34s} max|diff| {err.max():<11.4g} = {err.max() / u:<10.4g} ulp of {dtype_name:8s}"
+          f" worst at {tuple(int(k) for k in i)}: expected {e[i]:.9g}, observed {o[i]:.9g}"
+          f"  digest {digest(observed)}{extra}")
+
+
+def reproduce(adapter, case, adapter_name: str) -> int:
+    """Run the case on the adapter as the harness's worker does, print every quantity against the oracle.
+
+    Returns the exit status: 1 when the framework raised.
+    """
+    data = build(case)  # the seeded inputs, bit-identical to the harness run
+    print(f"case {case.name} on {adapter_name}: shape {list(case.shape)} {case.layout} {case.dtype}, "
+          f"{case.steps} train steps; input digests x {data.digests['x']} x_eval {data.digests['x_eval']}")
+    print(f"{adapter_name} versions {adapter.versions()}; settings as passed: {adapter.settings(case)}")
+    adapter.setup()
+    obs = adapter.run(case, data)
+    momentum, eps = adapter.effective(case)
+    estimator = adapter.conventions.running_var_estimator
+    expected = oracle(case, data, momentum, eps, estimator)
+    print(f"oracle: float64, momentum (weight of new) {num(momentum)}, eps {num(eps)}, "
+          f"running variance estimator {estimator}")
+    rank = {q: i for i, q in enumerate(ORDER)}
+    for q, step in sorted(obs.arrays, key=lambda k: (k[1] is None, k[1] or 0, rank.get(k[0], len(ORDER)))):
+        if (q, step) in expected:
+            label = q if step is None else f"{q} after train step {step}"
+            show(label, expected[q, step], obs.arrays[q, step],
+                 case.resolved_param_dtype if q in PARAM_QUANTITIES else case.dtype)
+    if obs.info:
+        print(f"adapter info: {obs.info}")
+    if obs.raised is None:
+        return 0
+    print(f"raised during {obs.raised.stage}: {obs.raised.type}: {obs.raised.message}")
+    want = case.expect_raise.get(adapter_name)
+    if want:
+        print(f"(the case expects {want.type} matching {want.match!r})")
+    return 1
+
+
+def reproduce_in_process(params: dict[str, Any], adapter_name: str) -> int:
+    """The in-process script's run: load the adapter from the installed harness, then ``reproduce``.
+
+    The script has applied the worker environment it carries; the adapter's own is applied again
+    here, before its framework is imported (``setup``), for a script made without it.
+    """
+    import os
+
+    from harness.adapters.base import discover, load_spec
+    from harness.cases import Case
+
+    specs = discover()
+    if adapter_name not in specs:
+        print(f"adapter {adapter_name!r} is not registered here: install the package that provides it (entry "
+              f"point group bnparity.adapters) or set BNPARITY_ADAPTERS=module:attr; registered: {sorted(specs)}",
+              file=sys.stderr)
+        return 2
+    adapter = load_spec(specs[adapter_name])
+    os.environ.update(getattr(adapter, "worker_env", {}) or {})
+    return reproduce(adapter, Case.model_validate(params), adapter_name)
