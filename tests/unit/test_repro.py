@@ -34,6 +34,7 @@ from harness.adapters import base, torch_adapter
 from harness.adapters.base import discover, load_spec
 from harness.cases import Case, load_cases
 from harness.expected import expected_quantities
+from harness.schema import Quantity, Result, Verdict
 from harness.workers import Workers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,7 +234,6 @@ def test_template_loads_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_in_process_script_reproduces_the_harness(tmp_path: Path) -> None:
     """The generic script runs the adapter through the harness: same bits as an in-process harness run."""
-    from harness.schema import Quantity
     from tests.fakes import NumpyBN
 
     case = _case("repro_check", shape=[6, 3, 2], layout="channels_last", steps=2)
@@ -305,14 +305,14 @@ def test_adapter_script_prints_the_harness_digests(name: str, tmp_path: Path) ->
     finally:
         workers.close()
     for case, cell, (code, out) in zip(cases, cells, _finish(proc, paths)):
-        records = [r for r in cell.records if r["kind"] == "result"]
-        outcome = next(r for r in records if r["quantity"] == "outcome")
-        if "exception_type" in outcome:
-            assert code == 1 and f"raised during {outcome['exception_stage']}: {outcome['exception_type']}:" in out
+        records = [r for r in cell.records if isinstance(r, Result)]
+        outcome = next(r for r in records if r.quantity == Quantity.OUTCOME)
+        if outcome.exception_type:
+            assert code == 1 and f"raised during {outcome.exception_stage}: {outcome.exception_type}:" in out
             continue
-        assert outcome["verdict"] == "pass", outcome["message"]
-        want = {r["quantity"] if r["step"] is None else f"{r['quantity']} after train step {r['step']}": r["digest"]
-                for r in records if "digest" in r}
+        assert outcome.verdict == Verdict.PASS, outcome.message
+        want = {r.quantity.value if r.step is None else f"{r.quantity} after train step {r.step}": r.digest
+                for r in records if r.digest}
         assert code == 0, out[-3000:]
         assert want and _digests(out) == want, (case.name, out[-3000:])
 
