@@ -177,10 +177,10 @@ def _pin_worker() -> list[int]:
 
 def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: float,
                 devices: tuple[str, ...]) -> list[dict[str, Any]]:
-    from harness.workers import _get
+    from harness.workers import worker_adapter
 
-    cpus = _pin_worker()
-    adapter, _ = _get(spec)
+    cpus = _pin_worker()  # before the adapter imports its framework
+    adapter, _ = worker_adapter(spec)
     rows = []
     for device in devices:
         for case in cases:
@@ -308,12 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: skip ({reason})")
                 continue
             devices = ("cpu", *getattr(adapter, "bench_devices", lambda: ())())
-            pool = workers._pool(name, specs[name], adapter.worker_env)
             t0 = time.perf_counter()
-            future = pool.pool.schedule(_bench_task, args=(specs[name], cases, MODES, budget, devices),
-                                        timeout=3600)
             try:
-                rows = future.result()
+                rows = workers.call(name, specs[name], adapter.worker_env, _bench_task,
+                                    (specs[name], cases, MODES, budget, devices), timeout=3600)
             except Exception as e:
                 rows = [{"status": "error", "reason": f"worker: {type(e).__name__}: {e}"}]
             for r in rows:
