@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, discover, load_spec
+from harness.adapters.base import Adapter, BenchHooks, Conventions, discover, load_spec
 from harness.cases import Case
 from harness.inputs import build, np_dtype
 from harness.results import ResultsWriter, header
@@ -186,7 +186,7 @@ def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: 
         for case in cases:
             reason = adapter.supports(case)
             data = build(case)
-            for variant in getattr(adapter, "bench_variants", ("eager",)):
+            for variant in adapter.bench_variants:
                 for mode in modes:
                     row = {"config": case.tags[0], "case": case.name, "shape": list(case.shape), "dtype": case.dtype,
                            "layout": case.layout, "mode": mode, "variant": variant, "device": device, "cpus": cpus}
@@ -213,8 +213,11 @@ class NumpyReference(Adapter):
     supports_dtypes = ("float32",)
     bench_variants = ("eager",)
 
+    def bench_devices(self) -> tuple[str, ...]:
+        return ()
+
     def bench_callable(self, case, data, mode, variant, device):
-        if device != "cpu":
+        if device != "cpu" or variant not in self.bench_variants:
             return None
         x, g = data.x[0], data.g[0]
         ax = case.channel_axis % x.ndim
@@ -301,13 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     workers = Workers(out.parent / "logs", threads=args.threads)
     try:
         for name, adapter in adapters.items():
-            reason = adapter.available() or (None if hasattr(adapter, "bench_callable") else "no bench_callable")
+            reason = adapter.available() or (None if isinstance(adapter, BenchHooks) else "no bench_callable")
             if reason:
                 writer.write([{"kind": "benchmark", "env": args.env, "adapter": name, "status": "skip",
                                "reason": reason}])
                 print(f"{name}: skip ({reason})")
                 continue
-            devices = ("cpu", *getattr(adapter, "bench_devices", lambda: ())())
+            devices = ("cpu", *adapter.bench_devices())
             t0 = time.perf_counter()
             try:
                 rows = workers.call(name, specs[name], adapter.worker_env, _bench_task,
