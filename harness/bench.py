@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, discover, load_spec
+import reference
+from harness.adapters.base import Adapter, BenchHooks, Conventions, discover, load_spec
 from harness.cases import Case
 from harness.inputs import build, np_dtype
 from harness.results import ResultsWriter, header
@@ -178,16 +179,16 @@ def _pin_worker() -> list[int]:
 
 def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: float,
                 devices: tuple[str, ...]) -> list[dict[str, Any]]:
-    from harness.workers import _get
+    from harness.workers import worker_adapter
 
-    cpus = _pin_worker()
-    adapter, _ = _get(spec)
+    cpus = _pin_worker()  # before the adapter imports its framework
+    adapter, _ = worker_adapter(spec)
     rows = []
     for device in devices:
         for case in cases:
             reason = adapter.supports(case)
             data = build(case)
-            for variant in getattr(adapter, "bench_variants", ("eager",)):
+            for variant in adapter.bench_variants:
                 for mode in modes:
                     row = {"config": case.tags[0], "case": case.name, "shape": list(case.shape), "dtype": case.dtype,
                            "layout": case.layout, "mode": mode, "variant": variant, "device": device, "cpus": cpus}
@@ -206,7 +207,13 @@ def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: 
 
 
 class NumpyReference(Adapter):
-    """A float32 two-pass BN in NumPy: the reference row of the benchmark (not a parity adapter)."""
+    """A float32 two-pass BN in NumPy: the reference row of the benchmark (not a parity adapter).
+
+    The formulas of ``reference/`` (batch_stats, normalize, update_running with the unbiased stored
+    variance, train_backward, eval_forward) in the case's float32 rather than float64, driven by the
+    case's momentum and eps. Per-channel factors are formed first (``gamma * inv``), so each full-size
+    array is touched as few times as a careful float32 implementation would.
+    """
 
     name = "numpy-ref"
     framework = "numpy"
@@ -214,38 +221,47 @@ class NumpyReference(Adapter):
     supports_dtypes = ("float32",)
     bench_variants = ("eager",)
 
+    def bench_devices(self) -> tuple[str, ...]:
+        return ()
+
     def bench_callable(self, case, data, mode, variant, device):
-        if device != "cpu":
+        if device != "cpu" or variant not in self.bench_variants:
             return None
+        mapped = self.mapped(case)
+        eps, m = np.float32(mapped.eps), np.float32(mapped.momentum)
         x, g = data.x[0], data.g[0]
-        ax = case.channel_axis % x.ndim
+        ax = mapped.axis % x.ndim
         axes = tuple(i for i in range(x.ndim) if i != ax)
         shape = [1] * x.ndim
         shape[ax] = -1
         gamma, beta = data.gamma.reshape(shape), data.beta.reshape(shape)
         rm, rv = data.running_mean.copy(), data.running_var.copy()
         n = x.size // x.shape[ax]
+        bessel = np.float32(reference.bessel_factor(n, self.conventions.running_var_estimator))
 
-        def train_fwd():
-            mean = x.mean(axis=axes, keepdims=True)
+        def forward():
+            mean = x.mean(axis=axes, keepdims=True)  # batch_stats: two-pass, biased
             xc = x - mean
             var = np.mean(xc * xc, axis=axes, keepdims=True)
-            inv = 1.0 / np.sqrt(var + 1e-5)
-            rm[:] = 0.9 * rm + 0.1 * mean.reshape(-1)
-            rv[:] = 0.9 * rv + 0.1 * var.reshape(-1) * (n / (n - 1))
-            return xc * (inv * gamma) + beta, xc, inv
+            inv = 1 / np.sqrt(var + eps)
+            rm[:] = (1 - m) * rm + m * mean.reshape(-1)  # update_running
+            rv[:] = (1 - m) * rv + m * (var.reshape(-1) * bessel)
+            return xc * (inv * gamma) + beta, xc, inv  # normalize
 
-        def fwd_bwd():
-            y, xc, inv = train_fwd()
+        def train_fwd():
+            return forward()[0], rm, rv
+
+        def train_fwd_bwd():  # train_backward, with mean(v) = sum(v) / n
+            y, xc, inv = forward()
             xhat = xc * inv
             dbeta = g.sum(axis=axes, keepdims=True)
             dgamma = (g * xhat).sum(axis=axes, keepdims=True)
-            return gamma * inv * (g - dbeta / n - xhat * dgamma / n)
+            return y, gamma * inv * (g - dbeta / n - xhat * dgamma / n), dgamma, dbeta
 
-        def eval_fwd():
-            return (x - rm.reshape(shape)) * (gamma / np.sqrt(rv.reshape(shape) + 1e-5)) + beta
+        def eval_fwd():  # eval_forward
+            return (x - rm.reshape(shape)) * (gamma / np.sqrt(rv.reshape(shape) + eps)) + beta
 
-        return {"train_fwd": train_fwd, "train_fwd_bwd": fwd_bwd, "eval_fwd": eval_fwd}[mode]
+        return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}[mode]
 
 
 NUMPY_REF = NumpyReference()
@@ -301,18 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     workers = Workers(out.parent / "logs", threads=args.threads)
     try:
         for name, adapter in adapters.items():
-            reason = adapter.available() or (None if hasattr(adapter, "bench_callable") else "no bench_callable")
+            reason = adapter.available() or (None if isinstance(adapter, BenchHooks) else "no bench_callable")
             if reason:
                 writer.write([Benchmark(env=args.env, adapter=name, status="skip", reason=reason)])
                 print(f"{name}: skip ({reason})")
                 continue
-            devices = ("cpu", *getattr(adapter, "bench_devices", lambda: ())())
-            pool = workers._pool(name, specs[name], adapter.worker_env)
+            devices = ("cpu", *adapter.bench_devices())
             t0 = time.perf_counter()
-            future = pool.pool.schedule(_bench_task, args=(specs[name], cases, MODES, budget, devices),
-                                        timeout=3600)
             try:
-                rows = future.result()
+                rows = workers.call(name, specs[name], adapter.worker_env, _bench_task,
+                                    (specs[name], cases, MODES, budget, devices), timeout=3600)
             except Exception as e:
                 rows = [{"status": "error", "reason": f"worker: {type(e).__name__}: {e}"}]
             for r in rows:

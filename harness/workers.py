@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,11 @@ def _worker_init(env: dict[str, str], log_path: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def _get(spec: str) -> tuple[Any, dict[str, Any]]:
-    """The adapter for ``spec``, imported and set up once per worker process."""
+def worker_adapter(spec: str) -> tuple[Any, dict[str, Any]]:
+    """The adapter for ``spec``, imported and set up once per worker process; call it inside a worker.
+
+    The dict says which process it is and, the first time, how long the import and setup took.
+    """
     info: dict[str, Any] = {"pid": os.getpid()}
     if spec not in _ADAPTERS:
         t0 = time.perf_counter()
@@ -65,7 +69,7 @@ def _get(spec: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _run_task(spec: str, case, data) -> tuple[Observed, dict[str, Any]]:
-    adapter, info = _get(spec)
+    adapter, info = worker_adapter(spec)
     obs = adapter.run(case, data)
     return obs, info
 
@@ -98,8 +102,6 @@ def _signal_name(code: int | None) -> str:
 class _Worker:
     pool: Any
     log: Path
-    started: float
-    startups: int = 1
 
 
 class Workers:
@@ -126,7 +128,7 @@ class Workers:
             pool = ProcessPool(max_workers=1, initializer=_worker_init,
                                initargs=(worker_environment(env, self.threads), str(log)),
                                context=multiprocessing.get_context("spawn"))
-            w = _Worker(pool, log, time.perf_counter())
+            w = _Worker(pool, log)
         self._workers[name] = w  # most recently used last
         return w
 
@@ -135,10 +137,6 @@ class Workers:
         while len(self._workers) > keep:
             oldest = next(iter(self._workers))
             _shutdown(self._workers.pop(oldest))
-
-    def run(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float) -> Outcome:
-        """Run one case in the adapter's worker and wait for it."""
-        return self.submit(name, spec, env, case, data, timeout)()
 
     def submit(self, name: str, spec: str, env: dict[str, str], case, data, timeout: float):
         """Start one case in the adapter's worker; returns a function that waits for its ``Outcome``.
@@ -149,7 +147,7 @@ class Workers:
         if self.in_process:
             def wait_inline() -> Outcome:
                 obs, info = _run_task(spec, case, data)
-                return self._done(name, Outcome(obs, worker=info), t0)
+                return Outcome(obs, worker=info, wall_s=time.perf_counter() - t0)
 
             return wait_inline
         w = self._pool(name, spec, env)
@@ -161,7 +159,7 @@ class Workers:
 
             try:
                 obs, info = future.result()
-                return self._done(name, Outcome(obs, worker=info), t0)
+                out = Outcome(obs, worker=info)
             except FutureTimeout:
                 out = Outcome(status="timeout", message=f"no answer within {timeout:g} s; worker killed and replaced")
             except ProcessExpired as e:
@@ -169,16 +167,26 @@ class Workers:
                               message=f"worker died ({_signal_name(e.exitcode)}); replaced")
             except Exception as e:  # the task could not even be sent or unpickled
                 out = Outcome(status="crashed", message=f"worker error: {type(e).__name__}: {e}")
-            w.startups += 1
-            time.sleep(0.05)  # let the dying process flush what it wrote
-            out.stderr_tail = self._tail(w.log, offset)
-            return self._done(name, out, t0)
+            if out.status != "returned":
+                time.sleep(0.05)  # let the dying process flush what it wrote
+                out.stderr_tail = self._tail(w.log, offset)
+            out.wall_s = time.perf_counter() - t0
+            return out
 
         return wait
 
-    def _done(self, name: str, out: Outcome, t0: float) -> Outcome:
-        out.wall_s = time.perf_counter() - t0
-        return out
+    def call(self, name: str, spec: str, env: dict[str, str], fn: Callable[..., Any], args: tuple,
+             timeout: float) -> Any:
+        """Run ``fn(*args)`` in the adapter's worker process and return its result.
+
+        ``fn`` must be a picklable module-level function; inside the worker, ``worker_adapter(spec)``
+        gives it the adapter. Errors come back as exceptions: pebble's ``ProcessExpired`` for a dead
+        worker, ``concurrent.futures.TimeoutError`` after ``timeout`` seconds (the worker is killed
+        and replaced), or whatever ``fn`` raised.
+        """
+        if self.in_process:
+            return fn(*args)
+        return self._pool(name, spec, env).pool.schedule(fn, args=args, timeout=timeout).result()
 
     @staticmethod
     def _tail(log: Path, offset: int, limit: int = 4000) -> str:

@@ -13,8 +13,15 @@ An adapter wraps one framework path. It is a plain object with:
 
 Subclass ``Adapter`` and implement ``build``, ``train_step`` and
 ``eval_step``; ``run`` drives them and turns a framework exception into a
-recorded outcome. Register it in the ``bnparity.adapters`` entry-point group
+recorded outcome. ``build`` returns the adapter's own state object (any object;
+the Keras, TensorFlow and Flax adapters use a small dataclass), which is
+handed back to the other two. Register it in the ``bnparity.adapters`` entry-point group
 (``name = "module:attr"``), or list ``module:attr`` in ``BNPARITY_ADAPTERS``.
+
+An adapter that can be timed by ``bnparity bench`` also has the
+``BenchHooks``: ``bench_variants``, ``bench_devices()`` and
+``bench_callable(...)``. They are optional; the benchmark skips an adapter
+without them.
 """
 
 from __future__ import annotations
@@ -24,15 +31,14 @@ import importlib.metadata
 import importlib.util
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from harness.cases import Case
 from harness.inputs import CaseData
-
-MOMENTUM_STYLES = ("weight_of_new", "decay_of_old")
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ class Adapter:
         """Import the framework (called once per worker, timed as import)."""
 
     def build(self, case: Case, data: CaseData) -> Any:
+        """The framework's layer (or program) for ``case``, with the case's parameters and statistics."""
         raise NotImplementedError
 
     def train_step(self, state: Any, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,6 +212,29 @@ class Adapter:
 
     def describe(self, state: Any, info: dict[str, Any]) -> None:
         """Add what the framework actually did (path taken, dtypes) to ``info``."""
+
+
+@runtime_checkable
+class BenchHooks(Protocol):
+    """What ``bnparity bench`` needs from an adapter; the benchmark skips an adapter without it.
+
+    ``bench_variants`` are the ways users run the framework (``eager``, ``tf.function``, ``jit``,
+    ``compile``...); ``bench_devices()`` the devices besides ``cpu`` that it sees (``gpu``,
+    ``cuda``), asked without importing the framework in the calling process.
+    ``bench_callable(case, data, mode, variant, device)`` runs in the adapter's worker and returns
+    a zero-argument call of one BatchNorm step in ``mode`` (``train_fwd`` with the running-stat
+    update, ``train_fwd_bwd``, ``eval_fwd``), inputs already on ``device`` and waiting for it; or
+    None where the adapter does not offer that combination (a variant it does not list is refused
+    before any framework is imported).
+    """
+
+    @property
+    def bench_variants(self) -> tuple[str, ...]: ...
+
+    def bench_devices(self) -> tuple[str, ...]: ...
+
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str,
+                       device: str) -> Callable[[], Any] | None: ...
 
 
 class Broken(Adapter):

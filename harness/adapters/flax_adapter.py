@@ -29,7 +29,8 @@ the only float64 values in those programs are the weakly typed eps/momentum scal
 ``info["program_f64_arrays"]`` records per program (False means no float64 array anywhere).
 
 Threads: with ``BNPARITY_THREADS=1`` (the default) the worker sets the XLA CPU single-thread
-flags before jaxlib loads; other counts leave XLA's own threading. ``BNPARITY_JAX_CACHE_DIR``
+flag before jaxlib loads (``jax_support.limit_xla_threads``, as Keras 3 on JAX does); other counts
+leave XLA's own threading. ``BNPARITY_JAX_CACHE_DIR``
 turns on JAX's persistent compilation cache (``jax_support``); hits are reported as
 ``info["compile_cache_hits"]``, not as compiles.
 
@@ -45,19 +46,18 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from harness.adapters import jax_support
-from harness.adapters.base import Adapter, Conventions
+from harness.adapters.base import Adapter, Conventions, Mapped
+from harness.adapters.devices import gpu_visible
 from harness.cases import Case
 from harness.inputs import CaseData
 
-# The XLA CPU recipe for one intra-op thread (jax-ml/jax#743, #1539); read when jaxlib loads.
-# intra_op_parallelism_threads=N for N > 1 is reported to crash, so other counts set nothing.
-_ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 _F64_ARRAY = re.compile(r"tensor<(?:\d+x)+f64>")
 
 # -- the jitted programs (module level, so jax.jit's cache lives as long as the worker) ----------
@@ -66,40 +66,76 @@ _PROGRAMS: dict[tuple, Any] = {}
 _F64_CHECKED: dict[tuple, bool] = {}
 
 
+def _linen_module(axis: int, fast: bool, affine: bool, param_dtype: str, momentum, eps, use_running_average: bool):
+    """A linen BatchNorm with momentum and eps as given (traced values inside the programs)."""
+    import flax.linen as nn
+
+    return nn.BatchNorm(use_running_average=use_running_average, axis=axis, momentum=momentum, epsilon=eps,
+                        use_scale=affine, use_bias=affine, use_fast_variance=fast, param_dtype=param_dtype)
+
+
+def _linen_train_apply(bn, params, stats, x):
+    """(y, updated batch_stats) of a linen BatchNorm called in training mode."""
+    y, updated = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+    return y, updated["batch_stats"]
+
+
+def _nnx_module(graphdef, params, stats, momentum, eps, train: bool):
+    """An nnx BatchNorm merged from ``graphdef``, with momentum and eps set and in train or eval mode."""
+    from flax import nnx
+
+    # copy=True: fresh Variables at the current trace level, so the stat update may mutate them
+    bn = nnx.merge(graphdef, nnx.State({**params, **stats}), copy=True)
+    bn.momentum, bn.epsilon = momentum, eps
+    if train:
+        bn.train()
+    else:
+        bn.eval()
+    return bn
+
+
+def _nnx_stats(bn) -> dict[str, Any]:
+    return {"mean": bn.mean[...], "var": bn.var[...]}
+
+
+def _train_vjp(f, x, g, params):
+    """y, dx, dparams and the updated statistics of ``f(x, params) -> (y, stats)``, for the upstream gradient g."""
+    import jax
+
+    y, vjp, new_stats = jax.vjp(f, x, params, has_aux=True)
+    dx, dparams = vjp(g.astype(y.dtype))
+    return y, dx, dparams, new_stats
+
+
+def _eval_vjp(f, x, g):
+    """y and dx of ``f(x) -> y`` for the upstream gradient g."""
+    import jax
+
+    y, vjp = jax.vjp(f, x)
+    return y, vjp(g.astype(y.dtype))[0]
+
+
 def _linen_program(mode: str, axis: int, fast: bool, affine: bool, param_dtype: str):
     """A jitted linen train or eval step: (x, g, params, stats, momentum, eps) -> outputs."""
     key = ("linen", mode, axis, fast, affine, param_dtype)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
-    import flax.linen as nn
     import jax
 
-    def module(momentum, eps, use_running_average: bool):
-        return nn.BatchNorm(use_running_average=use_running_average, axis=axis, momentum=momentum, epsilon=eps,
-                            use_scale=affine, use_bias=affine, use_fast_variance=fast, param_dtype=param_dtype)
-
     def train(x, g, params, stats, momentum, eps):
-        bn = module(momentum, eps, False)
-
-        def f(x, params):
-            y, updated = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
-            return y, updated["batch_stats"]
-
-        y, vjp, new_stats = jax.vjp(f, x, params, has_aux=True)
-        dx, dparams = vjp(g.astype(y.dtype))
-        return y, dx, dparams, new_stats
+        bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, False)
+        return _train_vjp(lambda x, params: _linen_train_apply(bn, params, stats, x), x, g, params)
 
     def evaluate(x, g, params, stats, momentum, eps):
         # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
-        bn = module(momentum, eps, mode == "eval")
+        bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, mode == "eval")
 
         def f(x):
             if mode == "eval":
                 return bn.apply({"params": params, "batch_stats": stats}, x)
             return bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])[0]
 
-        y, vjp = jax.vjp(f, x)
-        return y, vjp(g.astype(y.dtype))[0]
+        return _eval_vjp(f, x, g)
 
     fn = jax.jit(train if mode == "train" else evaluate)
     _PROGRAMS[key] = fn
@@ -125,31 +161,17 @@ def _nnx_program(mode: str, graphdef):
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     import jax
-    from flax import nnx
-
-    def merged(params, stats, momentum, eps, train: bool):
-        # copy=True: fresh Variables at the current trace level, so the stat update may mutate them
-        bn = nnx.merge(graphdef, nnx.State({**params, **stats}), copy=True)
-        bn.momentum, bn.epsilon = momentum, eps
-        if train:
-            bn.train()
-        else:
-            bn.eval()
-        return bn
 
     def train(x, g, params, stats, momentum, eps):
         def f(x, params):
-            bn = merged(params, stats, momentum, eps, True)
+            bn = _nnx_module(graphdef, params, stats, momentum, eps, True)
             y = bn(x)
-            return y, {"mean": bn.mean[...], "var": bn.var[...]}
+            return y, _nnx_stats(bn)
 
-        y, vjp, new_stats = jax.vjp(f, x, params, has_aux=True)
-        dx, dparams = vjp(g.astype(y.dtype))
-        return y, dx, dparams, new_stats
+        return _train_vjp(f, x, g, params)
 
     def evaluate(x, g, params, stats, momentum, eps):
-        y, vjp = jax.vjp(lambda x: merged(params, stats, momentum, eps, mode != "eval")(x), x)
-        return y, vjp(g.astype(y.dtype))[0]
+        return _eval_vjp(lambda x: _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")(x), x, g)
 
     fn = jax.jit(train if mode == "train" else evaluate)
     _PROGRAMS[key] = fn
@@ -168,28 +190,18 @@ def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, affine:
     import jax
 
     if api == "linen":
-        import flax.linen as nn
-
         def forward(x, params, stats, momentum, eps):
-            bn = nn.BatchNorm(use_running_average=not train, axis=axis, momentum=momentum, epsilon=eps,
-                              use_scale=affine, use_bias=affine, use_fast_variance=fast, param_dtype=param_dtype)
-            variables = {"params": params, "batch_stats": stats}
+            bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, not train)
             if not train:
-                return bn.apply(variables, x)
-            y, updated = bn.apply(variables, x, mutable=["batch_stats"])
-            return y, updated["batch_stats"]
+                return bn.apply({"params": params, "batch_stats": stats}, x)
+            return _linen_train_apply(bn, params, stats, x)
     else:
-        from flax import nnx
-
         def forward(x, params, stats, momentum, eps):
-            bn = nnx.merge(graphdef, nnx.State({**params, **stats}), copy=True)
-            bn.momentum, bn.epsilon = momentum, eps
+            bn = _nnx_module(graphdef, params, stats, momentum, eps, train)
             if not train:
-                bn.eval()
                 return bn(x)
-            bn.train()
             y = bn(x)
-            return y, {"mean": bn.mean[...], "var": bn.var[...]}
+            return y, _nnx_stats(bn)
 
     fn = jax.jit(forward)
     _PROGRAMS[key] = fn
@@ -205,6 +217,20 @@ def _enable_x64(jax):
 
 
 NNX_MIN_FLAX = "0.10"
+
+
+@dataclass
+class FlaxState:
+    """One case's jitted programs, variables and hyperparameters, and what the calls reported."""
+
+    case: Case
+    train: Callable
+    evaluate: Callable
+    params: dict[str, Any]  # scale and bias, or empty without affine
+    stats: dict[str, Any]  # mean and var: the running statistics, updated by each training step
+    hyper: tuple[float, float]  # (momentum, eps) as Python floats: traced as weakly typed scalars
+    dtypes: dict[str, str] = field(default_factory=dict)
+    f64_arrays: bool | None = None  # whether a program has a float64 array; None: not checked (float64 cases)
 
 
 class FlaxAdapter(Adapter):
@@ -245,20 +271,16 @@ class FlaxAdapter(Adapter):
                           f"BatchNorm.train()/.eval(); seen missing in 0.8.5); needs flax >= {NNX_MIN_FLAX}")
         return reason
 
-    def settings(self, case: Case) -> dict[str, Any]:
-        out = super().settings(case)
-        out["training_flags"] = {"api": f"flax.{self.api}.BatchNorm", "use_fast_variance": self.fast,
-                                 "use_scale": case.affine, "use_bias": case.affine, "dtype": None,
-                                 "param_dtype": case.resolved_param_dtype, "jit": True}
-        return out
+    def mapped(self, case: Case) -> Mapped:
+        m = super().mapped(case)
+        m.training_flags = {"api": f"flax.{self.api}.BatchNorm", "use_fast_variance": self.fast,
+                            "use_scale": case.affine, "use_bias": case.affine, "dtype": None,
+                            "param_dtype": case.resolved_param_dtype, "jit": True}
+        return m
 
     # -- worker side ------------------------------------------------------------------
     def setup(self) -> None:
-        self._flags_applied = "jax" not in sys.modules
-        flags = os.environ.get("XLA_FLAGS", "")
-        if (self._flags_applied and os.environ.get("BNPARITY_THREADS", "1") == "1"
-                and "xla_cpu_multi_thread_eigen" not in flags):
-            os.environ["XLA_FLAGS"] = f"{flags} {_ONE_THREAD_FLAGS}".strip()
+        self._flags_applied = jax_support.limit_xla_threads()
         jax_support.watch()
         jax_support.enable_compilation_cache()
         import flax.linen  # noqa: F401  (import cost belongs to the worker, not to the first case)
@@ -273,7 +295,7 @@ class FlaxAdapter(Adapter):
         obs.info.update(jax_support.compiled_since(mark))
         return obs
 
-    def build(self, case: Case, data: CaseData) -> Any:
+    def build(self, case: Case, data: CaseData) -> FlaxState:
         m = self.mapped(case)
         pdt = case.resolved_param_dtype
         if self.api == "linen":
@@ -287,41 +309,39 @@ class FlaxAdapter(Adapter):
         params = {"scale": data.gamma, "bias": data.beta} if case.affine else {}
         stats = {"mean": data.running_mean, "var": data.running_var}
         # Python floats: traced as weakly typed scalars (see the module docstring)
-        return {"case": case, "train": train, "eval": evaluate, "params": params, "stats": stats,
-                "hyper": (float(m.momentum), float(m.eps)), "dtypes": {}}
+        return FlaxState(case, train, evaluate, params, stats, (float(m.momentum), float(m.eps)))
 
-    def _check_program(self, state, fn, args) -> None:
+    def _check_program(self, state: FlaxState, fn, args) -> None:
         """Record once per program whether a float64 array appears in a non-float64 case's program."""
-        case = state["case"]
-        if case.dtype == "float64":
+        if state.case.dtype == "float64":
             return
         import jax
 
         key = (id(fn), tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args[:4])))
         if key not in _F64_CHECKED:
             _F64_CHECKED[key] = bool(_F64_ARRAY.search(fn.lower(*args).as_text()))
-        state["f64_arrays"] = state.get("f64_arrays", False) or _F64_CHECKED[key]
+        state.f64_arrays = bool(state.f64_arrays) or _F64_CHECKED[key]
 
-    def train_step(self, state, x, g):
-        args = (x, g, state["params"], state["stats"], *state["hyper"])
-        self._check_program(state, state["train"], args)
-        y, dx, dparams, new_stats = state["train"](*args)
+    def train_step(self, state: FlaxState, x, g):
+        args = (x, g, state.params, state.stats, *state.hyper)
+        self._check_program(state, state.train, args)
+        y, dx, dparams, new_stats = state.train(*args)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
-        if state["case"].affine:
+        if state.case.affine:
             out["dgamma"] = np.asarray(dparams["scale"])
             out["dbeta"] = np.asarray(dparams["bias"])
-        if state["case"].track_running_stats:
-            state["stats"] = new_stats
+        if state.case.track_running_stats:
+            state.stats = new_stats
             out["running_mean"] = np.asarray(new_stats["mean"])
             out["running_var"] = np.asarray(new_stats["var"])
-        state["dtypes"].update({"y": str(y.dtype), "dx": str(dx.dtype), "running_var": str(new_stats["var"].dtype)})
+        state.dtypes.update({"y": str(y.dtype), "dx": str(dx.dtype), "running_var": str(new_stats["var"].dtype)})
         return out
 
-    def eval_step(self, state, x, g):
-        args = (x, g, state["params"], state["stats"], *state["hyper"])
-        self._check_program(state, state["eval"], args)
-        y, dx = state["eval"](*args)
-        state["dtypes"].update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
+    def eval_step(self, state: FlaxState, x, g):
+        args = (x, g, state.params, state.stats, *state.hyper)
+        self._check_program(state, state.evaluate, args)
+        y, dx = state.evaluate(*args)
+        state.dtypes.update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
         return {"y": np.asarray(y), "dx": np.asarray(dx)}
 
 
@@ -329,8 +349,6 @@ class FlaxAdapter(Adapter):
     bench_variants = ("jit",)  # Flax users jit their steps; op-by-op Flax is not a configuration anyone runs
 
     def bench_devices(self) -> tuple[str, ...]:
-        from harness.adapters.keras3 import gpu_visible
-
         return ("gpu",) if gpu_visible("jax") else ()
 
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
@@ -347,11 +365,11 @@ class FlaxAdapter(Adapter):
         m = self.mapped(case)
         dev = jax.devices(device)[0]
         # device_put keeps the Python floats weakly typed, as the parity calls trace them, without a per-call transfer
-        x, g, params, momentum, eps = jax.device_put((data.x[0], data.g[0], state["params"], *state["hyper"]), dev)
-        held = {"stats": jax.device_put(state["stats"], dev)}
+        x, g, params, momentum, eps = jax.device_put((data.x[0], data.g[0], state.params, *state.hyper), dev)
+        held = {"stats": jax.device_put(state.stats, dev)}
         tracked = case.track_running_stats
         if mode == "train_fwd_bwd":
-            step = state["train"]
+            step = state.train
 
             def train_fwd_bwd():
                 y, dx, dparams, new_stats = step(x, g, params, held["stats"], momentum, eps)
@@ -375,20 +393,20 @@ class FlaxAdapter(Adapter):
 
         return train_fwd
 
-    def describe(self, state, info):
+    def describe(self, state: FlaxState, info):
         import jax
 
         info["module"] = f"flax.{self.api}.BatchNorm"
         info["use_fast_variance"] = self.fast
-        info["output_dtypes"] = state["dtypes"]
+        info["output_dtypes"] = state.dtypes
         info["jit"] = True
         info["backend"] = jax.default_backend()
         info["x64"] = True
-        if "f64_arrays" in state:
-            info["program_f64_arrays"] = state["f64_arrays"]
+        if state.f64_arrays is not None:
+            info["program_f64_arrays"] = state.f64_arrays
         info["xla_flags"] = os.environ.get("XLA_FLAGS", "") if getattr(self, "_flags_applied", False) else (
             "not applied: jax was imported before this adapter's setup (in-process run)")
-        if not state["case"].contiguous:
+        if not state.case.contiguous:
             info["strides"] = "JAX arrays have no strides: the same values, contiguous"
 
 

@@ -1,4 +1,7 @@
-"""What the JAX-based adapters (Flax, Keras 3 on JAX) share: compile accounting and the compilation cache.
+"""What the JAX-based adapters (Flax, Keras 3 on JAX) share: threads, compile accounting and the compilation cache.
+
+Threads: with ``BNPARITY_THREADS=1`` (the default) ``limit_xla_threads`` sets the XLA CPU one-thread
+flag before jaxlib starts its backend; other counts leave XLA's own threading.
 
 Compile accounting: one ``jax.monitoring`` listener per worker process records every trace,
 lowering and backend compile, so an adapter can report how many programs a case compiled and how
@@ -14,7 +17,30 @@ compilation. JAX releases without a CPU cache, or without one of the options, le
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
+
+from harness.adapters.devices import thread_count
+
+# The XLA CPU recipe for one intra-op thread (jax-ml/jax#743, #1539): Eigen ops stay on the calling
+# thread. XLA has no thread-count flag. (The recipe in those issues also carries the bare word
+# ``intra_op_parallelism_threads=1``: XLA_FLAGS ignores words without ``--``, as it does any other.)
+ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+
+
+def limit_xla_threads() -> bool:
+    """With one thread asked for, add the one-thread flag to ``XLA_FLAGS`` (flags already there are kept).
+
+    Returns whether XLA_FLAGS can still take effect: False when JAX was imported before (an
+    ``--in-process`` run after another JAX adapter), where nothing is changed.
+    """
+    if "jax" in sys.modules:
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    if thread_count() == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {ONE_THREAD_XLA_FLAGS}".strip()
+    return True
+
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")

@@ -17,7 +17,6 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 from typing import Any
 
 import numpy as np
@@ -25,16 +24,14 @@ import numpy as np
 from harness.adapters.base import Adapter, Conventions
 from harness.adapters.keras3 import (
     KERAS_CONVENTIONS,
-    TFBench,
+    LayerState,
     dtype_policy,
     keras_axis,
-    setup_tf,
-    tape_call,
-    tf_bench_call,
-    tf_fwd_bwd,
-    tf_info,
+    keras_supports,
+    layer_kwargs,
+    load_layer,
 )
-from harness.adapters.tf_raw import TF_ENV, tf_distribution
+from harness.adapters.tf_support import TF_ENV, TFBench, setup_tf, tape_call, tf_distribution, tf_info
 from harness.cases import Case
 from harness.inputs import CaseData
 
@@ -98,18 +95,13 @@ class TFKerasAdapter(TFBench, Adapter):
         return self.versions().get(dist) if dist else None
 
     def supports(self, case: Case) -> str | None:
-        reason = super().supports(case)
-        if reason:
+        reason = super().supports(case) or keras_supports(case, "tf-keras")
+        if reason or not self.fused:
             return reason
-        if not case.track_running_stats:
-            return "tf-keras BatchNormalization always tracks moving statistics (no track_running_stats=False)"
-        if dtype_policy(case) is None:
-            return f"no tf-keras dtype policy has variables in {case.resolved_param_dtype} and compute in {case.dtype}"
-        if self.fused:
-            if case.rank not in (4, 5):
-                return f"fused=True needs a 4D or 5D input (the layer raises for {case.rank}D)"
-            if case.dtype == "float64":
-                return "fused=True needs a float16/bfloat16/float32 compute dtype (FusedBatchNormV3 has no float64)"
+        if case.rank not in (4, 5):
+            return f"fused=True needs a 4D or 5D input (the layer raises for {case.rank}D)"
+        if case.dtype == "float64":
+            return "fused=True needs a float16/bfloat16/float32 compute dtype (FusedBatchNormV3 has no float64)"
         return None
 
     def settings(self, case: Case) -> dict[str, Any]:
@@ -121,55 +113,38 @@ class TFKerasAdapter(TFBench, Adapter):
         setup_tf()
         keras2()  # imported once here, timed as the worker's import
 
-    def build(self, case: Case, data: CaseData) -> Any:
+    def build(self, case: Case, data: CaseData) -> LayerState:
         tf_keras = keras2()
-        m = self.mapped(case)
-        policy = dtype_policy(case)
-        kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.affine, scale=case.affine, fused=self.fused,
-                                      dtype=tf_keras.mixed_precision.Policy(policy))
-        if not case.use_defaults:
-            kwargs.update(momentum=m.momentum, epsilon=m.eps)
-        layer = tf_keras.layers.BatchNormalization(**kwargs)
-        layer.build(case.physical_shape)
-        if case.affine:
-            layer.gamma.assign(data.gamma)
-            layer.beta.assign(data.beta)
-        layer.moving_mean.assign(data.running_mean)
-        layer.moving_variance.assign(data.running_var)
-        return {"layer": layer, "case": case}
+        layer = tf_keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case)), fused=self.fused,
+                                                   dtype=tf_keras.mixed_precision.Policy(dtype_policy(case)))
+        return LayerState(load_layer(layer, case, data), case)
 
-    def _call(self, state, x, g, training: bool) -> dict[str, np.ndarray]:
-        return tape_call(state, x, g, training, lambda layer: [layer.gamma, layer.beta])
+    def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
+        layer = state.layer
+        params = [layer.gamma, layer.beta] if state.case.affine and training else []
+        taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
+        state.output_dtype = taped.output_dtype
+        return taped.out
 
-    def train_step(self, state, x, g):
+    def train_step(self, state: LayerState, x, g):
         out = self._call(state, x, g, training=True)
-        layer = state["layer"]
-        out["running_mean"] = layer.moving_mean.numpy()
-        out["running_var"] = layer.moving_variance.numpy()
+        out.update(state.moving_stats())
         return out
 
-    def eval_step(self, state, x, g):
+    def eval_step(self, state: LayerState, x, g):
         return self._call(state, x, g, training=False)
 
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one BatchNormalization call in ``mode``, inputs already on the device."""
-        if variant not in self.bench_variants:
-            return None
-        state, (x, g) = self.bench_setup(case, data, device)
-        layer = state["layer"]
-        params = [layer.gamma, layer.beta] if case.affine else []
-        fns = {"train_fwd": lambda x, g: layer(x, training=True),
-               "train_fwd_bwd": tf_fwd_bwd(lambda x: layer(x, training=True), params),
-               "eval_fwd": lambda x, g: layer(x, training=False)}
-        return tf_bench_call(fns[mode], (x, g), variant, device)
+        return self.bench_layer(case, data, mode, variant, device, lambda layer: [layer.gamma, layer.beta])
 
-    def describe(self, state, info):
-        layer = state["layer"]
+    def describe(self, state: LayerState, info):
+        layer = state.layer
         info["fused"] = bool(layer.fused)
         info["data_format"] = getattr(layer, "_data_format", None) if layer.fused else None
         info["dtype_policy"] = layer.dtype_policy.name
-        info["output_dtype"] = state.get("output_dtype")
+        info["output_dtype"] = state.output_dtype
         info["moving_stats_dtype"] = layer.moving_mean.dtype.name
         info["epsilon"] = float(layer.epsilon)
         info["momentum"] = float(layer.momentum)

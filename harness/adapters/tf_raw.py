@@ -19,45 +19,58 @@ batch_normalization, fused_batch_norm), tensorflow/core/kernels/fused_batch_norm
 
 from __future__ import annotations
 
-import importlib.metadata
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from harness.adapters.base import Adapter, Conventions
-from harness.adapters.keras3 import (
+from harness.adapters.tf_support import (
     TF_DISTRIBUTIONS,
+    TF_ENV,
     TFBench,
-    keras_axis,
     setup_tf,
+    tape_call,
     tf_bench_call,
+    tf_distribution,
     tf_fwd_bwd,
     tf_info,
+    tf_version,
 )
 from harness.cases import Case
 from harness.inputs import CaseData
 
-TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+@dataclass(kw_only=True)
+class TFState:
+    """The variables of one hand-written BN, and the output dtype of its last call."""
+
+    case: Case
+    rm: Any  # tf.Variable: running mean
+    rv: Any  # tf.Variable: running variance
+    gamma: Any = None  # tf.Variable, or None (raw without affine) / a constant (fused without affine)
+    beta: Any = None
+    output_dtype: str | None = None
 
 
-def tf_distribution() -> str | None:
-    """The installed distribution that provides ``tensorflow`` (tensorflow, tensorflow-cpu, ...)."""
-    for dist in TF_DISTRIBUTIONS:
-        try:
-            importlib.metadata.version(dist)
-            return dist
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+@dataclass(kw_only=True)
+class RawState(TFState):
+    eps: float
+    decay: float  # Keras' momentum: the weight of the old value
+    axes: list[int]  # reduced over
+    bshape: list[int]  # per-channel vectors reshaped to broadcast
+    stats_dtype: str | None = None
 
 
-def tf_version() -> str | None:
-    """TensorFlow's version, whichever distribution ships it (a PEP 440 string: '2.21.0')."""
-    dist = tf_distribution()
-    return importlib.metadata.version(dist) if dist else None
+@dataclass(kw_only=True)
+class FusedState(TFState):
+    data_format: str
+    kwargs: dict[str, float]  # epsilon and exponential_avg_factor, or nothing for the wrapper's defaults
 
 
 class _TFAdapter(TFBench, Adapter):
+    """One BN step written with TF ops: ``_forward`` and ``_store`` are what the two adapters differ in."""
+
     framework = "tensorflow"
     requires = ("tensorflow",)
     worker_env = TF_ENV
@@ -80,18 +93,27 @@ class _TFAdapter(TFBench, Adapter):
     def setup(self) -> None:
         setup_tf()
 
-    # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
-    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
-        """A zero-argument call of one hand-written BN step in ``mode``, inputs already on the device."""
-        if variant not in self.bench_variants:
-            return None
-        state, (x, g) = self.bench_setup(case, data, device)
-        fn = self._bench_fn(state, mode)
-        return None if fn is None else tf_bench_call(fn, (x, g), variant, device)
-
-    def _bench_fn(self, state, mode: str):
-        """fn(x, g) for ``mode``, returning every result (see tf_bench_call)."""
+    def _forward(self, state: Any, x: Any, training: bool) -> tuple:
+        """(y,) in eval; (y, batch mean, batch variance or updated running statistics) in training."""
         raise NotImplementedError
+
+    def _store(self, state: Any, mean: Any, var: Any) -> None:
+        """Update the running statistics from what ``_forward`` returned (graph-safe: no NumPy)."""
+        raise NotImplementedError
+
+    def _stored(self, state: Any, mean: Any, var: Any) -> dict[str, np.ndarray]:
+        """The running statistics after ``_store``, as NumPy arrays."""
+        raise NotImplementedError
+
+    def _run(self, state: TFState, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
+        params = [state.gamma, state.beta] if state.case.affine and training else []
+        taped = tape_call(lambda xt: self._forward(state, xt, training), x, g, params)
+        state.output_dtype = taped.output_dtype
+        out = taped.out
+        if training:
+            self._store(state, *taped.aux)
+            out.update(self._stored(state, *taped.aux))
+        return out
 
     def train_step(self, state, x, g):
         return self._run(state, x, g, training=True)
@@ -99,9 +121,31 @@ class _TFAdapter(TFBench, Adapter):
     def eval_step(self, state, x, g):
         return self._run(state, x, g, training=False)
 
-    def describe(self, state, info):
-        info["output_dtype"] = state.get("output_dtype")
+    def describe(self, state: TFState, info):
+        info["output_dtype"] = state.output_dtype
         tf_info(info)
+
+    # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
+    def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
+        """A zero-argument call of one hand-written BN step in ``mode``, inputs already on the device."""
+        if variant not in self.bench_variants:
+            return None
+        state, (x, g) = self.bench_setup(case, data, device)
+        return tf_bench_call(self._bench_fn(state, mode), (x, g), variant, device)
+
+    def _bench_fn(self, state: TFState, mode: str):
+        """fn(x, g) for ``mode``, the running statistics updated in training, returning every result."""
+        training = mode != "eval_fwd"
+
+        def forward(x):
+            y, *stats = self._forward(state, x, training)
+            if training:
+                self._store(state, *stats)
+            return y
+
+        if mode == "train_fwd_bwd":
+            return tf_fwd_bwd(forward, [state.gamma, state.beta] if state.case.affine else [])
+        return lambda x, g: forward(x)
 
 
 class TFRawAdapter(_TFAdapter):
@@ -117,93 +161,48 @@ class TFRawAdapter(_TFAdapter):
                "defaults cases use Keras' (epsilon 1e-3, decay 0.99), the moving average is Keras' decay form"),
     )
 
-    def build(self, case: Case, data: CaseData) -> Any:
+    def build(self, case: Case, data: CaseData) -> RawState:
         import tensorflow as tf
 
         m = self.mapped(case)
         rank = len(case.physical_shape)
-        axis = keras_axis(case) % rank
-        state: dict[str, Any] = {
-            "case": case, "eps": m.eps, "decay": m.momentum,
-            "axes": [i for i in range(rank) if i != axis],
-            "bshape": [case.channels if i == axis else 1 for i in range(rank)],
-            "rm": tf.Variable(data.running_mean), "rv": tf.Variable(data.running_var),
-        }
-        if case.affine:
-            state["gamma"], state["beta"] = tf.Variable(data.gamma), tf.Variable(data.beta)
-        return state
+        axis = m.axis % rank
+        affine = dict(gamma=tf.Variable(data.gamma), beta=tf.Variable(data.beta)) if case.affine else {}
+        return RawState(case=case, eps=m.eps, decay=m.momentum, axes=[i for i in range(rank) if i != axis],
+                        bshape=[case.channels if i == axis else 1 for i in range(rank)],
+                        rm=tf.Variable(data.running_mean), rv=tf.Variable(data.running_var), **affine)
 
-    def _bn(self, state, x, mean, var):
+    def _bn(self, state: RawState, x, mean, var):
         """tf.nn.batch_normalization in x's dtype, per-channel vectors reshaped to broadcast."""
         import tensorflow as tf
 
-        shape, dt = state["bshape"], x.dtype
+        shape, dt = state.bshape, x.dtype
         b = lambda v: None if v is None else tf.reshape(tf.cast(v, dt), shape)  # noqa: E731
-        return tf.nn.batch_normalization(x, b(mean), b(var), b(state.get("beta")), b(state.get("gamma")),
-                                         state["eps"])
+        return tf.nn.batch_normalization(x, b(mean), b(var), b(state.beta), b(state.gamma), state.eps)
 
-    def _run(self, state, x, g, training: bool) -> dict[str, np.ndarray]:
+    def _forward(self, state: RawState, x, training: bool) -> tuple:
         import tensorflow as tf
 
-        case = state["case"]
-        xt = tf.constant(x)
-        params = [state["gamma"], state["beta"]] if case.affine and training else []
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            if training:
-                mean, var = tf.nn.moments(xt, state["axes"])
-                y = self._bn(state, xt, mean, var)
-            else:
-                y = self._bn(state, xt, state["rm"], state["rv"])
-        grads = tape.gradient(y, [xt, *params], output_gradients=tf.constant(g))
-        state["output_dtype"] = y.dtype.name
-        out = {"y": y.numpy(), "dx": grads[0].numpy()}
-        if params:
-            out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
-        if training:
-            state["stats_dtype"] = mean.dtype.name
-            d = state["decay"]
-            for var_name, batch in (("rm", mean), ("rv", var)):
-                r = state[var_name]
-                r.assign(r * d + tf.cast(batch, r.dtype) * (1.0 - d))
-            out["running_mean"], out["running_var"] = state["rm"].numpy(), state["rv"].numpy()
-        return out
+        if not training:
+            return (self._bn(state, x, state.rm, state.rv),)
+        mean, var = tf.nn.moments(x, state.axes)
+        return self._bn(state, x, mean, var), mean, var
 
-
-    def _bench_fn(self, state, mode: str):
+    def _store(self, state: RawState, mean, var) -> None:
+        """The moving average as Keras writes it, in the variables' dtype: r = d * r + (1 - d) * batch."""
         import tensorflow as tf
 
-        case = state["case"]
-        params = [state["gamma"], state["beta"]] if case.affine else []
+        d = state.decay
+        for r, batch in ((state.rm, mean), (state.rv, var)):
+            r.assign(r * d + tf.cast(batch, r.dtype) * (1.0 - d))
 
-        def update(mean, var):  # the moving average as _run writes it
-            d = state["decay"]
-            for name, batch in (("rm", mean), ("rv", var)):
-                r = state[name]
-                r.assign(r * d + tf.cast(batch, r.dtype) * (1.0 - d))
+    def _stored(self, state: RawState, mean, var) -> dict[str, np.ndarray]:
+        state.stats_dtype = mean.dtype.name
+        return {"running_mean": state.rm.numpy(), "running_var": state.rv.numpy()}
 
-        def train_fwd(x, g):
-            mean, var = tf.nn.moments(x, state["axes"])
-            update(mean, var)
-            return self._bn(state, x, mean, var)
-
-        def train_fwd_bwd(x, g):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                mean, var = tf.nn.moments(x, state["axes"])
-                y = self._bn(state, x, mean, var)
-            grads = tape.gradient(y, [x, *params], output_gradients=g)
-            update(mean, var)
-            return y, grads
-
-        def eval_fwd(x, g):
-            return self._bn(state, x, state["rm"], state["rv"])
-
-        return {"train_fwd": train_fwd, "train_fwd_bwd": train_fwd_bwd, "eval_fwd": eval_fwd}[mode]
-
-    def describe(self, state, info):
+    def describe(self, state: RawState, info):
         super().describe(state, info)
-        info["moments_dtype"] = state.get("stats_dtype")
+        info["moments_dtype"] = state.stats_dtype
 
 
 class TFFusedAdapter(_TFAdapter):
@@ -237,71 +236,37 @@ class TFFusedAdapter(_TFAdapter):
         spatial = "DHW" if case.rank == 5 else "HW"
         return f"NC{spatial}" if case.layout == "channels_first" else f"N{spatial}C"
 
-    def build(self, case: Case, data: CaseData) -> Any:
+    def build(self, case: Case, data: CaseData) -> FusedState:
         import tensorflow as tf
 
         m = self.mapped(case)
         pdt = case.resolved_param_dtype
-        state: dict[str, Any] = {
-            "case": case, "data_format": self._data_format(case),
-            "kwargs": {} if case.use_defaults else {"epsilon": m.eps, "exponential_avg_factor": m.momentum},
-            "rm": tf.Variable(data.running_mean), "rv": tf.Variable(data.running_var),
-        }
         if case.affine:
-            state["gamma"], state["beta"] = tf.Variable(data.gamma), tf.Variable(data.beta)
+            gamma, beta = tf.Variable(data.gamma), tf.Variable(data.beta)
         else:  # what tf-keras passes when center/scale are off
-            state["gamma"] = tf.constant(np.ones(case.channels, pdt))
-            state["beta"] = tf.constant(np.zeros(case.channels, pdt))
-        return state
+            gamma, beta = tf.constant(np.ones(case.channels, pdt)), tf.constant(np.zeros(case.channels, pdt))
+        return FusedState(case=case, data_format=self._data_format(case),
+                          kwargs={} if case.use_defaults else {"epsilon": m.eps, "exponential_avg_factor": m.momentum},
+                          rm=tf.Variable(data.running_mean), rv=tf.Variable(data.running_var), gamma=gamma, beta=beta)
 
-    def _run(self, state, x, g, training: bool) -> dict[str, np.ndarray]:
+    def _forward(self, state: FusedState, x, training: bool) -> tuple:
+        """(y, mean, variance): in training, with exponential_avg_factor, the updated running statistics."""
         import tensorflow as tf
 
-        case = state["case"]
-        xt = tf.constant(x)
-        params = [state["gamma"], state["beta"]] if case.affine and training else []
-        kwargs = state["kwargs"] if training else {k: v for k, v in state["kwargs"].items() if k == "epsilon"}
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-                xt, state["gamma"], state["beta"], mean=state["rm"], variance=state["rv"],
-                data_format=state["data_format"], is_training=training, **kwargs)
-        grads = tape.gradient(y, [xt, *params], output_gradients=tf.constant(g))
-        state["output_dtype"] = y.dtype.name
-        out = {"y": y.numpy(), "dx": grads[0].numpy()}
-        if params:
-            out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
-        if training:  # with exponential_avg_factor the op returns the updated running statistics
-            state["rm"].assign(mean)
-            state["rv"].assign(var)
-            out["running_mean"], out["running_var"] = mean.numpy(), var.numpy()
-        return out
+        kwargs = state.kwargs if training else {k: v for k, v in state.kwargs.items() if k == "epsilon"}
+        return tf.compat.v1.nn.fused_batch_norm(x, state.gamma, state.beta, mean=state.rm, variance=state.rv,
+                                                data_format=state.data_format, is_training=training, **kwargs)
 
+    def _store(self, state: FusedState, mean, var) -> None:
+        state.rm.assign(mean)
+        state.rv.assign(var)
 
-    def _bench_fn(self, state, mode: str):
-        import tensorflow as tf
+    def _stored(self, state: FusedState, mean, var) -> dict[str, np.ndarray]:
+        return {"running_mean": mean.numpy(), "running_var": var.numpy()}
 
-        case = state["case"]
-        params = [state["gamma"], state["beta"]] if case.affine else []
-        training = mode != "eval_fwd"
-        kwargs = state["kwargs"] if training else {k: v for k, v in state["kwargs"].items() if k == "epsilon"}
-
-        def forward(x):
-            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-                x, state["gamma"], state["beta"], mean=state["rm"], variance=state["rv"],
-                data_format=state["data_format"], is_training=training, **kwargs)
-            if training:  # the op returns the updated running statistics, as in _run
-                state["rm"].assign(mean)
-                state["rv"].assign(var)
-            return y
-
-        if mode == "train_fwd_bwd":
-            return tf_fwd_bwd(forward, params)
-        return lambda x, g: forward(x)
-
-    def describe(self, state, info):
+    def describe(self, state: FusedState, info):
         super().describe(state, info)
-        info["data_format"] = state["data_format"]
+        info["data_format"] = state.data_format
 
 
 RAW = TFRawAdapter()

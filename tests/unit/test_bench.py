@@ -1,4 +1,4 @@
-"""`bnparity bench --quick` exercises the benchmark path end to end (no timing is asserted)."""
+"""`bnparity bench --quick` end to end (no timing is asserted), and the values of its NumPy reference row."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,3 +41,29 @@ def test_quick_bench_writes_benchmark_and_bandwidth_records(tmp_path):
     assert sec and sec["machines"][0]["bandwidth"] and sec["fraction_plot"].startswith("data:image/svg+xml;base64,")
     assert [c["case"] for c in sec["charts"]] == ["quick.float32.channels_first", "quick.float32.channels_last"]
     assert any(r["adapter"] == "fake-good" and r["status"] == "skip" for r in sec["skipped"])
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_numpy_reference_row_computes_the_oracle_in_float32_with_the_case_settings(layout):
+    import reference
+    from harness.bench import NUMPY_REF
+    from harness.cases import Case
+    from harness.inputs import build
+
+    case = Case.model_validate({"name": "c", "shape": [8, 3, 4, 4], "momentum": 0.3, "eps": 1e-2, "layout": layout})
+    data = build(case)
+    x, g, axis = data.x[0], data.g[0], case.channel_axis
+    call = lambda mode: NUMPY_REF.bench_callable(case, data, mode, "eager", "cpu")()  # noqa: E731
+    y_ref, mean, var = reference.train_forward(x, data.gamma, data.beta, 1e-2, axis)
+    rm_ref, rv_ref = reference.update_running(data.running_mean, data.running_var, mean, var, case.count, 0.3,
+                                              "unbiased")
+    dx_ref, dgamma_ref, dbeta_ref = reference.train_backward(x, g, data.gamma, 1e-2, axis)
+    y, rm, rv = call("train_fwd")
+    _, dx, dgamma, dbeta = call("train_fwd_bwd")
+    y_eval = call("eval_fwd")
+    y_eval_ref = reference.eval_forward(x, data.gamma, data.beta, data.running_mean, data.running_var, 1e-2, axis)
+    for got, want in ((y, y_ref), (rm, rm_ref), (rv, rv_ref), (dx, dx_ref), (dgamma.reshape(-1), dgamma_ref),
+                      (dbeta.reshape(-1), dbeta_ref), (y_eval, y_eval_ref)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert NUMPY_REF.bench_callable(case, data, "train_fwd", "eager", "gpu") is None

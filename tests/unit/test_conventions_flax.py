@@ -8,6 +8,7 @@ runs where JAX and Flax are missing.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.adapters import flax_adapter
+from harness.adapters import flax_adapter, jax_support
 from harness.adapters.flax_adapter import LINEN, LINEN_TWOPASS, NNX, NNX_TWOPASS
 from harness.cases import Case, load_cases
 from harness.ledger import load_ledger
@@ -97,8 +98,26 @@ def test_worker_environment_and_distributions():
         assert a.worker_env == {"JAX_ENABLE_X64": "1"}
         assert a.distributions() == ("flax", "jax", "jaxlib")
         assert set(a.versions()) <= {"flax", "jax", "jaxlib"}
-    assert flax_adapter._ONE_THREAD_FLAGS.split() == ["--xla_cpu_multi_thread_eigen=false",
-                                                      "intra_op_parallelism_threads=1"]
+
+
+def test_one_thread_xla_flag_is_added_before_jax_loads_and_keeps_the_users_flags(monkeypatch):
+    # shared with Keras 3 on JAX; XLA reads XLA_FLAGS when its CPU backend starts
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    monkeypatch.setenv("BNPARITY_THREADS", "1")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert jax_support.limit_xla_threads() is True
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/d")
+    jax_support.limit_xla_threads()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/d --xla_cpu_multi_thread_eigen=false"
+    for flags in ("--xla_cpu_multi_thread_eigen=true", ""):  # the user's choice; or more threads asked for
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        monkeypatch.setenv("BNPARITY_THREADS", "1" if flags else "2")
+        jax_support.limit_xla_threads()
+        assert os.environ["XLA_FLAGS"] == flags
+    monkeypatch.setitem(sys.modules, "jax", object())  # too late: an --in-process run after another JAX adapter
+    monkeypatch.setenv("BNPARITY_THREADS", "1")
+    assert jax_support.limit_xla_threads() is False and os.environ["XLA_FLAGS"] == ""
 
 
 def test_float64_array_check_ignores_weak_scalars():

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from packaging.version import Version
 
-from harness.adapters import keras3, tf_keras, tf_raw
+from harness.adapters import keras3, tf_keras, tf_raw, tf_support
 from harness.cases import Case
 
 KERAS_LIKE = [keras3.TENSORFLOW, keras3.JAX, keras3.TORCH, tf_keras.FUSED, tf_keras.NONFUSED, tf_raw.RAW]
@@ -146,10 +146,10 @@ def test_worker_environments(monkeypatch):
 def test_tensorflow_version_is_pep440_whichever_distribution_ships_it():
     version = tf_raw.RAW.framework_version()
     if version is None:
-        assert tf_raw.tf_distribution() is None
+        assert tf_support.tf_distribution() is None
         return
     Version(version)
-    assert tf_raw.RAW.versions() == {tf_raw.tf_distribution(): version}
+    assert tf_raw.RAW.versions() == {tf_support.tf_distribution(): version}
 
 
 BLOCKED = textwrap.dedent(f"""

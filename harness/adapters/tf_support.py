@@ -1,0 +1,211 @@
+"""What the TensorFlow-based adapters (Keras 3 on TensorFlow, tf-keras, raw TF) share.
+
+Import and identity: which distribution ships ``tensorflow``, the worker environment, a quiet
+single-threaded deterministic import, and the oneDNN note for ``info``. Computing: one eager call
+under a ``tf.GradientTape`` with the upstream gradient as ``output_gradients``. Benchmarks: the
+device scope, tensors placed once, and eager / ``tf.function`` / XLA calls that wait for the device.
+
+Nothing here imports TensorFlow at module level: the parent process reads names and versions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from harness.adapters.devices import gpu_visible, thread_count
+from harness.cases import Case
+from harness.inputs import CaseData
+
+# tensorflow ships under several distribution names
+TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tf-nightly")
+TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def tf_distribution() -> str | None:
+    """The installed distribution that provides ``tensorflow`` (tensorflow, tensorflow-cpu, ...)."""
+    for dist in TF_DISTRIBUTIONS:
+        try:
+            importlib.metadata.version(dist)
+            return dist
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tf_version() -> str | None:
+    """TensorFlow's version, whichever distribution ships it (a PEP 440 string: '2.21.0')."""
+    dist = tf_distribution()
+    return importlib.metadata.version(dist) if dist else None
+
+
+# -- the worker side -----------------------------------------------------------------------------
+
+def quiet_tf_env() -> None:
+    """Environment for TensorFlow set before it is imported: quiet, single-threaded as asked."""
+    n = str(thread_count())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", n)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", n)
+
+
+def setup_tf() -> Any:
+    """Import TensorFlow once, with fixed threads and deterministic ops."""
+    quiet_tf_env()
+    import tensorflow as tf
+
+    n = thread_count()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # the runtime was already initialized (in-process runs): keep its settings
+        pass
+    tf.config.experimental.enable_op_determinism()
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def tf_info(info: dict[str, Any]) -> None:
+    """Record whether TensorFlow's oneDNN (MKL) kernels are on: they replace some CPU kernels."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        info["tf_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:  # private module: its absence only loses the note
+        pass
+    info["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
+
+
+class Taped(NamedTuple):
+    """What ``tape_call`` returns: the arrays, y's dtype name, and what else the forward returned."""
+
+    out: dict[str, np.ndarray]
+    output_dtype: str
+    aux: tuple
+
+
+def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, params: list) -> Taped:
+    """``forward(x)`` under a GradientTape, then the gradient of ``sum(y * g)``.
+
+    ``forward`` takes the input tensor and returns ``(y, *aux)``. The arrays are y and dx, plus
+    dgamma and dbeta when ``params`` is ``[gamma, beta]`` (pass ``[]`` in eval or without affine).
+    """
+    import tensorflow as tf
+
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y, *aux = forward(xt)
+    grads = tape.gradient(y, [xt, *params], output_gradients=tf.cast(tf.constant(g), y.dtype))
+    out = {"y": y.numpy(), "dx": grads[0].numpy()}
+    if params:
+        out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
+    return Taped(out, y.dtype.name, tuple(aux))
+
+
+# -- benchmark helpers (bnparity bench) ------------------------------------------------------------
+
+def tf_scope(device: str) -> str | None:
+    """The ``tf.device`` name that pins work to ``device`` ("cpu" | "gpu"), or None where no pin is needed.
+
+    Without a GPU every op runs on the CPU anyway, and leaving the scope out keeps its ~5 us off each timed call.
+    """
+    import tensorflow as tf
+
+    if device == "cpu" and not tf.config.list_logical_devices("GPU"):
+        return None
+    return "/GPU:0" if device == "gpu" else "/CPU:0"
+
+
+def tf_bench_call(fn: Callable[..., Any], args: tuple, variant: str, device: str) -> Callable[[], Any] | None:
+    """A zero-argument call of ``fn(*args)``: eager, ``tf.function`` or ``tf.function(jit_compile=True)``.
+
+    ``fn`` must return every result: a ``tf.function`` prunes what no output or stateful op needs.
+    On the CPU eager ops and function calls return when done; on a GPU they return once enqueued,
+    so the call waits for the device.
+    """
+    import tensorflow as tf
+
+    if variant in ("tf.function", "jit"):
+        fn = tf.function(fn, jit_compile=True) if variant == "jit" else tf.function(fn)
+    elif variant != "eager":
+        return None
+    scope = tf_scope(device)
+    if scope is None:
+        return lambda: fn(*args)
+    sync = getattr(getattr(tf.test, "experimental", None), "sync_devices", None)
+
+    def call():
+        with tf.device(scope):
+            out = fn(*args)
+        if device == "gpu":
+            if sync is not None:
+                sync()
+            else:  # older TensorFlow: one element back to the host waits for the stream
+                tf.reshape(tf.nest.flatten(out)[0], [-1])[:1].numpy()
+        return out
+
+    return call
+
+
+def tf_tensors(device: str, *arrays: np.ndarray) -> tuple:
+    """NumPy arrays as TensorFlow tensors on ``device``, converted once, outside the timed call."""
+    import tensorflow as tf
+
+    scope = tf_scope(device)
+    if scope is None:
+        return tuple(tf.constant(a) for a in arrays)
+    with tf.device(scope):
+        return tuple(tf.identity(tf.constant(a)) for a in arrays)
+
+
+def tf_fwd_bwd(forward: Callable[[Any], Any], params: list) -> Callable[[Any, Any], Any]:
+    """forward(x) under a GradientTape, then (dx, *dparams) for the upstream gradient g."""
+    import tensorflow as tf
+
+    def fwd_bwd(x, g):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = forward(x)
+        return y, tape.gradient(y, [x, *params], output_gradients=g)
+
+    return fwd_bwd
+
+
+class TFBench:
+    """Benchmark hooks of the TensorFlow-based adapters: eager and tf.function, CPU and any visible GPU.
+
+    A mixin for an ``Adapter``: ``bench_setup`` calls its ``build``.
+    """
+
+    bench_variants: tuple[str, ...] = ("eager", "tf.function")  # tf.function is what Model.fit runs by default
+
+    def bench_devices(self) -> tuple[str, ...]:
+        return ("gpu",) if gpu_visible("tensorflow") else ()
+
+    def bench_setup(self, case: Case, data: CaseData, device: str) -> tuple[Any, tuple]:
+        """The adapter's state built on ``device``, and (x, g) placed there."""
+        import tensorflow as tf
+
+        scope = tf_scope(device)
+        with tf.device(scope) if scope else contextlib.nullcontext():
+            state = self.build(case, data)  # type: ignore[attr-defined]
+        return state, tf_tensors(device, data.x[0], data.g[0])
+
+    def bench_layer(self, case: Case, data: CaseData, mode: str, variant: str, device: str,
+                    params_of: Callable[[Any], list]) -> Callable[[], Any] | None:
+        """A zero-argument call of a Keras layer (``state.layer``) in ``mode``, inputs already on the device."""
+        if variant not in self.bench_variants:
+            return None
+        state, (x, g) = self.bench_setup(case, data, device)
+        layer = state.layer
+        params = params_of(layer) if case.affine else []
+        fns = {"train_fwd": lambda x, g: layer(x, training=True),
+               "train_fwd_bwd": tf_fwd_bwd(lambda x: layer(x, training=True), params),
+               "eval_fwd": lambda x, g: layer(x, training=False)}
+        return tf_bench_call(fns[mode], (x, g), variant, device)
