@@ -37,7 +37,7 @@ from harness.adapters.base import Adapter, BenchHooks, Conventions, discover, lo
 from harness.cases import Case
 from harness.inputs import build, np_dtype
 from harness.results import ResultsWriter, header
-from harness.schema import Bandwidth, Benchmark
+from harness.schema import Bandwidth, Benchmark, BenchStatus
 
 MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
 TARGET_CV = 0.03
@@ -193,16 +193,17 @@ def _bench_task(spec: str, cases: list[Case], modes: tuple[str, ...], budget_s: 
                     row = {"config": case.tags[0], "case": case.name, "shape": list(case.shape), "dtype": case.dtype,
                            "layout": case.layout, "mode": mode, "variant": variant, "device": device, "cpus": cpus}
                     if reason:
-                        rows.append({**row, "status": "skip", "reason": reason})
+                        rows.append({**row, "status": BenchStatus.SKIP, "reason": reason})
                         continue
                     try:
                         fn = adapter.bench_callable(case, data, mode, variant, device)
                         if fn is None:
-                            rows.append({**row, "status": "skip", "reason": f"{variant} {mode} not offered"})
+                            rows.append({**row, "status": BenchStatus.SKIP, "reason": f"{variant} {mode} not offered"})
                             continue
-                        rows.append({**row, "status": "ok", **measure(fn, budget_s)})
+                        rows.append({**row, "status": BenchStatus.OK, **measure(fn, budget_s)})
                     except Exception as e:  # a framework error costs that row only
-                        rows.append({**row, "status": "error", "reason": f"{type(e).__name__}: {str(e)[:300]}"})
+                        rows.append({**row, "status": BenchStatus.ERROR,
+                                     "reason": f"{type(e).__name__}: {str(e)[:300]}"})
     return rows
 
 
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, adapter in adapters.items():
             reason = adapter.available() or (None if isinstance(adapter, BenchHooks) else "no bench_callable")
             if reason:
-                writer.write([Benchmark(env=args.env, adapter=name, status="skip", reason=reason)])
+                writer.write([Benchmark(env=args.env, adapter=name, status=BenchStatus.SKIP, reason=reason)])
                 print(f"{name}: skip ({reason})")
                 continue
             devices = ("cpu", *adapter.bench_devices())
@@ -328,14 +329,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows = workers.call(name, specs[name], adapter.worker_env, _bench_task,
                                     (specs[name], cases, MODES, budget, devices), timeout=3600)
             except Exception as e:
-                rows = [{"status": "error", "reason": f"worker: {type(e).__name__}: {e}"}]
+                rows = [{"status": BenchStatus.ERROR, "reason": f"worker: {type(e).__name__}: {e}"}]
             for r in rows:
-                if r.get("status") == "ok":
+                if r.get("status") == BenchStatus.OK:
                     _bandwidth_fields(r, bws)
             writer.write([Benchmark(**r, env=args.env, adapter=name, framework=adapter.framework,
                                     framework_version=adapter.framework_version(), threads=args.threads)
                           for r in rows])
-            ok = [r for r in rows if r.get("status") == "ok"]
+            ok = [r for r in rows if r.get("status") == BenchStatus.OK]
             print(f"{name}: {len(ok)} rows timed, {len(rows) - len(ok)} skipped/failed, "
                   f"{time.perf_counter() - t0:.1f} s")
     finally:

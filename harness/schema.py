@@ -193,6 +193,14 @@ class MismatchKind(enum.StrEnum):
                 "shape": "shape differs", "missing": "not returned by the adapter"}[self.value]
 
 
+class BenchStatus(enum.StrEnum):
+    """How one benchmark row ended."""
+
+    OK = "ok"
+    SKIP = "skip"
+    ERROR = "error"
+
+
 class OutcomeStatus(enum.StrEnum):
     """How the worker's call ended."""
 
@@ -367,7 +375,7 @@ class Benchmark(Record):
     kind: Literal["benchmark"] = "benchmark"
     env: str
     adapter: str
-    status: Literal["ok", "skip", "error"]
+    status: BenchStatus
     reason: str | None = None
     framework: str | None = None
     framework_version: str | None = None

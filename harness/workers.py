@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.adapters.base import Observed, load_spec
+from harness.schema import OutcomeStatus
 
 DEFAULT_TIMEOUT = 300.0  # seconds per case; --case-timeout and a case's `timeout` override it
 DEFAULT_THREADS = "1"
@@ -81,7 +82,7 @@ class Outcome:
     """What came back from a worker: observed values, or crashed/timeout."""
 
     observed: Observed | None = None
-    status: str = "returned"  # returned | crashed | timeout
+    status: OutcomeStatus = OutcomeStatus.RETURNED
     message: str = ""
     exit_code: int | None = None
     stderr_tail: str = ""
@@ -161,13 +162,14 @@ class Workers:
                 obs, info = future.result()
                 out = Outcome(obs, worker=info)
             except FutureTimeout:
-                out = Outcome(status="timeout", message=f"no answer within {timeout:g} s; worker killed and replaced")
+                out = Outcome(status=OutcomeStatus.TIMEOUT,
+                              message=f"no answer within {timeout:g} s; worker killed and replaced")
             except ProcessExpired as e:
-                out = Outcome(status="crashed", exit_code=e.exitcode,
+                out = Outcome(status=OutcomeStatus.CRASHED, exit_code=e.exitcode,
                               message=f"worker died ({_signal_name(e.exitcode)}); replaced")
             except Exception as e:  # the task could not even be sent or unpickled
-                out = Outcome(status="crashed", message=f"worker error: {type(e).__name__}: {e}")
-            if out.status != "returned":
+                out = Outcome(status=OutcomeStatus.CRASHED, message=f"worker error: {type(e).__name__}: {e}")
+            if out.status != OutcomeStatus.RETURNED:
                 time.sleep(0.05)  # let the dying process flush what it wrote
                 out.stderr_tail = self._tail(w.log, offset)
             out.wall_s = time.perf_counter() - t0
