@@ -9,13 +9,13 @@ its own index, as ``torch.testing`` reports them), and NaN/Inf placement.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
+from pydantic import ConfigDict
 
 from harness.expected import Expected
 from harness.inputs import finfo, np_dtype
-from harness.schema import MismatchKind
+from harness.schema import Comparison, MismatchKind
 
 
 def ulp(value: float, dtype: str) -> float:
@@ -30,30 +30,10 @@ def ulp(value: float, dtype: str) -> float:
     return 2.0 ** math.floor(math.log2(v)) * float(fi.eps)
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """The comparison of one array; field names are those of the results record (``schema.Result``)."""
+class Metrics(Comparison):
+    """The comparison of one array, as the fields of its results record."""
 
-    mismatch_kind: MismatchKind
-    mismatched: int = 0
-    total: int = 0
-    observed_dtype: str = ""
-    max_abs_err: float | None = None
-    max_rel_err: float | None = None
-    max_ulp_err: float | None = None
-    greatest_abs_diff: float | None = None
-    greatest_abs_index: list[int] | None = None
-    greatest_rel_diff: float | None = None
-    greatest_rel_index: list[int] | None = None
-    threshold: float | None = None
-    error_ratio: float | None = None
-    worst_index: list[int] | None = None
-    expected: float | None = None  # at the worst element; NaN where the oracle is NaN
-    observed: float | None = None
-    nan_expected: int = 0
-    nan_observed: int = 0
-    expected_shape: list[int] | None = None
-    observed_shape: list[int] | None = None
+    model_config = ConfigDict(frozen=True)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +41,7 @@ class Metrics:
 
     def fields(self) -> dict[str, object]:
         """The record fields (``schema.Result``) this comparison fills."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return dict(self)
 
 
 def _finite_or_none(v) -> float | None:
@@ -78,11 +58,11 @@ def compare(exp: Expected, observed: np.ndarray) -> Metrics:
     obs_dtype = str(np.asarray(observed).dtype)
     e = exp.value
     if np.shape(observed) != e.shape:
-        return Metrics(MismatchKind.SHAPE, observed_dtype=obs_dtype, total=int(e.size), mismatched=int(e.size),
-                       expected_shape=list(e.shape), observed_shape=list(np.shape(observed)))
+        return Metrics(mismatch_kind=MismatchKind.SHAPE, observed_dtype=obs_dtype, total=int(e.size),
+                       mismatched=int(e.size), expected_shape=list(e.shape), observed_shape=list(np.shape(observed)))
     o = np.asarray(observed, dtype=np.float64)
     if e.size == 0:
-        return Metrics(MismatchKind.MATCH, observed_dtype=obs_dtype)
+        return Metrics(mismatch_kind=MismatchKind.MATCH, observed_dtype=obs_dtype, mismatched=0, total=0)
     e_fin = np.isfinite(e)
     if e_fin.any() and np.abs(e[e_fin]).max() > float(finfo(exp.dtype).max):
         with np.errstate(over="ignore"):
@@ -131,12 +111,12 @@ def compare(exp: Expected, observed: np.ndarray) -> Metrics:
         greatest = {"greatest_abs_diff": float(err.flat[ia]), "greatest_abs_index": _index(ia, e.shape),
                     "greatest_rel_diff": float(rel.flat[ir]),
                     "greatest_rel_index": _index(ir, e.shape)}
-    return Metrics(kind, mismatched=nbad, total=int(e.size), observed_dtype=obs_dtype, max_abs_err=max_err,
-                   max_rel_err=float(rel.max()), max_ulp_err=_finite_or_none(max_err / u) if u > 0 else None,
-                   threshold=float(tol.flat[worst]),
+    return Metrics(mismatch_kind=kind, mismatched=nbad, total=int(e.size), observed_dtype=obs_dtype,
+                   max_abs_err=max_err, max_rel_err=float(rel.max()),
+                   max_ulp_err=_finite_or_none(max_err / u) if u > 0 else None, threshold=float(tol.flat[worst]),
                    error_ratio=float(ratio.flat[worst]) if all_finite or finite.flat[worst] else None,
                    worst_index=_index(worst, e.shape), expected=float(e.flat[worst]), observed=float(o.flat[worst]),
-                   nan_expected=nan_e, nan_observed=nan_o, **greatest)
+                   nan_expected=nan_e or None, nan_observed=nan_o or None, **greatest)
 
 
 def _g(v: float | None) -> str:

@@ -261,7 +261,33 @@ class Header(Record):
     sample: str | None = None
 
 
-class Result(Record):
+class Comparison(Record):
+    """What comparing one observed array with the oracle measures (``harness.compare``); a ``Result``
+    of a compared quantity carries these fields."""
+
+    mismatch_kind: MismatchKind | None = None
+    mismatched: int | None = None
+    total: int | None = None
+    observed_dtype: str | None = None
+    max_abs_err: Float | None = Field(None, description="largest |observed - expected| over every element")
+    max_rel_err: Float | None = None
+    max_ulp_err: Float | None = Field(None, description="max_abs_err in ulps of the dtype at the quantity's scale")
+    greatest_abs_diff: Float | None = Field(None, description="largest |diff| over the mismatched elements")
+    greatest_abs_index: list[int] | None = None
+    greatest_rel_diff: Float | None = Field(None, description="largest relative diff over the mismatched elements")
+    greatest_rel_index: list[int] | None = None
+    threshold: Float | None = Field(None, description="the bound at the worst element")
+    error_ratio: Float | None = Field(None, description="error / bound at the worst element")
+    worst_index: list[int] | None = Field(None, description="the element with the largest error over its bound")
+    expected: Float | None = Field(None, description="the oracle at the worst element (NaN where it is NaN)")
+    observed: Float | None = None
+    nan_expected: int | None = None
+    nan_observed: int | None = None
+    expected_shape: list[int] | None = None
+    observed_shape: list[int] | None = None
+
+
+class Result(Comparison):
     """One (case, adapter, quantity, step): its verdict, and the metrics when the array was compared."""
 
     kind: Literal["result"] = "result"
@@ -276,28 +302,7 @@ class Result(Record):
     message: str = ""
     repro: str | None = Field(None, description="the command that reproduces a failing record")
     covers: list[str] | None = None
-    # the comparison (compare.Metrics)
-    mismatch_kind: MismatchKind | None = None
-    max_abs_err: Float | None = Field(None, description="largest |observed - expected| over every element")
-    max_rel_err: Float | None = None
-    max_ulp_err: Float | None = Field(None, description="max_abs_err in ulps of the dtype at the quantity's scale")
-    greatest_abs_diff: Float | None = Field(None, description="largest |diff| over the mismatched elements")
-    greatest_abs_index: list[int] | None = None
-    greatest_rel_diff: Float | None = Field(None, description="largest relative diff over the mismatched elements")
-    greatest_rel_index: list[int] | None = None
-    threshold: Float | None = None
-    error_ratio: Float | None = None
-    worst_index: list[int] | None = Field(None, description="the element with the largest error over its bound")
-    expected: Float | None = None
-    observed: Float | None = None
-    mismatched: int | None = None
-    total: int | None = None
-    nan_expected: int | None = None
-    nan_observed: int | None = None
-    expected_shape: list[int] | None = None
-    observed_shape: list[int] | None = None
-    observed_dtype: str | None = None
-    digest: str | None = None
+    digest: str | None = Field(None, description="sha256 prefix of the observed array's bytes")
     # the outcome (quantity "outcome")
     exception_type: str | None = None
     exception_message: str | None = None

@@ -33,18 +33,16 @@ import numpy as np
 from harness.adapters import jax_support
 from harness.adapters.base import Adapter, Conventions, Mapped
 from harness.adapters.devices import gpu_visible, thread_count
-from harness.adapters.tf_support import TF_DISTRIBUTIONS, TFBench, setup_tf, tape_call, tf_info
+from harness.adapters.tf_support import (
+    KERAS_CONVENTIONS,
+    TF_DISTRIBUTIONS,
+    TFBench,
+    setup_tf,
+    tape_call,
+    tf_info,
+)
 from harness.cases import Case
 from harness.inputs import CaseData
-
-KERAS_CONVENTIONS = dict(
-    momentum_style="decay_of_old",
-    running_var_estimator="biased",
-    default_eps=1e-3,
-    default_momentum=0.99,
-    native_layout="channels_last",
-    single_value_training="computes",
-)
 
 
 def keras_axis(case: Case) -> int:

@@ -23,7 +23,6 @@ import numpy as np
 
 from harness.adapters.base import Adapter, Conventions
 from harness.adapters.keras3 import (
-    KERAS_CONVENTIONS,
     LayerState,
     dtype_policy,
     keras_axis,
@@ -31,7 +30,15 @@ from harness.adapters.keras3 import (
     layer_kwargs,
     load_layer,
 )
-from harness.adapters.tf_support import TF_ENV, TFBench, setup_tf, tape_call, tf_distribution, tf_info
+from harness.adapters.tf_support import (
+    KERAS_CONVENTIONS,
+    TF_ENV,
+    TFBench,
+    setup_tf,
+    tape_call,
+    tf_distribution,
+    tf_info,
+)
 from harness.cases import Case
 from harness.inputs import CaseData
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from harness.adapters.base import Adapter, Conventions
 from harness.adapters.tf_support import (
+    KERAS_CONVENTIONS,
     TF_DISTRIBUTIONS,
     TF_ENV,
     TFBench,
@@ -151,12 +152,7 @@ class _TFAdapter(TFBench, Adapter):
 class TFRawAdapter(_TFAdapter):
     name = "tf-raw"
     conventions = Conventions(
-        momentum_style="decay_of_old",
-        running_var_estimator="biased",
-        default_eps=1e-3,
-        default_momentum=0.99,
-        native_layout="channels_last",
-        single_value_training="computes",
+        **KERAS_CONVENTIONS,
         notes=("tf.nn.batch_normalization has no default epsilon and tf.nn.moments no moving average: "
                "defaults cases use Keras' (epsilon 1e-3, decay 0.99), the moving average is Keras' decay form"),
     )

@@ -25,6 +25,15 @@ from harness.inputs import CaseData
 # tensorflow ships under several distribution names
 TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tf-nightly")
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+# what Keras' BatchNormalization declares (Keras 3, tf-keras non-fused); raw TF ops default to the same
+KERAS_CONVENTIONS = dict(
+    momentum_style="decay_of_old",
+    running_var_estimator="biased",
+    default_eps=1e-3,
+    default_momentum=0.99,
+    native_layout="channels_last",
+    single_value_training="computes",
+)
 
 
 def tf_distribution() -> str | None:

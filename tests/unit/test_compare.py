@@ -65,7 +65,7 @@ def test_all_nan_expectation_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = compare(_exp([np.nan, np.nan], [np.nan, np.nan]), np.array([np.nan, np.nan]))
-    assert m.ok and m.nan_expected == 2
+    assert m.ok and m.nan_expected == 2 and m.nan_observed == 2
 
 
 def test_shape_mismatch():
