@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests import fakes
+
+REPO = Path(__file__).resolve().parents[2]
 
 CASES = """
 [defaults]
@@ -116,6 +120,11 @@ def test_every_planted_bug_is_flagged(run_parity):
     assert rec.repro == 'pytest "test_parity.py::test_parity[bug-eps-outside-sqrt-dense]"'
     assert f"Reproduce: {rec.repro}" in out
     assert rec.max_abs_err > rec.threshold
+    # the README shows this very message
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("A failure message reads like this:\n\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    assert shown[:-1] == rec.message.splitlines(), rec.message
+    assert shown[-1] == f'  Reproduce: pytest "tests/parity/{rec.repro.split(chr(34))[1]}"'
 
 
 def test_gradient_bug_leaves_forward_alone(run_parity):

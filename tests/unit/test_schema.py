@@ -104,3 +104,10 @@ def test_non_finite_floats_round_trip_as_strings(tmp_path):
     assert '"max_abs_err": "inf"' in line and '"expected": "nan"' in line
     back = parse(line)
     assert back.max_abs_err == float("inf") and back.expected != back.expected and back.observed == -1.0
+
+
+def test_the_readme_verdict_table_is_the_schemas():
+    text = (REPO / "README.md").read_text()
+    table = text.split("| verdict | meaning | fails the run? |", 1)[1].split("\n\n", 1)[0]
+    rows = table.splitlines()[2:]
+    assert rows == [f"| `{v.value}` | {v.info.meaning} | {'yes' if v.fails_run else 'no'} |" for v in Verdict.ordered()]
