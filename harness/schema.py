@@ -219,8 +219,11 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False, frozen=False)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The record as it is written: fields left at None are left out (top level only)."""
-        return self.model_dump(mode="python", exclude_none=True)
+        """The record as it is written: its own fields first (``kind`` leads), then inherited ones; fields
+        left at None are left out (top level only)."""
+        d = self.model_dump(mode="python", exclude_none=True)
+        own = [k for k in type(self).__annotations__ if k in d]
+        return {**{k: d[k] for k in own}, **d}
 
 
 class LedgerRef(Record):
