@@ -11,6 +11,13 @@ inherited from pytest), get the adapter's environment (``KERAS_BACKEND``,
 ``JAX_ENABLE_X64``, thread counts) before anything imports a framework, and
 send their stdout and stderr to a log file whose tail is attached to a
 ``crashed`` or ``timeout`` outcome.
+
+What pebble does not cover is handled here: a worker that exits with status 0 in the middle of a
+case (``os._exit(0)``) is found by polling its process and reported ``crashed`` at once, not after
+the case's time limit; any exception, ``KeyboardInterrupt`` and ``SystemExit`` included, comes back
+as the case's ``raised`` outcome; a worker whose stdout/stderr the framework closed is replaced
+after its case; and each worker leads its own process group, killed when the worker is shut
+down, so a process the framework forked does not outlive the run.
 """
 
 from __future__ import annotations
@@ -27,11 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.adapters.base import Observed, load_spec
+from harness.adapters.base import IN_WORKER, Observed, Raised, load_spec
 from harness.schema import OutcomeStatus
 
 DEFAULT_TIMEOUT = 300.0  # seconds per case; --case-timeout and a case's `timeout` override it
 DEFAULT_THREADS = "1"
+POLL_S = 0.25  # how often a waiting parent looks whether the worker running its case still exists
+EXIT_GRACE_S = 1.0  # after the worker is gone, how long pebble gets to report it (it does for a nonzero status)
+
 
 def worker_environment(adapter_env: dict[str, str], threads: str = DEFAULT_THREADS) -> dict[str, str]:
     """What a worker process sets before anything imports a framework: thread counts, then the adapter's own."""
@@ -43,8 +53,12 @@ def worker_environment(adapter_env: dict[str, str], threads: str = DEFAULT_THREA
 _ADAPTERS: dict[str, Any] = {}
 
 
-def _worker_init(env: dict[str, str], log_path: str) -> None:
+def _worker_init(env: dict[str, str], log_path: str, pids_path: str) -> None:
+    os.setpgid(0, 0)  # its own process group: whatever the framework forks goes when the worker is shut down
+    with open(pids_path, "a") as f:
+        f.write(f"{os.getpid()}\n")
     os.environ.update(env)
+    os.environ[IN_WORKER] = "1"
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -69,9 +83,21 @@ def worker_adapter(spec: str) -> tuple[Any, dict[str, Any]]:
     return _ADAPTERS[spec], info
 
 
-def _run_task(spec: str, case, data) -> tuple[Observed, dict[str, Any]]:
-    adapter, info = worker_adapter(spec)
-    obs = adapter.run(case, data)
+def _run_task(spec: str, case, data, started: str | None = None) -> tuple[Observed, dict[str, Any]]:
+    """One case in the worker. Nothing escapes as an exception: the parent always gets an Observed."""
+    if started:
+        with open(started, "w") as f:
+            f.write(str(os.getpid()))
+    try:
+        adapter, info = worker_adapter(spec)
+        obs = adapter.run(case, data)
+    except BaseException as e:  # loading or setting up the adapter failed, or something escaped run()
+        obs, info = Observed(raised=Raised.of(e, "setup")), {"pid": os.getpid()}
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            info["broken"] = f"the framework closed the worker's {name}"
     return obs, info
 
 
@@ -103,6 +129,8 @@ def _signal_name(code: int | None) -> str:
 class _Worker:
     pool: Any
     log: Path
+    pids: Path  # every process this pool started (one per line): each leads its own process group
+    started: Path  # the pid of the process that took the case in flight
 
 
 class Workers:
@@ -126,10 +154,12 @@ class Workers:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             tag = os.environ.get("PYTEST_XDIST_WORKER", "main")
             log = self.log_dir / f"{name}-{tag}.log"
+            pids = self.log_dir / f"{name}-{tag}.pids"
+            pids.write_text("")
             pool = ProcessPool(max_workers=1, initializer=_worker_init,
-                               initargs=(worker_environment(env, self.threads), str(log)),
+                               initargs=(worker_environment(env, self.threads), str(log), str(pids)),
                                context=multiprocessing.get_context("spawn"))
-            w = _Worker(pool, log)
+            w = _Worker(pool, log, pids, self.log_dir / f"{name}-{tag}.task")
         self._workers[name] = w  # most recently used last
         return w
 
@@ -153,13 +183,14 @@ class Workers:
             return wait_inline
         w = self._pool(name, spec, env)
         offset = w.log.stat().st_size if w.log.exists() else 0
-        future = w.pool.schedule(_run_task, args=(spec, case, data), timeout=timeout)
+        w.started.unlink(missing_ok=True)
+        future = w.pool.schedule(_run_task, args=(spec, case, data, str(w.started)), timeout=timeout)
 
         def wait() -> Outcome:
             from pebble import ProcessExpired
 
             try:
-                obs, info = future.result()
+                obs, info = self._result(future, w)
                 out = Outcome(obs, worker=info)
             except FutureTimeout:
                 out = Outcome(status=OutcomeStatus.TIMEOUT,
@@ -167,15 +198,45 @@ class Workers:
             except ProcessExpired as e:
                 out = Outcome(status=OutcomeStatus.CRASHED, exit_code=e.exitcode,
                               message=f"worker died ({_signal_name(e.exitcode)}); replaced")
+            except _WorkerExited as e:
+                out = Outcome(status=OutcomeStatus.CRASHED, exit_code=e.code,
+                              message=f"worker exited ({_signal_name(e.code)}) in the middle of the case; replaced")
+                self._discard(name)
             except Exception as e:  # the task could not even be sent or unpickled
                 out = Outcome(status=OutcomeStatus.CRASHED, message=f"worker error: {type(e).__name__}: {e}")
             if out.status != OutcomeStatus.RETURNED:
                 time.sleep(0.05)  # let the dying process flush what it wrote
                 out.stderr_tail = self._tail(w.log, offset)
+            elif out.worker.get("broken"):  # the case's answer stands; the next case gets a new worker
+                self._discard(name)
             out.wall_s = time.perf_counter() - t0
             return out
 
         return wait
+
+    @staticmethod
+    def _result(future, w: _Worker) -> Any:
+        """``future.result()``, except that a worker that exited with status 0 (which pebble takes for a
+        planned exit and never reports) raises ``_WorkerExited`` within a second, instead of the case
+        waiting out its time limit. Any other status is pebble's to report (``ProcessExpired``)."""
+        gone_at = None
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except FutureTimeout:
+                if future.done():  # the task's own time limit (pebble sets a TimeoutError)
+                    raise
+            if gone_at is None:
+                if _exit_status(w.started) == 0:
+                    gone_at = time.perf_counter()
+            elif time.perf_counter() - gone_at > EXIT_GRACE_S:
+                raise _WorkerExited(0)
+
+    def _discard(self, name: str) -> None:
+        w = self._workers.pop(name, None)
+        if w is not None:
+            w.pool.stop()
+            _kill_groups(w)
 
     def call(self, name: str, spec: str, env: dict[str, str], fn: Callable[..., Any], args: tuple,
              timeout: float) -> Any:
@@ -208,11 +269,46 @@ class Workers:
         self._workers.clear()
 
 
+class _WorkerExited(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+def _exit_status(started: Path) -> int | None:
+    """The exit status of the worker that took the case, once it has exited; None while it runs (or before
+    it took the case). 0 when pebble reaped it first: pebble fails the case itself for any other status."""
+    try:
+        pid = int(started.read_text())
+    except (OSError, ValueError):
+        return None
+    try:  # WNOWAIT: read the status of the exited child and leave it for pebble to reap
+        res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return 0
+    if res is None:
+        return None
+    return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+
+
+def _kill_groups(w: _Worker) -> None:
+    """SIGKILL the process group of every process the pool started (what the framework forked in them)."""
+    try:
+        pids = [int(p) for p in w.pids.read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _shutdown(w: _Worker) -> None:
-    """Let the worker finish and exit; kill it if it does not within 10 s."""
+    """Let the worker finish and exit; kill it if it does not within 10 s; then kill what it left behind."""
     w.pool.close()
     try:
         w.pool.join(timeout=10)
     except Exception:
         w.pool.stop()
         w.pool.join()
+    _kill_groups(w)

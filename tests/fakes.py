@@ -261,3 +261,64 @@ class Raises(NumpyBN):
             raise RuntimeError("fake framework error on the target case")
         return super().build(case, data)
 
+
+
+class RaisesKeyboardInterrupt(NumpyBN):
+    """A framework that raises KeyboardInterrupt itself (not a Ctrl-C): a raised outcome of its case only."""
+
+    name = "fault-keyboard-interrupt"
+
+    def build(self, case, data):
+        if _is_target(case):
+            raise KeyboardInterrupt("raised by the framework")
+        return super().build(case, data)
+
+
+class RaisesSystemExit(NumpyBN):
+    name = "fault-system-exit"
+
+    def build(self, case, data):
+        if _is_target(case):
+            raise SystemExit(3)
+        return super().build(case, data)
+
+
+class ExitsZero(NumpyBN):
+    """Ends its worker with status 0 in the middle of the case (pebble takes that for a planned exit)."""
+
+    name = "fault-exit-zero"
+
+    def build(self, case, data):
+        if _is_target(case):
+            os._exit(0)
+        return super().build(case, data)
+
+
+class ClosesStdio(NumpyBN):
+    """Closes the worker's stdout and stderr, then answers correctly: its later cases must still run."""
+
+    name = "fault-closes-stdio"
+
+    def build(self, case, data):
+        if _is_target(case):
+            os.close(1)
+            os.close(2)
+        else:
+            print(f"building {case.name}", flush=True)  # a framework that logs: fails on a closed stdout
+        return super().build(case, data)
+
+
+class ForksChild(NumpyBN):
+    """Forks a process that would sleep for an hour; its pid goes to $BNPARITY_FAULT_PIDFILE."""
+
+    name = "fault-forks-child"
+
+    def build(self, case, data):
+        if _is_target(case):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(3600)
+                os._exit(0)
+            with open(os.environ["BNPARITY_FAULT_PIDFILE"], "w") as f:
+                f.write(str(pid))
+        return super().build(case, data)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -39,6 +40,8 @@ import numpy as np
 
 from harness.cases import Case
 from harness.inputs import CaseData
+
+IN_WORKER = "BNPARITY_IN_WORKER"  # set inside worker processes (harness.workers)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Raised:
     message: str
     stage: str
     traceback: str = ""
+
+    @classmethod
+    def of(cls, e: BaseException, stage: str) -> Raised:
+        return cls(type(e).__name__, str(e)[:2000], stage, "".join(traceback.format_exception(e))[-4000:])
 
 
 @dataclass
@@ -204,9 +211,10 @@ class Adapter:
             obs.put("y_eval", None, out["y"])
             obs.put("dx_eval", None, out["dx"])
             self.describe(state, obs.info)
-        except Exception as e:  # the framework's own error is a recorded outcome
-            obs.raised = Raised(type(e).__name__, str(e)[:2000], stage,
-                                "".join(traceback.format_exception(e))[-4000:])
+        except BaseException as e:  # the framework's own error, SystemExit and KeyboardInterrupt too, is an outcome
+            if isinstance(e, KeyboardInterrupt) and not os.environ.get(IN_WORKER):
+                raise  # Ctrl-C in an --in-process run stops the run
+            obs.raised = Raised.of(e, stage)
         obs.info["compute_s"] = time.perf_counter() - t0
         return obs
 

@@ -59,3 +59,46 @@ def test_each_fault_costs_exactly_its_case(run_parity):
     for name in ("fault-segfault", "fault-abort", "fault-hang", "fault-memory"):
         assert f"FAILED test_parity.py::test_parity[{name}-fault_target]" in out
     assert "FAILED test_parity.py::test_parity[fault-stdout" not in out
+
+
+ESCAPES = {  # fake -> (verdict of its target case, what the outcome record says)
+    "RaisesKeyboardInterrupt": ("raised", "KeyboardInterrupt"),
+    "RaisesSystemExit": ("raised", "SystemExit"),
+    "ExitsZero": ("crashed", "exit code 0"),
+    "ClosesStdio": ("pass", ""),
+    "ForksChild": ("pass", ""),
+}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def test_faults_that_escape_an_exception_handler_cost_exactly_their_case(run_parity, tmp_path, monkeypatch):
+    """BaseExceptions, a worker ending with status 0, closed stdio and forked processes. The target case's
+    limit is long (120 s): a worker that exits is found by polling its process, not by the clock."""
+    pidfile = tmp_path / "grandchild.pid"
+    monkeypatch.setenv("BNPARITY_FAULT_PIDFILE", str(pidfile))
+    run = run_parity(CASES.replace("timeout = 4", "timeout = 120"), list(ESCAPES), "-n", "2", "--dist", "loadgroup")
+    assert run.header.status == "complete"
+    for cls, (verdict, said) in ESCAPES.items():
+        name = getattr(fakes, cls).name
+        outcome = run.results(adapter=name, case="fault_target", quantity="outcome")
+        assert [r.verdict for r in outcome] == [verdict], (name, outcome)
+        assert said in f"{outcome[0].exception_type} {outcome[0].message}", (name, outcome[0])
+        for neighbour in ("before", "after"):
+            assert run.verdicts(name, neighbour) == {"pass"}, (name, neighbour, run.results(adapter=name,
+                                                                                          case=neighbour))
+    exited = run.results(adapter="fault-exit-zero", case="fault_target", quantity="outcome")[0]
+    assert exited.exit_code == 0
+    cell = next(c for c in run.cells if c.adapter == "fault-exit-zero" and c.case == "fault_target")
+    assert cell.wall_s < 60, "found when the worker exited, not at the case's time limit"
+    # the worker whose stdio was closed answered, and was replaced for the next case
+    closed = {c.case: c.worker["pid"] for c in run.cells if c.adapter == "fault-closes-stdio"}
+    assert closed["after"] != closed["fault_target"]
+    # the forked process did not outlive the run
+    assert not _alive(int(pidfile.read_text()))
