@@ -78,6 +78,7 @@ class ResultsFile:
     path: Path
     header: Header | None
     records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "FILE:LINE: why", one per line that was not read
 
 
 def _upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
@@ -102,40 +103,49 @@ def _upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def read(path: Path | str) -> ResultsFile:
-    """The header and records of one results file. A torn last line (a run killed mid-write) is dropped;
-    a file written by a newer schema, or a record that does not validate, raises ``SchemaError``
-    naming the file and line."""
+    """The header and records of one results file, each validated against the schema.
+
+    Results files travel between machines, so one damaged line costs that line only: a line that is
+    not a JSON object or does not validate is left out and listed in ``skipped`` with its line number
+    and why (a torn last line, from a run killed mid-write, is dropped silently). A file written by a
+    newer schema raises ``SchemaError`` naming the file: its records may mean something else.
+    """
     path = Path(path)
     out = ResultsFile(path, None)
     version = SCHEMA_VERSION
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
     for n, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):  # torn by a kill mid-write
-                continue
-            raise SchemaError(f"{path}:{n}: not a JSON line") from None
+        except (json.JSONDecodeError, RecursionError):
+            if n < len(lines) or line.endswith("\n"):  # not the torn last line of a killed run
+                out.skipped.append(f"{path}:{n}: not a JSON line")
+            continue
         if not isinstance(obj, dict):
-            raise SchemaError(f"{path}:{n}: not a JSON object")
-        if obj.get("kind") == "header":
-            if out.header is not None:
-                raise SchemaError(f"{path}:{n}: a second header")
-            version = obj.get("schema_version")
-            if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-                raise SchemaError(f"{path}: written with results schema {version!r}; this bnparity reads "
-                                  f"schema 1 to {SCHEMA_VERSION}: upgrade bnparity to read this file")
+            out.skipped.append(f"{path}:{n}: not a JSON object")
+            continue
+        if obj.get("kind") == "header" and out.header is None:
+            v = obj.get("schema_version")
+            if isinstance(v, int) and v > SCHEMA_VERSION:
+                raise SchemaError(f"{path}: written with results schema {v}; this bnparity reads schema 1 to "
+                                  f"{SCHEMA_VERSION}: upgrade bnparity to read this file")
+            version = v if isinstance(v, int) else version
         if version == 1:
             obj = _upgrade_v1(obj)
         try:
             rec = parse(obj)
         except ValidationError as e:
             err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"][1:]) or str(err["loc"][0])  # loc[0] is the record kind
-            raise SchemaError(f"{path}:{n}: {obj.get('kind', 'record')} record, field {where!r}: {err['msg']}") \
-                from None
+            loc = err["loc"]  # (kind, field, ...); empty or the kind alone when the kind itself is wrong
+            where = (f"field {'.'.join(str(x) for x in loc[1:])!r}" if len(loc) > 1
+                     else "field 'kind'" if err["type"].startswith("union_tag") else "the record as a whole")
+            out.skipped.append(f"{path}:{n}: {str(obj.get('kind', 'record'))[:40]} record, {where}: {err['msg']}")
+            continue
         if isinstance(rec, Header):
+            if out.header is not None:
+                out.skipped.append(f"{path}:{n}: a second header")
+                continue
             out.header = rec
         else:
             out.records.append(rec)

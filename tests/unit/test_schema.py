@@ -72,10 +72,19 @@ def test_a_newer_schema_is_refused_naming_the_file(tmp_path):
         results.read(p)
 
 
-def test_a_bad_record_names_file_line_and_field(tmp_path):
-    p = _write(tmp_path / "results.jsonl", [Header(env="e").to_json_dict(), RESULT, {**RESULT, "step": "two"}])
-    with pytest.raises(SchemaError, match=rf"{p}:3: result record, field 'step'"):
-        results.read(p)
+def test_a_damaged_line_costs_that_line_only(tmp_path):
+    """Results files are exchanged between machines: each bad line is skipped, named, and the rest is read."""
+    p = tmp_path / "results.jsonl"
+    lines = [json.dumps(Header(env="e").to_json_dict()), json.dumps(RESULT), json.dumps({**RESULT, "step": "two"}),
+             "[1, 2, 3]", '"hello"', "null", json.dumps({**RESULT, "verdict": 3}),
+             json.dumps({**RESULT, "quantity": None}), "{not json", json.dumps({"kind": "mystery"}),
+             json.dumps({**RESULT, "case": "ok2"})]
+    p.write_text("\n".join(lines) + "\n")
+    rf = results.read(p)
+    assert [r.case for r in rf.records] == ["c", "ok2"]
+    assert [s.split(": ", 1)[0] for s in rf.skipped] == [f"{p}:{n}" for n in range(3, 11)]
+    assert "result record, field 'step'" in rf.skipped[0] and "not a JSON object" in rf.skipped[1]
+    assert "field 'verdict'" in rf.skipped[4] and "not a JSON line" in rf.skipped[6]
 
 
 def test_a_torn_last_line_is_dropped(tmp_path):
