@@ -30,7 +30,7 @@ ENVS = ["current", "tf215", "keras30", "flax08"]
 
 
 def records_in(paths: list[Path]) -> int:
-    return sum(len(read(p)[1]) for p in paths)
+    return sum(len(read(p).records) for p in paths)
 
 
 def run(label: str, out: Path, cases, repeat: int) -> None:
