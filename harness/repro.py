@@ -448,10 +448,12 @@ def _worker_env(adapter_name: str) -> dict[str, str]:
         return {}
 
 
-def template(adapter_name: str, standalone: bool = True) -> str:
+def template(adapter_name: str, standalone: bool = True, worker_env: dict[str, str] | None = None) -> str:
     """The script for ``adapter_name`` with ``CASE_PLACEHOLDER`` where the case JSON goes.
 
     ``standalone=False`` gives the in-process script even for adapters that have a standalone one.
+    ``worker_env``: the adapter's worker environment as a results file recorded it (the report passes
+    it, so rendering needs no adapter registry); None looks the adapter up here.
     """
     lit = json.dumps(str(adapter_name))  # a JSON string literal is a valid Python one
     if standalone and adapter_name in STANDALONE:
@@ -461,7 +463,8 @@ def template(adapter_name: str, standalone: bool = True) -> str:
     else:
         what = ("Needs the bnparity harness installed (pip install -e .) and the adapter's framework: the adapter\n"
                 "runs in this process with its worker environment, on inputs rebuilt from the case's seed.")
-        body = _IN_PROCESS.format(worker_env=json.dumps(_worker_env(adapter_name), sort_keys=True))
+        env = _worker_env(adapter_name) if worker_env is None else worker_env
+        body = _IN_PROCESS.format(worker_env=json.dumps(env, sort_keys=True))
     return _HEAD.format(adapter_lit=lit, what=what, placeholder=CASE_PLACEHOLDER) + _ORACLE + body
 
 
