@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     case: Any = None
     if args.results:
-        from harness.report_model import load
+        from harness.report.model import load
 
         model = load([args.results])
         info = model.cases.get(args.case)
