@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the HTML goes (default: reports/index.html)")
     p.add_argument("--compress", choices=("auto", "yes", "no"), default="auto",
                    help="gzip the embedded detail data (auto: only when it is large)")
-    p.add_argument("--no-plots", action="store_true", help="leave out the sweep plots (no matplotlib needed)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="leave out the figures (no matplotlib needed); the benchmark's tables stay")
     p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="ADAPTER",
                    help=f"the adapter the defaults-vs-defaults view compares the others with (default: "
                         f"{DEFAULT_BASELINE})")

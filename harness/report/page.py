@@ -97,7 +97,7 @@ def write(paths: Iterable[Path | str], out: Path | str, *, plots: bool = True, *
     """
     paths = list(paths)
     model = load(paths)
-    html = render(model, bench=bench_section.section(paths) if plots else None, plots=plots, **kw)
+    html = render(model, bench=bench_section.section(paths, plots=plots), plots=plots, **kw)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -23,8 +23,10 @@ from harness.report.model import ReportCell, load, resolve
 from harness.report.page import JS, TEMPLATES
 from harness.report.text import fmt_ulp
 from harness.schema import (
+    Bandwidth,
     Benchmark,
     Cell,
+    Header,
     MismatchKind,
     Quantity,
     Result,
@@ -247,6 +249,31 @@ def test_cli(two_envs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
     assert report_main([str(tmp_path / "reports"), "-o", str(out), "--no-plots"]) == 0
     assert out.exists() and "PARTIAL: old" in capsys.readouterr().out
     assert report_main([str(tmp_path / "missing"), "-o", str(out)]) == 2
+
+
+def _bench_file(path: Path, env: str) -> Path:
+    head = Header(env=env, status="complete", mode="bench", threads="1",
+                  machine={"cpu": "test cpu", "cores": 2, "threads_used": 1})
+    recs = [Bandwidth(env=env, size_bytes=1 << 20, copy_gbs=50.0, add_gbs=40.0, copy_cv=0.01, add_cv=0.01,
+                      trials=3, copy_gbs_trials=[50.0, 49.0, 48.0], threads="1", beyond_llc=False)]
+    for mode in ("train_fwd", "train_fwd_bwd", "eval_fwd"):
+        recs.append(Benchmark(env=env, adapter="torch", status="ok", case="cfg.float32", mode=mode, variant="default",
+                              device="cpu", median_s=1e-3, min_s=9e-4, q1_s=9.5e-4, q3_s=1.1e-3, reps=10, cv=0.01,
+                              stable=True, bytes=1 << 20, gbs=1.0, bw_fraction=0.02))
+    return write(path, head, recs)
+
+
+def test_no_plots_keeps_the_benchmark_section(two_envs: list[Path], tmp_path: Path) -> None:
+    """--no-plots leaves out the figures, not the benchmark's machine and raw figures."""
+    _bench_file(two_envs[0].parent / "bench.jsonl", "new")
+    out = tmp_path / "np.html"
+    assert report_main([str(tmp_path / "reports"), "-o", str(out), "--no-plots"]) == 0
+    page = out.read_text()
+    bench = page[page.index('<section id="bench">'):]
+    assert "test cpu" in bench and "cfg.float32" in bench and "raw figures (3 rows)" in bench
+    assert "<img" not in bench  # no figures
+    with_plots = report.render_paths([tmp_path / "reports"], tmp_path / "p.html").read_text()
+    assert with_plots[with_plots.index('<section id="bench">'):].count("<img") == 2
 
 
 def _rec(q: Quantity, step: int | None, verdict: Verdict = Verdict.FAIL) -> Result:
