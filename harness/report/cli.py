@@ -7,6 +7,7 @@ import sys
 
 from harness.report.page import write
 from harness.report.views import DEFAULT_BASELINE
+from harness.schema import SchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     try:
         done = write(args.paths, args.output, compress=compress, plots=not args.no_plots, baseline=args.baseline)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, SchemaError) as e:
         print(f"bnparity report: {e}", file=sys.stderr)
         return 2
     m = done.model

@@ -23,6 +23,7 @@ from harness.report.model import ReportCell, load, resolve
 from harness.report.page import JS, TEMPLATES
 from harness.report.text import fmt_ulp
 from harness.schema import (
+    SCHEMA_VERSION,
     Bandwidth,
     Benchmark,
     Cell,
@@ -249,6 +250,22 @@ def test_cli(two_envs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
     assert report_main([str(tmp_path / "reports"), "-o", str(out), "--no-plots"]) == 0
     assert out.exists() and "PARTIAL: old" in capsys.readouterr().out
     assert report_main([str(tmp_path / "missing"), "-o", str(out)]) == 2
+
+
+def test_newer_schema_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A results file written by a newer bnparity: exit 2 with a message naming the file, no HTML."""
+    path = tmp_path / "future" / "results.jsonl"
+    path.parent.mkdir()
+    head = header("future", ["torch"]).to_json_dict() | {"schema_version": SCHEMA_VERSION + 1}
+    path.write_text(json.dumps(head) + "\n")
+    out = tmp_path / "index.html"
+    assert report_main([str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and f"schema {SCHEMA_VERSION + 1}" in err and "upgrade bnparity" in err
+    assert not out.exists()
+    from harness.cli import main as bnparity
+
+    assert bnparity(["report", str(path), "-o", str(out)]) == 2
 
 
 def _bench_file(path: Path, env: str) -> Path:
