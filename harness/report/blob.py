@@ -44,7 +44,8 @@ def rounded(v: Any, digits: int) -> Any:
     if type(v) is float:  # the hot path: ~500k calls for 100k records
         if v != v or v in _INF:
             return "nan" if v != v else ("inf" if v > 0 else "-inf")
-        return float(_FMT[digits] % v)
+        x = float(_FMT[digits] % v)
+        return x if x - x == 0 else v  # rounding the largest floats (1.8e308) up overflows to inf
     return v
 
 

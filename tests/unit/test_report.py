@@ -16,6 +16,7 @@ import pytest
 
 from harness import report, repro
 from harness.cases import Case, load_cases
+from harness.report import blob as blob_module
 from harness.report.analysis import drift, first_divergence, orders_apart
 from harness.report.cli import main as report_main
 from harness.report.gaps import bound, oracle_gaps, signature
@@ -217,6 +218,14 @@ def test_compressed_blob_round_trips(two_envs: list[Path], tmp_path: Path) -> No
     plain, packed = report.render(model, compress=False), report.render(model, compress=True)
     assert 'data-encoding="json"' in plain and 'data-encoding="gzip+base64"' in packed
     assert _blob(plain) == _blob(packed)
+
+
+def test_largest_float_survives_rounding() -> None:
+    """Rounding 1.8e308 to three digits overflowed to inf: the page showed an infinite threshold."""
+    big = 1.7976931348623157e308
+    assert blob_module.rounded(big, 3) == big and blob_module.rounded(-big, 4) == -big
+    assert blob_module.rounded(float("inf"), 3) == "inf" and blob_module.rounded(float("nan"), 3) == "nan"
+    assert blob_module.rounded(0.123456, 3) == 0.123
 
 
 def test_single_env_and_status(tmp_path: Path) -> None:
