@@ -437,6 +437,45 @@ def test_the_script_has_no_vocabulary_of_its_own() -> None:
     assert not re.findall(r"\br\[\d", js)  # result rows are read by column name: r[F.max_ulp_err]
 
 
+QUICK_CASES = """
+[[case]]
+name = "dense"
+shape = [16, 4]
+steps = 2
+seed = 1
+
+[[case]]
+name = "batch1"
+shape = [1, 4]
+seed = 2
+"""
+
+
+def test_report_from_a_real_run(run_parity, tmp_path: Path) -> None:
+    """The runner's own results file (fake adapters, one of them buggy) renders, and the blob says what ran."""
+    run = run_parity(QUICK_CASES, ["NumpyBN", "MomentumFlipped"])
+    results = run.path
+    assert results is not None, run.result.stdout.str()
+    out = report.render_paths([results], tmp_path / "index.html", compress=False)
+    blob = _blob(out.read_text())
+    assert {c["name"] for c in blob["cases"]} == {"dense", "batch1"}
+    assert {c["adapter"] for c in blob["cols"]} == {"fake-good", "bug-momentum-flipped"}
+    verdict = [v["name"] for v in blob["verdicts"]]
+    for rec in run.cells:
+        cell = _cell_of(blob, rec.case, "t", rec.adapter)
+        assert verdict[cell["verdict"]] == rec.verdict
+        rows = _rows(blob, cell)
+        want = [r for r in run.results(case=rec.case, adapter=rec.adapter) if r.quantity is not Quantity.OUTCOME]
+        assert len(rows) == len(want)
+        assert {(blob["quantities"][r["quantity"]]["name"], r.get("step"), verdict[r["verdict"]]) for r in rows} == \
+            {(r.quantity.value, r.step, r.verdict.value) for r in want}
+    bug = _cell_of(blob, "dense", "t", "bug-momentum-flipped")
+    assert verdict[bug["verdict"]] == "fail" and "running_mean" in bug["start"]
+    assert "test_parity[bug-momentum-flipped-dense]" in bug["repro"]
+    # the plugin wrote the environment's own page too (run_parity fails on "report NOT written")
+    assert (results.parent / "index.html").exists()
+
+
 # -- reproducer scripts --------------------------------------------------------------------------
 
 def _run(script: str, tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
