@@ -7,7 +7,7 @@ object (``D`` in the page), and has no vocabulary of its own:
   meaning, in severity order); ``quantities`` and ``kinds`` are the ``Quantity`` and
   ``MismatchKind`` tables.
 * A cell's result records travel as rows whose columns are named in ``fields.result``
-  (``RESULT_FIELDS``, field names of ``harness.schema.Result``); the page looks a column up by
+  (``Blob.fields``, field names of ``harness.schema.Result``); the page looks a column up by
   name (``r[F.mismatch_kind]``). Verdicts, quantities and mismatch kinds are indices into their
   tables, numbers are rounded (every digit of a failure's worst element is kept), and empty
   trailing columns are dropped: a 100,000-record report stays a few MB.
@@ -112,7 +112,8 @@ class Blob:
             ("message", _message),
         ]
         unknown = [f for f, _ in self.columns if f not in Result.model_fields]
-        assert not unknown, f"not fields of harness.schema.Result: {unknown}"
+        if unknown:  # a field renamed in the schema must be renamed here (and in the page's script)
+            raise TypeError(f"not fields of harness.schema.Result: {unknown}")
         self.fields = [f for f, _ in self.columns]
         self._values = attrgetter(*self.fields)
         self._encoders = [e for _, e in self.columns]
@@ -176,8 +177,7 @@ class Blob:
 
     def build(self) -> dict[str, Any]:
         m, b = self.model, self.builder
-        cells = {f"{b.row_of[case]}:{b.col_of[(env, adapter)]}": self.cell(cell)
-                 for (env, case, adapter), cell in m.cells.items()}
+        cells = {b.key(env, case, adapter): self.cell(cell) for (env, case, adapter), cell in m.cells.items()}
         cases = [{"name": name, "description": info.description, "tags": info.tags,
                   "params_json": repro.case_json(info.params) if info.params else None}
                  for name in b.rows for info in [m.cases[name]]]

@@ -103,9 +103,19 @@ class CaseInfo:
     tags: list[str] = field(default_factory=list)
     file: str = ""
 
+    # params is the case's Case.summary() as the producing harness wrote it (a free-form dict in the
+    # schema, so a newer catalogue still renders); these are the parameters the report reads
     @property
     def description(self) -> str:
         return str(self.params.get("description", ""))
+
+    @property
+    def use_defaults(self) -> bool:
+        return bool(self.params.get("use_defaults"))
+
+    @property
+    def steps(self) -> int:
+        return int(self.params.get("steps", 0) or 0)
 
     @property
     def group(self) -> str:

@@ -110,9 +110,9 @@ class Builder:
         views = []
         for name in self.rows:
             info = m.cases[name]
-            if not info.params.get("use_defaults"):
+            if not info.use_defaults:
                 continue
-            steps = int(info.params.get("steps", 0) or 0)
+            steps = info.steps
             keys = [(Quantity.RUNNING_MEAN, steps - 1), (Quantity.RUNNING_VAR, steps - 1)] if steps else []
             keys += [(q, None) for q in Quantity.of_phase("eval")]
             for env in m.envs:
