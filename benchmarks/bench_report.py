@@ -1,6 +1,6 @@
 """How long does the HTML report take, and how big is it, for a large merged run?
 
-Fabricates results (``harness.report_sample``: made-up metrics on the real catalogue's cases)
+Fabricates results (``tests/report_sample.py``: made-up metrics on the real catalogue's cases)
 for 12 adapters x 4 environments, with renamed copies of cases until the files hold at least
 100,000 records, then times ``render_paths`` (load, oracle gaps, plots, template) and prints
 the time and the HTML size. A second figure is the issue's sizing target: ~60 cases x 12
@@ -23,14 +23,14 @@ sys.path.insert(0, str(REPO))
 
 from harness.cases import load_cases  # noqa: E402
 from harness.report import render_paths  # noqa: E402
-from harness.report_sample import ADAPTERS, synthetic  # noqa: E402
 from harness.results import read  # noqa: E402
+from tests.report_sample import ADAPTERS, synthetic  # noqa: E402
 
 ENVS = ["current", "tf215", "keras30", "flax08"]
 
 
 def records_in(paths: list[Path]) -> int:
-    return sum(len(read(p)[1]) for p in paths)
+    return sum(len(read(p).records) for p in paths)
 
 
 def run(label: str, out: Path, cases, repeat: int) -> None:

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "report":
-        from harness import report
+        from harness.report import cli
 
-        return int(report.main(rest) or 0)
+        return int(cli.main(rest) or 0)
     if cmd == "repro":
         from harness import repro
 

@@ -149,7 +149,7 @@ def _section(title: str, body: str) -> str:
 _TORCH_ATTRS = ("name", "framework", "conventions")
 _TORCH_METHODS = ("setup", "build", "train_step", "eval_step", "describe",
                   "run", "mapped", "effective", "settings", "versions", "distributions")
-_BASE_NAMES = ("Conventions", "Raised", "Observed", "Mapped")
+_BASE_NAMES = ("IN_WORKER", "Conventions", "Raised", "Observed", "Mapped")
 _RUNTIME_NAMES = ("ORDER", "PARAM_QUANTITIES", "plain", "case_from_params", "oracle", "num", "show", "reproduce")
 
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     case: Any = None
     if args.results:
-        from harness.report_model import load
+        from harness.report.model import load
 
         model = load([args.results])
         info = model.cases.get(args.case)

@@ -260,7 +260,7 @@ class Header(Record):
     threads: str | None = None
     machine: dict[str, Any] | None = None
     malloc: dict[str, str] | None = None
-    # synthetic files (harness.report_sample): what they are
+    # synthetic files (tests/report_sample.py): what they are
     sample: str | None = None
 
 

@@ -22,6 +22,7 @@ class InnerRun:
     header: Header | None
     records: list[Record]
     lines: list[str]
+    path: Path | None = None  # the results file
 
     def results(self, **match) -> list[Result]:
         return [r for r in self.records if isinstance(r, Result) and all(getattr(r, k) == v for k, v in match.items())]
@@ -57,11 +58,13 @@ def run_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
         res = pytester.runpytest_subprocess(
             "--cases", str(cases), "--results-dir", str(pytester.path / "reports"), "--bnparity-env", "t",
             "--adapters", names, "-p", "no:cacheprovider", "-p", "no:randomly", *args)
+        # the plugin renders the environment's HTML after the run; a failure there fails the self-test
+        assert not [ln for ln in res.outlines if "report NOT written" in ln], res.stdout.str()
         path = pytester.path / "reports" / "t" / "results.jsonl"
         if not path.exists():
             return InnerRun(res, None, [], [])
         rf = read(path)
         assert not rf.skipped, rf.skipped  # every record the harness wrote validates against the schema
-        return InnerRun(res, rf.header, rf.records, path.read_text().splitlines())
+        return InnerRun(res, rf.header, rf.records, path.read_text().splitlines(), path)
 
     return run

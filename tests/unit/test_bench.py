@@ -35,12 +35,12 @@ def test_quick_bench_writes_benchmark_and_bandwidth_records(tmp_path):
     fake = [r for r in rest if r["kind"] == "benchmark" and r["adapter"] == "fake-good"]
     assert fake and fake[0]["status"] == "skip" and "bench_callable" in fake[0]["reason"]
     # the report's benchmark section is built from the same file
-    from harness import report_bench
+    from harness.report import bench as report_bench
 
     sec = report_bench.section([out])
     assert sec and sec["machines"][0]["bandwidth"] and sec["fraction_plot"].startswith("data:image/svg+xml;base64,")
     assert [c["case"] for c in sec["charts"]] == ["quick.float32.channels_first", "quick.float32.channels_last"]
-    assert any(r["adapter"] == "fake-good" and r["status"] == "skip" for r in sec["skipped"])
+    assert any(r.adapter == "fake-good" and r.status == "skip" for r in sec["skipped"])
 
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])

@@ -18,7 +18,8 @@ import pytest
 
 from harness import report
 from harness.cases import Case, load_cases
-from harness.report_sample import cell_records, header, synthetic, write
+from harness.schema import Quantity, Result, Verdict
+from tests.report_sample import cell_records, header, synthetic, write
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -141,7 +142,7 @@ def test_report_in_chromium(browser, results: list[Path], tmp_path: Path, compre
     assert page.locator("#d-body table.q tbody tr").count() >= 8
     assert page.locator("#d-body .start").count() == 1
     script = page.locator("#repro-script").inner_text()
-    assert "CASE = json.loads" in script and "ADAPTER = " in script and "def oracle(" in script
+    assert "CASE = json.loads" in script and "ADAPTER = " in script and "reproduce" in script
     assert page.locator("#d-body", has_text="momentum as passed").count() == 1
     shot = tmp_path / "report.png"
     page.screenshot(path=str(shot))
@@ -171,9 +172,9 @@ def test_markup_in_results_stays_text_in_chromium(browser, tmp_path: Path) -> No
     recs = cell_records(case, "torch", "e", "2.13.0", np.random.default_rng(0), "raised")
     recs += cell_records(case, "keras3-jax", "e", "3.15.1", np.random.default_rng(1), "fail")
     for r in recs:
-        r["case"] = EVIL
-        if r.get("quantity") == "outcome" and r["verdict"] == "raised":
-            r["exception_message"] = f"</script><script>window.__pwned=2</script>{EVIL}"
+        r.case = EVIL
+        if isinstance(r, Result) and r.quantity is Quantity.OUTCOME and r.verdict is Verdict.RAISED:
+            r.exception_message = f"</script><script>window.__pwned=2</script>{EVIL}"
     paths = [write(tmp_path / "e" / "results.jsonl", header("e", ["torch", "keras3-jax"]), recs)]
     for compress in (False, True):
         html = report.render_paths(paths, tmp_path / f"evil{int(compress)}.html", compress=compress)

@@ -1,4 +1,4 @@
-"""The HTML report, on hand-made and synthetic results files (the reproducer scripts: test_repro.py)."""
+"""The HTML report, on synthetic results files and on a real run's (the reproducer scripts: test_repro.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,26 @@ import pytest
 
 from harness import report, repro
 from harness.cases import Case, load_cases
-from harness.report_gaps import bound, oracle_gaps, signature
-from harness.report_model import Cell, drift, first_divergence, fmt_ulp, load, magnitude, orders_apart, resolve
-from harness.report_sample import cell_records, conventions_for, header, settings_for, synthetic, write
+from harness.report import blob as blob_module
+from harness.report.analysis import drift, first_divergence, orders_apart
+from harness.report.cli import main as report_main
+from harness.report.gaps import bound, oracle_gaps, signature
+from harness.report.model import ReportCell, load, resolve
+from harness.report.page import JS, TEMPLATES
+from harness.report.text import fmt_ulp
+from harness.schema import (
+    SCHEMA_VERSION,
+    Bandwidth,
+    Benchmark,
+    Cell,
+    Header,
+    MismatchKind,
+    Quantity,
+    Result,
+    Verdict,
+    dumps,
+)
+from tests.report_sample import cell_records, header, synthetic, write
 
 REPO = Path(__file__).resolve().parents[2]
 EVIL = '<script>window.__pwned = 1</script>'
@@ -31,26 +48,25 @@ def _rng(k: int = 0) -> np.random.Generator:
     return np.random.default_rng(k)
 
 
-def _evil_records(env: str) -> list[dict]:
+def _evil_records(env: str) -> list[Result | Cell]:
     """A cell whose case name and exception message are markup: both must render as text."""
-    case = _case("evil")
-    recs = cell_records(case, "torch", env, "2.13.0", _rng(9), "raised")
+    recs = cell_records(_case("evil"), "torch", env, "2.13.0", _rng(9), "raised")
     for r in recs:
-        r["case"] = EVIL
-        if r.get("quantity") == "outcome":
-            r["exception_message"] = EVIL_MSG
-            r["message"] = f"unexpected exception during train step 0: ValueError: {EVIL_MSG}"
-        if r["kind"] == "cell":
-            r["case_params"] = {**r["case_params"], "name": EVIL, "description": EVIL_MSG}
+        r.case = EVIL
+        if isinstance(r, Cell):
+            r.case_params = {**r.case_params, "name": EVIL, "description": EVIL_MSG}
+        elif r.quantity is Quantity.OUTCOME:
+            r.exception_message = EVIL_MSG
+            r.message = f"unexpected exception during train step 0: ValueError: {EVIL_MSG}"
     return recs
 
 
 @pytest.fixture
 def two_envs(tmp_path: Path) -> list[Path]:
     """env 'new' (complete) and env 'old' (interrupted) with every kind of verdict, drift between them,
-    a <script> case name, an unsafe ledger link and a record of an unknown kind."""
+    a <script> case name, an unsafe ledger link and a benchmark record among the parity records."""
     dense, conv = _case(), _case("conv_cl", shape=[4, 3, 2, 2], layout="channels_last", tags=["structure", "rank4"])
-    new: list[dict] = []
+    new: list = []
     new += cell_records(dense, "torch", "new", "2.13.0", _rng(1), "pass")
     new += cell_records(dense, "keras3-jax", "new", "3.15.1", _rng(2), "fail")
     new += cell_records(conv, "torch", "new", "2.13.0", _rng(3), "known")
@@ -59,16 +75,16 @@ def two_envs(tmp_path: Path) -> list[Path]:
     new += cell_records(dense, "flax-nnx", "new", "0.12.8", _rng(6), "stale")
     new += _evil_records("new")
     for r in new:
-        if r.get("ledger"):
-            r["ledger"]["link"] = "javascript:alert(1)"
-    new.append({"kind": "benchmark", "adapter": "torch", "median_s": 0.001})
-    old: list[dict] = []
+        if isinstance(r, Result) and r.ledger is not None:
+            r.ledger.link = "javascript:alert(1)"
+    new.append(Benchmark(env="new", adapter="torch", status="ok", median_s=0.001))
+    old: list = []
     old += cell_records(dense, "torch", "old", "2.1.0", _rng(7), "raised")
     old += cell_records(dense, "keras3-jax", "old", "3.0.4", _rng(8), "fail")
     h_new = header("new", ["torch", "keras3-jax", "flax-nnx"])
-    h_new["versions"].update({"torch": "2.13.0", "keras": "3.15.1", "flax": "0.12.8"})
+    h_new.versions.update({"torch": "2.13.0", "keras": "3.15.1", "flax": "0.12.8"})
     h_old = header("old", ["torch", "keras3-jax"], status="interrupted")
-    h_old["versions"].update({"torch": "2.1.0", "keras": "3.0.4"})
+    h_old.versions.update({"torch": "2.1.0", "keras": "3.0.4"})
     return [write(tmp_path / "reports" / "new" / "results.jsonl", h_new, new),
             write(tmp_path / "reports" / "old" / "results.jsonl", h_old, old)]
 
@@ -81,6 +97,18 @@ def _blob(page: str) -> dict:
     return json.loads(m.group(2))
 
 
+def _rows(blob: dict, cell: dict) -> list[dict]:
+    """A cell's result rows as {field: value}, the way the page reads them (by the column names it ships)."""
+    fields = blob["fields"]["result"]
+    return [dict(zip(fields, r)) for r in cell["results"]]
+
+
+def _cell_of(blob: dict, case: str, env: str, adapter: str) -> dict:
+    row = next(i for i, c in enumerate(blob["cases"]) if c["name"] == case)
+    col = next(i for i, c in enumerate(blob["cols"]) if (c["env"], c["adapter"]) == (env, adapter))
+    return blob["cells"][f"{row}:{col}"]
+
+
 def test_render_merged_report(two_envs: list[Path], tmp_path: Path) -> None:
     out = report.render_paths([tmp_path / "reports"], tmp_path / "index.html", compress=False)
     page = out.read_text()
@@ -90,11 +118,11 @@ def test_render_merged_report(two_envs: list[Path], tmp_path: Path) -> None:
     # framework versions of every environment
     for v in ("2.13.0", "3.15.1", "0.12.8", "2.1.0", "3.0.4"):
         assert f"<dd>{v}</dd>" in page
-    # the matrix: one column per (env, adapter), cells coloured by worst verdict, ULPs or a symbol
+    # the matrix: one column per (env, adapter), cells coloured by worst verdict, ULPs or a mark
     assert page.count('class="ad-h sorter"') == 5
     for verdict in ("pass", "fail", "known", "crashed", "skip", "stale", "raised"):
         assert f'class="v-{verdict}"' in page
-    # the unknown record kind is reported as ignored, not fatal
+    # a benchmark record among parity records is counted, not fatal
     assert "benchmark ×1" in page
     # drift: dense_small on torch raised in 'old' and passes in 'new'
     drift_html = page[page.index('id="drift"'):page.index('id="portability"')]
@@ -103,6 +131,10 @@ def test_render_merged_report(two_envs: list[Path], tmp_path: Path) -> None:
     starts = page[page.index('id="starts"'):page.index('id="drift"')]
     assert "batch variance -&gt; running_var" in starts
     assert "what is stored differs" in starts
+    # the legend and the filters come from the verdict table, in severity order
+    assert all(f'class="legend v-{v}"' in page for v in Verdict)
+    failing = ", ".join(v for v in Verdict.ordered() if v.fails_run)
+    assert f'title="{failing}: what fails a run"' in page
 
 
 def test_markup_in_results_renders_as_text(two_envs: list[Path], tmp_path: Path) -> None:
@@ -115,39 +147,68 @@ def test_markup_in_results_renders_as_text(two_envs: list[Path], tmp_path: Path)
         blob_text = page.split('id="bn-data"', 1)[1].split("</script>", 1)[0]
         assert "</" not in blob_text and "<!--" not in blob_text
         blob = _blob(page)
-        names = [c["n"] for c in blob["cases"]]
-        assert EVIL in names
-        cell = next(v for k, v in blob["cells"].items() if blob["cases"][int(k.split(":")[0])]["n"] == EVIL)
-        assert cell["o"]["e"] == EVIL_MSG
+        assert EVIL in [c["name"] for c in blob["cases"]]
+        assert _cell_of(blob, EVIL, "new", "torch")["outcome"]["exception_message"] == EVIL_MSG
         # a javascript: ledger link never becomes an href
-        assert all(e["link"] is None for e in blob["ledger"].values())
+        assert blob["ledger"] and all(e["link"] is None for e in blob["ledger"].values())
         assert 'href="javascript:' not in page
 
 
 def test_blob_detail_is_complete(two_envs: list[Path], tmp_path: Path) -> None:
     blob = _blob(report.render(load([tmp_path / "reports"]), compress=False))
-    cols = [tuple(c) for c in blob["cols"]]
-    rows = {c["n"]: i for i, c in enumerate(blob["cases"])}
-    cell = blob["cells"][f"{rows['dense_small']}:{cols.index(('new', 'keras3-jax'))}"]
-    q = blob["quantities"]
+    # the vocabulary travels with the data: the page has none of its own
+    assert blob["verdicts"] == json.loads(json.dumps(Verdict.table()))
+    assert [q["name"] for q in blob["quantities"]] == [q.value for q in Quantity]
+    assert [k["name"] for k in blob["kinds"]] == [k.value for k in MismatchKind]
+    assert set(blob["fields"]["result"]) <= set(Result.model_fields)
+    cell = _cell_of(blob, "dense_small", "new", "keras3-jax")
+    rows = _rows(blob, cell)
+    q = [x["name"] for x in blob["quantities"]]
     # every quantity per step: 3 steps x 6 train quantities + 2 eval
-    assert len(cell["r"]) == 20
-    assert {q[r[0]] for r in cell["r"]} == {"running_mean", "running_var", "y", "dx", "dgamma", "dbeta",
-                                            "y_eval", "dx_eval"}
-    bad = [r for r in cell["r"] if blob["verdicts"][r[2]] == "fail"]
-    assert bad and all(r[8] is not None and r[9] is not None and r[10] is not None for r in bad)
+    assert len(rows) == 20
+    assert {q[r["quantity"]] for r in rows} == {"running_mean", "running_var", "y", "dx", "dgamma", "dbeta",
+                                               "y_eval", "dx_eval"}
+    verdict = [v["name"] for v in blob["verdicts"]]
+    bad = [r for r in rows if verdict[r["verdict"]] == "fail"]
+    assert bad and all(r["worst_index"] is not None and r["expected"] is not None and r["observed"] is not None
+                       and r["greatest_abs_diff"] is not None for r in bad)
+    assert all(blob["kinds"][r["mismatch_kind"]]["name"] == "value" for r in bad)
     # the conventions as used: momentum as passed (Keras: 1 - m), effective weight-of-new momentum, eps, axis
-    assert cell["set"]["momentum"] == pytest.approx(0.9) and cell["eff"]["momentum"] == pytest.approx(0.1)
-    assert blob["conventions"][cell["k"]]["running_var_estimator"] == "biased"
+    assert cell["settings"]["momentum"] == pytest.approx(0.9) and cell["effective"]["momentum"] == pytest.approx(0.1)
+    assert blob["conventions"][cell["conventions"]]["running_var_estimator"] == "biased"
     assert "running_var" in cell["start"]
-    # the reproducer template for every adapter, filled in the page from the case JSON
-    case_json = blob["cases"][rows["dense_small"]]["j"]
-    text = blob["templates"]["torch"].replace(blob["placeholder"], case_json)
+    assert cell["repro"].startswith("pytest ")  # the command the runner recorded for the failing records
+    # the reproducer template of each column, filled in the page from the case JSON
+    case_json = next(c for c in blob["cases"] if c["name"] == "dense_small")["params_json"]
+    col = next(c for c in blob["cols"] if (c["env"], c["adapter"]) == ("new", "torch"))
+    text = blob["templates"][col["template"]].replace(blob["placeholder"], case_json)
     assert text == repro.script(json.loads(case_json), "torch")
     compile(text, "repro.py", "exec")
-    # the crashed cell carries its exit code and stderr tail
-    crashed = blob["cells"][f"{rows['conv_cl']}:{cols.index(('new', 'keras3-jax'))}"]
-    assert crashed["o"]["x"] == -11 and "Segmentation fault" in crashed["o"]["tail"]
+    # the crashed cell carries its exit code and stderr tail, and how its worker ended
+    crashed = _cell_of(blob, "conv_cl", "new", "keras3-jax")
+    assert crashed["outcome"]["exit_code"] == -11 and "Segmentation fault" in crashed["outcome"]["stderr_tail"]
+    assert crashed["status"] == "crashed"
+    # a stale ledger record names the quantities its entry covers (it has no quantity of its own)
+    stale = [r for r in _rows(blob, _cell_of(blob, "dense_small", "new", "flax-nnx")) if r["quantity"] is None]
+    assert stale and stale[0]["covers"] == ["dx", "dgamma"] and verdict[stale[0]["verdict"]] == "stale"
+
+
+def test_reproducer_uses_the_recorded_worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's in-process reproducer takes WORKER_ENV from the cell record, never from the adapter registry."""
+    recs = cell_records(_case(), "keras3-jax", "e", "3.15.1", _rng(), "pass")
+    for r in recs:
+        if isinstance(r, Cell):
+            r.worker_env = {"KERAS_BACKEND": "jax", "RECORDED": "1"}
+    paths = [write(tmp_path / "e" / "results.jsonl", header("e", ["keras3-jax"]), recs)]
+
+    def no_registry(*a, **k):
+        raise AssertionError("the report loaded the adapter registry")
+
+    monkeypatch.setattr("harness.adapters.base.discover", no_registry)
+    monkeypatch.setattr("harness.adapters.base.load_spec", no_registry)
+    blob = _blob(report.render(load(paths), compress=False, plots=False))
+    line = next(ln for ln in blob["templates"][0].splitlines() if ln.startswith("WORKER_ENV = "))
+    assert '"KERAS_BACKEND": "jax"' in line and '"RECORDED": "1"' in line
 
 
 def test_compressed_blob_round_trips(two_envs: list[Path], tmp_path: Path) -> None:
@@ -155,6 +216,14 @@ def test_compressed_blob_round_trips(two_envs: list[Path], tmp_path: Path) -> No
     plain, packed = report.render(model, compress=False), report.render(model, compress=True)
     assert 'data-encoding="json"' in plain and 'data-encoding="gzip+base64"' in packed
     assert _blob(plain) == _blob(packed)
+
+
+def test_largest_float_survives_rounding() -> None:
+    """Rounding 1.8e308 to three digits overflowed to inf: the page showed an infinite threshold."""
+    big = 1.7976931348623157e308
+    assert blob_module.rounded(big, 3) == big and blob_module.rounded(-big, 4) == -big
+    assert blob_module.rounded(float("inf"), 3) == "inf" and blob_module.rounded(float("nan"), 3) == "nan"
+    assert blob_module.rounded(0.123456, 3) == 0.123
 
 
 def test_single_env_and_status(tmp_path: Path) -> None:
@@ -169,7 +238,7 @@ def test_missing_header_is_partial(tmp_path: Path) -> None:
     p = tmp_path / "torn" / "results.jsonl"
     recs = cell_records(_case(), "torch", "torn", "2.13.0", _rng(), "pass")
     p.parent.mkdir(parents=True)
-    p.write_text("\n".join(json.dumps(r) for r in recs) + '\n{"kind": "result", "ca')
+    p.write_text("\n".join(dumps(r) for r in recs) + '\n{"kind": "result", "ca')
     model = load([p])
     assert model.envs[0].status == "no header" and model.envs[0].partial
     assert "PARTIAL" in report.render(model)
@@ -185,18 +254,59 @@ def test_resolve_paths(two_envs: list[Path], tmp_path: Path) -> None:
 
 def test_cli(two_envs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "site" / "index.html"
-    assert report.main([str(tmp_path / "reports"), "-o", str(out), "--no-plots"]) == 0
+    assert report_main([str(tmp_path / "reports"), "-o", str(out), "--no-plots"]) == 0
     assert out.exists() and "PARTIAL: old" in capsys.readouterr().out
-    assert report.main([str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert report_main([str(tmp_path / "missing"), "-o", str(out)]) == 2
 
 
-def _cell(results: list[dict]) -> Cell:
-    return Cell("e", "c", "a", results=[{"verdict": "pass", "quantity": "outcome", "step": None}, *results])
+def test_newer_schema_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A results file written by a newer bnparity: exit 2 with a message naming the file, no HTML."""
+    path = tmp_path / "future" / "results.jsonl"
+    path.parent.mkdir()
+    head = header("future", ["torch"]).to_json_dict() | {"schema_version": SCHEMA_VERSION + 1}
+    path.write_text(json.dumps(head) + "\n")
+    out = tmp_path / "index.html"
+    assert report_main([str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and f"schema {SCHEMA_VERSION + 1}" in err and "upgrade bnparity" in err
+    assert not out.exists()
+    from harness.cli import main as bnparity
+
+    assert bnparity(["report", str(path), "-o", str(out)]) == 2
 
 
-def _r(q: str, step: int | None, verdict: str = "fail") -> dict:
-    return {"quantity": q, "step": step, "verdict": verdict, "expected": 1.0, "observed": 2.0, "max_ulp_err": 1e6,
-            "worst_index": [0]}
+def _bench_file(path: Path, env: str) -> Path:
+    head = Header(env=env, status="complete", mode="bench", threads="1",
+                  machine={"cpu": "test cpu", "cores": 2, "threads_used": 1})
+    recs = [Bandwidth(env=env, size_bytes=1 << 20, copy_gbs=50.0, add_gbs=40.0, copy_cv=0.01, add_cv=0.01,
+                      trials=3, copy_gbs_trials=[50.0, 49.0, 48.0], threads="1", beyond_llc=False)]
+    for mode in ("train_fwd", "train_fwd_bwd", "eval_fwd"):
+        recs.append(Benchmark(env=env, adapter="torch", status="ok", case="cfg.float32", mode=mode, variant="default",
+                              device="cpu", median_s=1e-3, min_s=9e-4, q1_s=9.5e-4, q3_s=1.1e-3, reps=10, cv=0.01,
+                              stable=True, bytes=1 << 20, gbs=1.0, bw_fraction=0.02))
+    return write(path, head, recs)
+
+
+def test_no_plots_keeps_the_benchmark_section(two_envs: list[Path], tmp_path: Path) -> None:
+    """--no-plots leaves out the figures, not the benchmark's machine and raw figures."""
+    _bench_file(two_envs[0].parent / "bench.jsonl", "new")
+    out = tmp_path / "np.html"
+    assert report_main([str(tmp_path / "reports"), "-o", str(out), "--no-plots"]) == 0
+    page = out.read_text()
+    bench = page[page.index('<section id="bench">'):]
+    assert "test cpu" in bench and "cfg.float32" in bench and "raw figures (3 rows)" in bench
+    assert "<img" not in bench  # no figures
+    with_plots = report.render_paths([tmp_path / "reports"], tmp_path / "p.html").read_text()
+    assert with_plots[with_plots.index('<section id="bench">'):].count("<img") == 2
+
+
+def _rec(q: Quantity, step: int | None, verdict: Verdict = Verdict.FAIL) -> Result:
+    return Result(env="e", case="c", adapter="a", framework="a", quantity=q, step=step, verdict=verdict,
+                  expected=1.0, observed=2.0, max_ulp_err=1e6, worst_index=[0])
+
+
+def _cell(results: list[Result]) -> ReportCell:
+    return ReportCell("e", "c", "a", results=[_rec(Quantity.OUTCOME, None, Verdict.PASS), *results])
 
 
 @pytest.mark.parametrize("bad, first, says", [
@@ -210,35 +320,37 @@ def _r(q: str, step: int | None, verdict: str = "fail") -> dict:
 def test_first_divergence(bad: list, first: str, says: str) -> None:
     results = []
     for step in range(3):
-        for q in ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta"):
-            results.append(_r(q, step, "fail" if (q, step) in bad else "pass"))
-    results += [_r(q, None, "fail" if (q, None) in bad else "pass") for q in ("y_eval", "dx_eval")]
+        for q in Quantity.of_phase("train"):
+            results.append(_rec(q, step, Verdict.FAIL if (q, step) in bad else Verdict.PASS))
+    results += [_rec(q, None, Verdict.FAIL if (q, None) in bad else Verdict.PASS) for q in Quantity.of_phase("eval")]
     fd = first_divergence(_cell(results))
-    assert fd is not None and fd["quantity"] == first and says in fd["text"]
+    assert fd is not None and fd.quantity == first and says in fd.text
     step = min((s for q, s in bad if s is not None), default=None)
-    assert fd["step"] == step
+    assert fd.step == step
     if step:
-        assert f"train steps 0..{step - 1} agree" in fd["text"]
+        assert f"train steps 0..{step - 1} agree" in fd.text
 
 
-def test_first_divergence_of_a_raise_and_a_pass() -> None:
-    raised = Cell("e", "c", "a", results=[{"quantity": "outcome", "step": None, "verdict": "raised",
-                                            "exception_type": "ValueError", "exception_message": "no",
-                                            "exception_stage": "train step 0"}])
+def test_first_divergence_of_a_raise_a_nan_and_a_pass() -> None:
+    raised = ReportCell("e", "c", "a", results=[Result(
+        env="e", case="c", adapter="a", framework="a", quantity=Quantity.OUTCOME, verdict=Verdict.RAISED,
+        exception_type="ValueError", exception_message="no", exception_stage="train step 0")])
     fd = first_divergence(raised)
-    assert fd and fd["text"].startswith("raised during train step 0: ValueError: no")
-    assert first_divergence(_cell([_r("y", 0, "pass")])) is None
+    assert fd and fd.text.startswith("raised during train step 0: ValueError: no")
+    assert first_divergence(_cell([_rec(Quantity.Y, 0, Verdict.PASS)])) is None
+    nan = _rec(Quantity.Y, 0)
+    nan.observed = float("nan")  # schema 2: NaN at the worst element is NaN, not a missing value
+    fd = first_divergence(_cell([nan]))
+    assert fd and "expected 1, observed nan" in fd.text
 
 
-def test_magnitude_and_drift(two_envs: list[Path], tmp_path: Path) -> None:
-    assert magnitude(0.3) == magnitude(1.0) == "<=1" and magnitude(3.0) == magnitude(9.9) == "1e0"
-    assert magnitude(12.0) == "1e1" and magnitude(None) == "-" and magnitude(float("inf")) == "inf"
+def test_drift(two_envs: list[Path], tmp_path: Path) -> None:
     assert not orders_apart(0.2, 9.0) and orders_apart(0.2, 10.0) and not orders_apart(30.0, 299.0)
     assert orders_apart(30.0, float("inf")) and not orders_apart(None, 1e9)
-    rows = drift(load([tmp_path / "reports"]))
-    by = {(r["case"], r["adapter"]): r for r in rows}
-    assert by[("dense_small", "torch")]["values"]["old"]["verdict"] == "raised"
-    assert by[("dense_small", "torch")]["values"]["new"]["verdict"] == "pass"
+    by = {(d.case, d.adapter): d for d in drift(load([tmp_path / "reports"]))}
+    assert by[("dense_small", "torch")].cells["old"].verdict == Verdict.RAISED
+    assert by[("dense_small", "torch")].cells["new"].verdict == Verdict.PASS
+    assert by[("dense_small", "torch")].what == "verdict"
     assert fmt_ulp(0) == "0" and fmt_ulp(0.004) == "<.01" and fmt_ulp(2.345) == "2.3" and fmt_ulp(123456) == "1.2e5"
 
 
@@ -261,6 +373,17 @@ def test_oracle_gap_is_the_convention_difference() -> None:
     assert oracle_gaps({"name": "not a case"}, [torch_sig, keras_sig]) is None
 
 
+def test_signature_of_a_cell_record() -> None:
+    """The oracle a cell ran under, from its record: the sample data takes it from the real adapters."""
+    case = _case(momentum=0.2)
+    torch_cell = next(r for r in cell_records(case, "torch", "e", "2.13.0", _rng()) if isinstance(r, Cell))
+    keras_cell = next(r for r in cell_records(case, "keras3-jax", "e", "3.15.1", _rng()) if isinstance(r, Cell))
+    assert signature(torch_cell) == ("unbiased", 0.2, 1e-5)
+    est, momentum, _ = signature(keras_cell)
+    assert keras_cell.settings["momentum"] == pytest.approx(0.8) and (est, momentum) == ("biased", pytest.approx(0.2))
+    assert signature(None) is None
+
+
 def test_defaults_vs_defaults_and_portability(tmp_path: Path) -> None:
     cases = [c for c in load_cases([REPO / "cases"]) if c.use_defaults][:1]
     assert cases, "cases/defaults.toml holds use_defaults cases"
@@ -270,16 +393,19 @@ def test_defaults_vs_defaults_and_portability(tmp_path: Path) -> None:
     assert cases[0].name in section and "baseline torch" in section
     assert section.count('class="num conv"') >= 3  # Keras' and Flax's defaults move the running statistics
     blob = _blob(page)
-    gaps = blob["gaps"][str(next(i for i, c in enumerate(blob["cases"]) if c["n"] == cases[0].name))]
-    sigs = [tuple(x) for x in gaps["sigs"]]
+    gaps = blob["gaps"][str(next(i for i, c in enumerate(blob["cases"]) if c["name"] == cases[0].name))]
+    sigs = [tuple(x) for x in gaps["signatures"]]
     assert len(sigs) == 3
     t = next(i for i, x in enumerate(sigs) if x[0] == "unbiased")
     for i in range(3):
         if i != t:  # torch's momentum 0.1 against Keras' and Flax's 0.99 (0.01 of the new statistic)
-            assert gaps["d"][f"{min(i, t)},{max(i, t)}"]["running_mean@4"] > 0
+            assert gaps["oracle_gaps"][f"{min(i, t)},{max(i, t)}"]["running_mean@4"] > 0
     k, f = (i for i in range(3) if i != t)
-    same_m = gaps["d"][f"{min(k, f)},{max(k, f)}"]  # Keras and Flax: same momentum, eps 1e-3 vs 1e-5
+    same_m = gaps["oracle_gaps"][f"{min(k, f)},{max(k, f)}"]  # Keras and Flax: same momentum, eps 1e-3 vs 1e-5
     assert same_m["running_mean@4"] == 0 and same_m["y@0"] > 0
+    # the baseline is a parameter
+    other = report.render(load(paths), compress=False, plots=False, baseline="flax-nnx")
+    assert "baseline flax-nnx" in other[other.index('id="defaults"'):other.index('id="plots"')]
 
 
 def test_no_defaults_and_no_sweeps(tmp_path: Path) -> None:
@@ -300,12 +426,49 @@ def test_sweep_plots_are_inline_svg(tmp_path: Path) -> None:
     assert "shape[0]" in page  # the batch-size sweep varies one component of the shape
 
 
-def test_settings_match_the_adapter_base() -> None:
-    """The sample data maps momentum like Adapter.mapped, so the report's labels are checked on real shapes."""
-    from tests.fakes import NumpyBN
+def test_the_script_has_no_vocabulary_of_its_own() -> None:
+    """Verdicts, their order and marks, and the result columns come from the blob, not from the JavaScript."""
+    js = "\n".join((TEMPLATES / "js" / name).read_text() for name in JS)
+    assert sorted(JS) == sorted(p.name for p in (TEMPLATES / "js").glob("*.js"))
+    names = "|".join(re.escape(v.value) for v in Verdict)
+    assert not re.findall(rf"[\"']({names})[\"']", js)
+    assert not re.findall(r"\br\[\d", js)  # result rows are read by column name: r[F.max_ulp_err]
 
-    case = _case(momentum=0.2)
-    settings, eff = settings_for(case, conventions_for("torch"))
-    a = NumpyBN()
-    assert settings["momentum"] == a.mapped(case).momentum and eff["momentum"] == a.effective(case)[0]
-    assert signature({"effective": eff, "conventions": conventions_for("torch")}) == ("unbiased", 0.2, 1e-5)
+
+QUICK_CASES = """
+[[case]]
+name = "dense"
+shape = [16, 4]
+steps = 2
+seed = 1
+
+[[case]]
+name = "batch1"
+shape = [1, 4]
+seed = 2
+"""
+
+
+def test_report_from_a_real_run(run_parity, tmp_path: Path) -> None:
+    """The runner's own results file (fake adapters, one of them buggy) renders, and the blob says what ran."""
+    run = run_parity(QUICK_CASES, ["NumpyBN", "MomentumFlipped"])
+    results = run.path
+    assert results is not None, run.result.stdout.str()
+    out = report.render_paths([results], tmp_path / "index.html", compress=False)
+    blob = _blob(out.read_text())
+    assert {c["name"] for c in blob["cases"]} == {"dense", "batch1"}
+    assert {c["adapter"] for c in blob["cols"]} == {"fake-good", "bug-momentum-flipped"}
+    verdict = [v["name"] for v in blob["verdicts"]]
+    for rec in run.cells:
+        cell = _cell_of(blob, rec.case, "t", rec.adapter)
+        assert verdict[cell["verdict"]] == rec.verdict
+        rows = _rows(blob, cell)
+        want = [r for r in run.results(case=rec.case, adapter=rec.adapter) if r.quantity is not Quantity.OUTCOME]
+        assert len(rows) == len(want)
+        assert {(blob["quantities"][r["quantity"]]["name"], r.get("step"), verdict[r["verdict"]]) for r in rows} == \
+            {(r.quantity.value, r.step, r.verdict.value) for r in want}
+    bug = _cell_of(blob, "dense", "t", "bug-momentum-flipped")
+    assert verdict[bug["verdict"]] == "fail" and "running_mean" in bug["start"]
+    assert "test_parity[bug-momentum-flipped-dense]" in bug["repro"]
+    # the plugin wrote the environment's own page too (run_parity fails on "report NOT written")
+    assert (results.parent / "index.html").exists()

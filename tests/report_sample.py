@@ -1,9 +1,11 @@
 """Synthetic results files: the report's self-tests, its benchmark, and trying the report out.
 
-The records have the shape the runner writes (``harness/runner.py``), with made-up
-metrics: mostly passes, and a seeded sprinkle of fail, known, stale, raised, crashed,
-timeout and skip. Case parameters come from real ``Case`` objects, so the report's oracle
-gaps and reproducers work on them. Nothing here is evidence about any framework.
+The records are ``harness.schema`` records, as the runner builds them, with made-up metrics:
+mostly passes, and a seeded sprinkle of fail, known, stale, raised, crashed, timeout and skip.
+Case parameters come from real ``Case`` objects and conventions and settings from the real
+adapter objects, so the report's oracle gaps and reproducers work on them. Nothing here is
+evidence about any framework. Test support, not shipped: ``benchmarks/bench_report.py`` and
+the report's self-tests use it.
 
     >>> paths = synthetic(Path("/tmp/demo"), envs=["current", "old"], adapters=["torch", "keras3-jax"])
     >>> render_paths(paths, Path("/tmp/demo/index.html"))
@@ -54,11 +56,15 @@ def _metrics(rng: np.random.Generator, case: Case, q: str, bad: bool) -> dict[st
     abs_err = ulp * spacing
     threshold = abs_err / (10 ** rng.uniform(-4, -0.5)) if bad else abs_err * 10 ** rng.uniform(0.3, 2.0)
     total = int(np.prod(shape))
-    return {"max_abs_err": abs_err, "max_rel_err": abs_err / max(abs(expected), 1e-30), "max_ulp_err": ulp,
-            "threshold": threshold, "error_ratio": abs_err / threshold, "worst_index": idx, "expected": expected,
-            "observed": expected + abs_err, "mismatched": int(rng.integers(1, total + 1)) if bad else 0,
-            "total": total, "mismatch_kind": "value" if bad else "match", "observed_dtype": case.dtype,
-            "digest": f"{int(rng.integers(0, 2**63)):016x}"}
+    rel = abs_err / max(abs(expected), 1e-30)
+    m = {"max_abs_err": abs_err, "max_rel_err": rel, "max_ulp_err": ulp,
+         "threshold": threshold, "error_ratio": abs_err / threshold, "worst_index": idx, "expected": expected,
+         "observed": expected + abs_err, "mismatched": int(rng.integers(1, total + 1)) if bad else 0,
+         "total": total, "mismatch_kind": "value" if bad else "match", "observed_dtype": case.dtype,
+         "digest": f"{int(rng.integers(0, 2**63)):016x}"}
+    if bad:  # over the mismatched elements, each with its own index
+        m.update(greatest_abs_diff=abs_err, greatest_abs_index=idx, greatest_rel_diff=rel, greatest_rel_index=idx)
+    return m
 
 
 def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.random.Generator,
@@ -132,7 +138,7 @@ def header(env: str, adapters: list[str], status: str = "complete") -> Header:
                   versions=versions, cases_hash="0" * 64,
                   platform={"system": "Linux", "machine": "x86_64", "python": "3.11.7"}, mode="parity",
                   adapters=list(adapters), argv=["tests/parity"], timings={},
-                  sample="made-up metrics from harness.report_sample; not a measurement of any framework")
+                  sample="made-up metrics from tests/report_sample.py; not a measurement of any framework")
 
 
 def write(path: Path, head: Header | dict[str, Any], records: list[Record | dict[str, Any]]) -> Path:

@@ -13,12 +13,14 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from harness.report_model import EVAL_ORDER, Model, num, sweep_x
+from harness.report.analysis import orders_apart
+from harness.report.model import Model, sweep_x
+from harness.schema import Quantity
 
-PANELS = (("y (train)", ("y",)), ("running statistics", ("running_mean", "running_var")),
-          ("gradients (train)", ("dx", "dgamma", "dbeta")), ("eval", EVAL_ORDER))
+PANELS = (("y (train)", (Quantity.Y,)), ("running statistics", (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR)),
+          ("gradients (train)", (Quantity.DX, Quantity.DGAMMA, Quantity.DBETA)),
+          ("eval", tuple(Quantity.of_phase("eval"))))
 FLOOR = 1e-2  # errors below this many ULPs (exact results included) are drawn on this line
-DIFFER = ("fail", "known", "stale")
 
 
 def _varying_index(values: list[Any]) -> int | None:
@@ -27,12 +29,8 @@ def _varying_index(values: list[Any]) -> int | None:
     if not lists:
         return None
     n = min(len(v) for v in lists)
-    moving = [i for i in range(n) if len({json_key(v[i]) for v in lists}) > 1]
+    moving = [i for i in range(n) if len({repr(v[i]) for v in lists}) > 1]
     return moving[0] if moving else 0
-
-
-def json_key(v: Any) -> str:
-    return repr(v)
 
 
 def sweep_series(model: Model) -> dict[str, dict[str, Any]]:
@@ -59,11 +57,10 @@ def sweep_series(model: Model) -> dict[str, dict[str, Any]]:
                     continue
                 point: dict[str, tuple[float, bool]] = {}
                 for panel, qs in PANELS:
-                    rs = [r for r in cell.results if r.get("quantity") in qs]
-                    us = [num(r.get("max_ulp_err")) for r in rs]
-                    us = [u for u in us if u is not None and not math.isnan(u)]
+                    rs = [r for r in cell.results if r.quantity in qs]
+                    us = [r.max_ulp_err for r in rs if r.max_ulp_err is not None and not math.isnan(r.max_ulp_err)]
                     if us:
-                        point[panel] = (max(us), any(r.get("verdict") in DIFFER for r in rs))
+                        point[panel] = (max(us), any(r.verdict.differs for r in rs))
                 series[(env, adapter)].append((x, point, cell.verdict))
         if series:
             series, same = _drop_repeats(dict(series), [e.key for e in model.envs])
@@ -78,7 +75,6 @@ def _drop_repeats(series: dict[tuple[str, str], list], env_order: list[str]) -> 
     when some point is 10x apart or differs from the oracle where the first did not (or the
     reverse). The dropped ones are named in the caption.
     """
-    from harness.report_model import orders_apart
 
     def points(pts):
         return {(x, panel): (u, d) for x, p, _ in pts for panel, (u, d) in p.items()}

@@ -1,0 +1,209 @@
+"""What the page's JavaScript reads: the report's data as one JSON object, compact but named.
+
+The page renders a cell's detail, the per-quantity matrix and the portability view from this
+object (``D`` in the page), and has no vocabulary of its own:
+
+* ``verdicts`` is ``Verdict.table()`` (name, severity, fails_run, differs, shows_error, mark,
+  meaning, in severity order); ``quantities`` and ``kinds`` are the ``Quantity`` and
+  ``MismatchKind`` tables.
+* A cell's result records travel as rows whose columns are named in ``fields.result``
+  (``Blob.fields``, field names of ``harness.schema.Result``); the page looks a column up by
+  name (``r[F.mismatch_kind]``). Verdicts, quantities and mismatch kinds are indices into their
+  tables, numbers are rounded (every digit of a failure's worst element is kept), and empty
+  trailing columns are dropped: a 100,000-record report stays a few MB.
+* Every other object is keyed by the schema's field names.
+
+    >>> blob = Blob(model, builder).build()
+    >>> F = {f: i for i, f in enumerate(blob["fields"]["result"])}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
+
+from harness import __version__, repro
+from harness.report.model import Model, ReportCell
+from harness.report.text import safe_link
+from harness.schema import Cell, LedgerRef, MismatchKind, OutcomeStatus, Quantity, Result, Verdict
+
+if TYPE_CHECKING:
+    from harness.report.views import Builder
+
+MESSAGE_CHARS = 4000  # of a record's message
+STDERR_CHARS = 3000  # of a dead worker's stderr tail
+
+_FMT = {d: f"%.{d}g" for d in range(1, 18)}
+_INF = (math.inf, -math.inf)
+
+
+def rounded(v: Any, digits: int) -> Any:
+    """A number rounded for the blob; non-finite numbers as the strings results files use."""
+    if type(v) is float:  # the hot path: ~500k calls for 100k records
+        if v != v or v in _INF:
+            return "nan" if v != v else ("inf" if v > 0 else "-inf")
+        x = float(_FMT[digits] % v)
+        return x if x - x == 0 else v  # rounding the largest floats (1.8e308) up overflows to inf
+    return v
+
+
+class _Index:
+    """Item -> small int in order of first use (the blob stores indices, not repeated values)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._pos: dict[str, int] = {}
+
+    def __call__(self, item: Any, key: str | None = None) -> int:
+        key = item if key is None else key
+        if key not in self._pos:
+            self._pos[key] = len(self.items)
+            self.items.append(item)
+        return self._pos[key]
+
+
+_VERDICTS = Verdict.ordered()
+_VERDICT_INDEX = {v: i for i, v in enumerate(_VERDICTS)}
+_QUANTITY_INDEX = {q: i for i, q in enumerate(Quantity)}
+_KIND_INDEX = {k: i for i, k in enumerate(MismatchKind)}
+Encode = Callable[[Any, Result], Any]
+
+
+def _metric(v: Any, r: Result) -> Any:
+    return rounded(v, 3)
+
+
+def _value(v: Any, r: Result) -> Any:
+    """A pass's worst element needs four digits; a failure's gets every digit."""
+    return rounded(v, 4 if r.verdict is Verdict.PASS else 17)
+
+
+def _message(v: Any, r: Result) -> Any:
+    """Compared arrays are described by the columns; the message is kept for everything else."""
+    return None if r.compared or not v else v[:MESSAGE_CHARS]
+
+
+class Blob:
+    """The model (and the view models' inferences) as the page's data object."""
+
+    def __init__(self, model: Model, builder: Builder):
+        self.model = model
+        self.builder = builder
+        self.conventions = _Index()
+        self.ledger: dict[str, dict[str, Any]] = {}
+        # (field of Result, how it is written); None: as it is. The order puts the columns that
+        # are usually empty last, so that they drop off the end of a passing record's row.
+        self.columns: list[tuple[str, Encode | None]] = [
+            ("quantity", lambda q, r: _QUANTITY_INDEX[q]),
+            ("step", None),
+            ("verdict", lambda v, r: _VERDICT_INDEX[v]),
+            ("max_abs_err", _metric), ("max_rel_err", _metric), ("max_ulp_err", _metric),
+            ("threshold", _metric), ("error_ratio", _metric),
+            ("worst_index", None), ("expected", _value), ("observed", _value),
+            ("total", None),
+            ("mismatched", lambda n, r: n or None),
+            ("mismatch_kind", lambda k, r: None if k is MismatchKind.MATCH else _KIND_INDEX[k]),
+            ("greatest_abs_diff", _value), ("greatest_abs_index", None),
+            ("greatest_rel_diff", _metric), ("greatest_rel_index", None),
+            ("ledger", lambda e, r: self._ledger(e)),
+            ("covers", None),
+            ("message", _message),
+        ]
+        unknown = [f for f, _ in self.columns if f not in Result.model_fields]
+        if unknown:  # a field renamed in the schema must be renamed here (and in the page's script)
+            raise TypeError(f"not fields of harness.schema.Result: {unknown}")
+        self.fields = [f for f, _ in self.columns]
+        self._values = attrgetter(*self.fields)
+        self._encoders = [e for _, e in self.columns]
+
+    def row(self, r: Result) -> list[Any]:
+        """One result record as a row of ``fields``, trailing empty columns dropped."""
+        out = [v if e is None or v is None else e(v, r) for v, e in zip(self._values(r), self._encoders)]
+        while out and out[-1] is None:
+            out.pop()
+        return out
+
+    def _ledger(self, e: LedgerRef) -> str:
+        if e.id not in self.ledger:
+            self.ledger[e.id] = {"kind": e.kind, "reason": e.reason, "observed": e.observed, "versions": e.versions,
+                                 "link": safe_link(e.link), "raw_link": e.link}
+        return e.id
+
+    @staticmethod
+    def outcome(r: Result) -> dict[str, Any]:
+        o: dict[str, Any] = {"verdict": _VERDICT_INDEX[r.verdict], "message": r.message[:MESSAGE_CHARS]}
+        for name in ("exception_type", "exception_message", "exception_stage", "exit_code"):
+            if getattr(r, name) is not None:
+                o[name] = getattr(r, name)
+        if r.stderr_tail:
+            o["stderr_tail"] = r.stderr_tail[-STDERR_CHARS:]
+        return o
+
+    def cell(self, cell: ReportCell) -> dict[str, Any]:
+        d: dict[str, Any] = {"verdict": _VERDICT_INDEX[cell.verdict], "max_ulp": rounded(cell.max_ulp(), 3),
+                             "results": [self.row(r) for r in cell.results if r.quantity is not Quantity.OUTCOME]}
+        if cell.outcome is not None:
+            d["outcome"] = self.outcome(cell.outcome)
+        rec = cell.record
+        if rec is not None:
+            d.update(self._record(rec))
+            s = self.builder.portability.signature_index(cell)
+            if s is not None:
+                d["oracle"] = s
+        if cell.framework_version:
+            d["framework_version"] = cell.framework_version
+        fd = self.builder.starts.get((cell.env, cell.case, cell.adapter))
+        if fd is not None:
+            d["start"] = fd.text
+        cmd = next((r.repro for r in cell.results if r.repro), None)
+        if cmd:
+            d["repro"] = cmd
+        return d
+
+    def _record(self, rec: Cell) -> dict[str, Any]:
+        conv_key = repr(sorted(rec.conventions.items()))
+        info = {k: rounded(v, 4) for k, v in rec.info.items() if isinstance(v, (str, int, float, bool))}
+        if "import_s" in rec.worker:
+            info["worker import_s"] = rounded(rec.worker["import_s"], 3)
+        info["round trip s"] = rounded(rec.wall_s, 3)
+        d = {"conventions": self.conventions(rec.conventions, conv_key), "settings": rec.settings,
+             "effective": {"momentum": rounded(rec.effective.momentum, 17), "eps": rounded(rec.effective.eps, 17)},
+             "info": info}
+        if rec.status is not OutcomeStatus.RETURNED:
+            d["status"] = rec.status.value  # how the worker's call ended, when it did not return
+        return d
+
+    def build(self) -> dict[str, Any]:
+        m, b = self.model, self.builder
+        cells = {b.key(env, case, adapter): self.cell(cell) for (env, case, adapter), cell in m.cells.items()}
+        cases = [{"name": name, "description": info.description, "tags": info.tags,
+                  "params_json": repro.case_json(info.params) if info.params else None}
+                 for name in b.rows for info in [m.cases[name]]]
+        gaps = {}
+        for name in b.rows:
+            sigs, g = b.portability.of(name)
+            if len(sigs) > 1:
+                gaps[str(b.row_of[name])] = {
+                    "signatures": [list(s) for s in sigs],
+                    "oracle_gaps": {p: {k: rounded(v, 3) for k, v in d.items()} for p, d in g.items()} if g else None}
+        worker_env: dict[tuple[str, str], dict[str, str]] = {}
+        for (env, _, adapter), cell in m.cells.items():
+            if cell.record is not None:
+                worker_env.setdefault((env, adapter), cell.record.worker_env)
+        # the reproducer comes from the results alone: the worker environment the cell records recorded
+        templates = _Index()
+        cols = [{"env": env, "adapter": adapter,
+                 "template": templates(repro.template(adapter, worker_env=worker_env.get((env, adapter), {})))}
+                for env, adapter in m.columns]
+        return {"version": __version__, "fields": {"result": self.fields}, "verdicts": Verdict.table(),
+                "quantities": [{"name": q.value, "phase": q.phase, "stage": q.stage, "label": q.label()}
+                               for q in Quantity],
+                # note: the kind is named next to the verdict (a plain value difference is what the numbers show)
+                "kinds": [{"name": k.value, "headline": k.headline,
+                           "note": k not in (MismatchKind.MATCH, MismatchKind.VALUE)} for k in MismatchKind],
+                "conventions": self.conventions.items, "ledger": self.ledger, "cols": cols,
+                "envs": [e.key for e in m.envs], "cases": cases, "cells": cells, "gaps": gaps,
+                "templates": templates.items, "placeholder": repro.CASE_PLACEHOLDER}
+

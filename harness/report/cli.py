@@ -1,0 +1,42 @@
+"""``bnparity report``: render results files into one self-contained HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.report.page import write
+from harness.report.views import DEFAULT_BASELINE
+from harness.schema import SchemaError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bnparity report",
+                                description="Render results files into one self-contained HTML report.")
+    p.add_argument("paths", nargs="+", metavar="DIR_OR_FILE",
+                   help="results.jsonl files, or folders holding them (DIR/results.jsonl or DIR/*/results.jsonl)")
+    p.add_argument("-o", "--output", default="reports/index.html", metavar="FILE",
+                   help="where the HTML goes (default: reports/index.html)")
+    p.add_argument("--compress", choices=("auto", "yes", "no"), default="auto",
+                   help="gzip the embedded detail data (auto: only when it is large)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="leave out the figures (no matplotlib needed); the benchmark's tables stay")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="ADAPTER",
+                   help=f"the adapter the defaults-vs-defaults view compares the others with (default: "
+                        f"{DEFAULT_BASELINE})")
+    args = p.parse_args(argv)
+    compress = {"auto": None, "yes": True, "no": False}[args.compress]
+    try:
+        done = write(args.paths, args.output, compress=compress, plots=not args.no_plots, baseline=args.baseline)
+    except (FileNotFoundError, SchemaError) as e:
+        print(f"bnparity report: {e}", file=sys.stderr)
+        return 2
+    m = done.model
+    partial = [e.key for e in m.envs if e.partial]
+    print(f"wrote {done.path} ({done.chars / 1e6:.2f} MB): {len(m.envs)} environment(s), {len(m.cases)} cases, "
+          f"{len(m.cells)} cells" + (f"; PARTIAL: {', '.join(partial)}" if partial else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

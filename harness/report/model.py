@@ -1,0 +1,244 @@
+"""Results files -> the report's model: environments, cells, cases and matrix columns, as typed records.
+
+Everything here reads results files only (``harness.results.read``, which validates every line
+against ``harness.schema`` and raises ``SchemaError`` naming the file for one it cannot read);
+nothing imports a framework or the adapter registry. Records that are not parity records
+(``bandwidth``, ``benchmark``) are counted per environment and otherwise left to the benchmark
+section.
+
+    >>> model = load([Path("reports")])          # every reports/*/results.jsonl, merged
+    >>> model.cells[("current", "dense_small", "torch")].verdict
+    <Verdict.PASS: 'pass'>
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from harness.results import read
+from harness.schema import Cell, Header, Quantity, Result, Verdict
+
+_PHASES = list(dict.fromkeys(q.phase for q in Quantity))  # outcome, train, eval: the order they happen in
+
+
+def result_order(r: Result) -> tuple[int, int, int]:
+    """The outcome first, then the train steps in computation order, then eval, then stale ledger records."""
+    q = r.quantity
+    if q is None:
+        return (len(_PHASES), 0, 0)
+    return (_PHASES.index(q.phase), r.step or 0, q.order)
+
+
+@dataclass
+class Env:
+    """One results file."""
+
+    key: str  # unique within the report
+    name: str
+    path: str
+    header: Header | None  # None: the file has no header line (torn at the start)
+    verdicts: Counter[Verdict] = field(default_factory=Counter)  # result records
+    cell_verdicts: Counter[Verdict] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)  # records that are not parity records
+    adapters: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.header.status if self.header else "no header"
+
+    @property
+    def partial(self) -> bool:
+        return self.header is None or self.header.status != "complete"
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.header.versions if self.header else {}
+
+
+@dataclass
+class ReportCell:
+    """One (environment, case, adapter) cell of the matrix: its result records and its cell record."""
+
+    env: str
+    case: str
+    adapter: str
+    results: list[Result] = field(default_factory=list)
+    record: Cell | None = None  # absent for skips and torn runs
+
+    @cached_property
+    def verdict(self) -> Verdict:
+        """The cell's worst verdict (read after loading: cached)."""
+        own = [self.record.verdict] if self.record else []
+        return Verdict.worst([*own, *(r.verdict for r in self.results)])
+
+    @property
+    def framework_version(self) -> str | None:
+        if self.record:
+            return self.record.framework_version
+        return self.results[0].framework_version if self.results else None
+
+    def max_ulp(self, quantity: Quantity | None = None) -> float | None:
+        """The largest error in ULPs over the cell's records (of one quantity), NaN left out."""
+        vals = [r.max_ulp_err for r in self.results if r.max_ulp_err is not None and not math.isnan(r.max_ulp_err)
+                and (quantity is None or r.quantity == quantity)]
+        return max(vals) if vals else None
+
+    @cached_property
+    def outcome(self) -> Result | None:
+        return next((r for r in self.results if r.quantity == Quantity.OUTCOME), None)
+
+
+@dataclass
+class CaseInfo:
+    """A matrix row: the case's parameters as the first cell record naming it recorded them."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    file: str = ""
+
+    # params is the case's Case.summary() as the producing harness wrote it (a free-form dict in the
+    # schema, so a newer catalogue still renders); these are the parameters the report reads
+    @property
+    def description(self) -> str:
+        return str(self.params.get("description", ""))
+
+    @property
+    def use_defaults(self) -> bool:
+        return bool(self.params.get("use_defaults"))
+
+    @property
+    def steps(self) -> int:
+        return int(self.params.get("steps", 0) or 0)
+
+    @property
+    def group(self) -> str:
+        """The family a row is listed under: the case's first tag (the catalogue's file family)."""
+        if self.tags:
+            return str(self.tags[0])
+        return Path(self.file).stem if self.file else "untagged"
+
+    @property
+    def sweep(self) -> dict[str, Any] | None:
+        s = self.params.get("sweep")
+        return s if isinstance(s, dict) and "name" in s else None
+
+    def sort_key(self) -> tuple:
+        sw = self.sweep
+        if sw:
+            x = sweep_x(sw.get("value"))
+            return (str(sw["name"]), 0 if x is None else 1, x if x is not None else 0.0, self.name)
+        return (self.name, 0, 0.0, self.name)
+
+
+def sweep_x(value: Any, varying: int | None = None) -> float | None:
+    """The number a swept value stands for on a plot axis (a list: its ``varying`` component)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list) and value:
+        i = varying if varying is not None and varying < len(value) else 0
+        return sweep_x(value[i])
+    return None
+
+
+@dataclass
+class Model:
+    envs: list[Env]
+    cells: dict[tuple[str, str, str], ReportCell]  # (env key, case, adapter)
+    cases: dict[str, CaseInfo]
+    columns: list[tuple[str, str]]  # (env key, adapter), grouped by environment
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted({a for _, a in self.columns})
+
+    def groups(self) -> list[tuple[str, list[CaseInfo]]]:
+        by: dict[str, list[CaseInfo]] = defaultdict(list)
+        for c in self.cases.values():
+            by[c.group].append(c)
+        return [(g, sorted(cs, key=CaseInfo.sort_key)) for g, cs in sorted(by.items())]
+
+    def tags(self) -> list[str]:
+        return sorted({t for c in self.cases.values() for t in c.tags})
+
+
+def resolve(paths: Iterable[Path | str]) -> list[Path]:
+    """Results files named directly, or found in folders (DIR/results.jsonl, else DIR/*/results.jsonl, else deeper)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            if (p / "results.jsonl").is_file():
+                found = [p / "results.jsonl"]
+            else:
+                found = sorted(p.glob("*/results.jsonl")) or sorted(p.rglob("results.jsonl"))
+            if not found:
+                raise FileNotFoundError(f"{p}: no results.jsonl in this folder or below")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such results file or folder")
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _unique_key(name: str, path: Path, taken: set[str]) -> str:
+    key = name
+    if key in taken:
+        key = f"{name} ({path.parent.parent.name or path.parent})"
+    n = 2
+    base = key
+    while key in taken:
+        key, n = f"{base} #{n}", n + 1
+    taken.add(key)
+    return key
+
+
+def load(paths: Iterable[Path | str]) -> Model:
+    """Every results file under ``paths`` merged into one model (raises ``SchemaError`` for a file it cannot read)."""
+    envs: list[Env] = []
+    cells: dict[tuple[str, str, str], ReportCell] = {}
+    cases: dict[str, CaseInfo] = {}
+    taken: set[str] = set()
+    for path in resolve(paths):
+        rf = read(path)
+        name = rf.header.env if rf.header else path.parent.name
+        env = Env(_unique_key(name, path, taken), name, str(path), rf.header)
+        envs.append(env)
+        adapters: dict[str, None] = dict.fromkeys((rf.header.adapters or []) if rf.header else [])
+        for r in rf.records:
+            if not isinstance(r, (Result, Cell)):
+                env.ignored[r.kind] += 1
+                continue
+            adapters.setdefault(r.adapter)
+            key = (env.key, r.case, r.adapter)
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = ReportCell(*key)
+            info = cases.get(r.case)
+            if info is None:
+                info = cases[r.case] = CaseInfo(r.case)
+            if isinstance(r, Result):
+                cell.results.append(r)
+                env.verdicts[r.verdict] += 1
+            else:
+                cell.record = r
+                if not info.params:
+                    info.params = r.case_params
+                    info.tags = [str(t) for t in r.tags or r.case_params.get("tags") or []]
+                    info.file = r.file
+        env.adapters = sorted(adapters)
+    by_key = {e.key: e for e in envs}
+    for c in cells.values():
+        c.results.sort(key=result_order)
+        by_key[c.env].cell_verdicts[c.verdict] += 1
+    columns = [(e.key, a) for e in envs for a in e.adapters]
+    return Model(envs, cells, cases, columns)

@@ -1,0 +1,115 @@
+"""The model -> one self-contained HTML file: the Jinja environment, the data blob's encoding, file writing.
+
+No network, no CDN, vanilla JS, opens from disk. Jinja2 autoescaping is on; the data blob is
+script-safe JSON (``jinja2.utils.htmlsafe_json_dumps``), gzip + base64 when it is large, and the
+page renders it with ``textContent`` only, so nothing from a results file is ever parsed as markup.
+The page's script is ``templates/js/*.js``, one file per concern, inlined in ``JS`` order.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup
+
+from harness import __version__
+from harness.report import bench as bench_section
+from harness.report.blob import Blob
+from harness.report.model import Model, load
+from harness.report.plots import sweep_plots
+from harness.report.text import fmt_ulp
+from harness.report.views import DEFAULT_BASELINE, Builder
+from harness.schema import Quantity, Verdict, _clean
+
+TEMPLATES = Path(__file__).parent / "templates"
+JS = ("util.js", "data.js", "filters.js", "sort.js", "detail.js", "portability.js", "main.js")
+COMPRESS_ABOVE = 1_500_000  # characters of JSON: beyond this the blob travels gzip + base64
+
+
+def _jinja() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["ulp"] = fmt_ulp
+    env.filters["g"] = lambda v, d=3: "" if v is None else (f"{v:.{d}g}" if isinstance(v, float) else str(v))
+    return env
+
+
+def script() -> Markup:
+    """The page's JavaScript: every file of ``JS`` in one strict-mode scope."""
+    parts = [f"/* -- {name} -- */\n" + (TEMPLATES / "js" / name).read_text() for name in JS]
+    return Markup('(function () {\n"use strict";\n' + "\n".join(parts) + "\n})();")
+
+
+def encode(blob: dict[str, Any], compress: bool | None = None) -> tuple[Markup, str]:
+    """(payload, encoding) of the data blob: script-safe JSON, or gzip + base64 of it when large."""
+    kw: dict[str, Any] = dict(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    try:  # numbers were made JSON-safe on the way in; a stray NaN costs a second pass
+        text = htmlsafe_json_dumps(blob, dumps=json.dumps, **kw)
+    except ValueError:
+        text = htmlsafe_json_dumps(_clean(blob), dumps=json.dumps, **kw)
+    if compress is None:
+        compress = len(text) > COMPRESS_ABOVE
+    if not compress:
+        return text, "json"
+    packed = base64.b64encode(gzip.compress(str(text).encode(), compresslevel=6, mtime=0)).decode()
+    return Markup(packed), "gzip+base64"
+
+
+def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plots: bool = True,
+           bench: dict[str, Any] | None = None, baseline: str = DEFAULT_BASELINE) -> str:
+    """The report as one HTML string. ``compress``: None = gzip the blob only when it is large;
+    ``baseline``: the adapter the defaults-vs-defaults view compares the others with."""
+    b = Builder(model, gaps=gaps, baseline=baseline)
+    payload, encoding = encode(Blob(model, b).build(), compress)
+    ctx = {
+        "version": __version__, "model": model, "envs": b.envs(), "groups": b.matrix(),
+        "header_cols": b.header_cols(), "counts": b.counts(), "starts": b.start_rows(), "drift": b.drift_rows(),
+        "defaults": b.defaults_views(), "plots": sweep_plots(model) if plots else [],
+        "partial": [e for e in model.envs if e.partial], "adapters": model.adapters, "tags": model.tags(),
+        "quantities": [q for q in Quantity if q is not Quantity.OUTCOME], "verdicts": Verdict.ordered(),
+        "payload": payload, "encoding": encoding, "ncases": len(model.cases), "ncells": len(model.cells),
+        "css": Markup((TEMPLATES / "report.css").read_text()), "js": script(),
+        "multi_env": len(model.envs) > 1, "bench": bench,
+    }
+    return _jinja().get_template("report.html.j2").render(**ctx)
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    model: Model
+    chars: int
+
+
+def write(paths: Iterable[Path | str], out: Path | str, *, plots: bool = True, **kw: Any) -> Written:
+    """Load results files (or folders holding them), render, and write the report to ``out`` atomically.
+
+    A results file this version cannot read raises ``harness.schema.SchemaError`` naming it.
+    """
+    paths = list(paths)
+    model = load(paths)
+    html = render(model, bench=bench_section.section(paths, plots=plots), plots=plots, **kw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out)
+    return Written(out, model, len(html))
+
+
+def render_paths(paths: Iterable[Path | str], out: Path | str, **kw: Any) -> Path:
+    """Read results files (or folders holding them) and write one self-contained HTML report to ``out``.
+
+        >>> render_paths([Path("reports/current/results.jsonl")], Path("reports/current/index.html"))
+        >>> render_paths([Path("reports")], Path("reports/index.html"))   # every env below, merged
+    """
+    return write(paths, out, **kw).path

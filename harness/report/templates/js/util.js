@@ -1,0 +1,74 @@
+/* bnparity report: DOM and number helpers. Everything taken from the data blob reaches the page
+   through textContent, never as markup. */
+var $ = function (s, el) { return (el || document).querySelector(s); };
+var $$ = function (s, el) { return Array.prototype.slice.call((el || document).querySelectorAll(s)); };
+
+function h(tag, attrs) {
+  var el = document.createElement(tag);
+  if (attrs) {
+    Object.keys(attrs).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      if (k === "text") el.textContent = String(v);
+      else if (k === "cls") el.className = v;
+      else if (k === "on") Object.keys(v).forEach(function (ev) { el.addEventListener(ev, v[ev]); });
+      else el.setAttribute(k, String(v));
+    });
+  }
+  for (var i = 2; i < arguments.length; i++) {
+    var c = arguments[i];
+    if (c === null || c === undefined || c === false) continue;
+    if (Array.isArray(c)) c.forEach(function (x) { if (x) el.appendChild(typeof x === "string" ? document.createTextNode(x) : x); });
+    else el.appendChild(typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c);
+  }
+  return el;
+}
+
+/* {name: position} of a list of names, or of objects with a name */
+function index(list) {
+  var out = {};
+  list.forEach(function (x, i) { out[typeof x === "string" ? x : x.name] = i; });
+  return out;
+}
+
+/* a blob number: numbers, and the strings "nan" / "inf" / "-inf" JSON cannot hold */
+function toNum(x) {
+  if (x === null || x === undefined) return null;
+  if (typeof x === "number") return x;
+  if (x === "inf") return Infinity;
+  if (x === "-inf") return -Infinity;
+  if (x === "nan") return NaN;
+  var f = parseFloat(x);
+  return isNaN(f) ? null : f;
+}
+
+function fmtUlp(u) {  /* mirrors harness.report.text.fmt_ulp */
+  if (u === null || u === undefined || isNaN(u)) return "";
+  if (!isFinite(u)) return "inf";
+  if (u === 0) return "0";
+  if (u < 0.01) return "<.01";
+  if (u < 10) return String(Number(u.toPrecision(2)));
+  if (u < 1000) return u.toFixed(0);
+  return u.toExponential(1).replace("e+", "e");
+}
+
+function fmt(x, digits) {
+  if (x === null || x === undefined) return "";
+  if (typeof x === "string") return x;
+  if (typeof x !== "number") return JSON.stringify(x);
+  if (x === 0) return "0";
+  if (!isFinite(x)) return x > 0 ? "inf" : (x < 0 ? "-inf" : "nan");
+  var ax = Math.abs(x), d = digits || 4;
+  if (Number.isInteger(x) && ax < 1e6) return String(x);
+  if (ax < 1e-3 || ax >= 1e6) return x.toExponential(d - 1).replace(/\.?0+e/, "e").replace("e+", "e");
+  return String(Number(x.toPrecision(d)));
+}
+
+function fmtParam(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number") return String(Number(v.toPrecision(12)));  // 1 - 0.9 reads 0.1
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function fmtIndex(idx) { return idx ? "(" + idx.join(", ") + ")" : ""; }

@@ -1,0 +1,182 @@
+"""The report's server-side sections as view models: what the Jinja template iterates over.
+
+``Builder(model)`` holds the row and column order shared by the matrix, the sections and the
+data blob (a cell is ``"row:column"`` everywhere), and each section is one method returning
+plain dicts and lists of strings the template prints as they are.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from harness.report.analysis import Divergence, drift, first_divergence
+from harness.report.gaps import PairBound, Portability
+from harness.report.model import Env, Model, ReportCell
+from harness.report.text import fmt_ulp
+from harness.schema import Quantity, Verdict
+
+DEFAULT_BASELINE = "torch"  # the adapter the defaults-vs-defaults view compares the others with
+TITLE_CHARS = 160  # of an exception or message in a matrix cell's tooltip
+
+
+class Builder:
+    """Model -> everything the template needs (matrix rows, sections) and the order the blob uses."""
+
+    def __init__(self, model: Model, gaps: bool = True, baseline: str = DEFAULT_BASELINE):
+        self.model = model
+        self.baseline = baseline
+        self.groups = [(g, [c.name for c in cs]) for g, cs in model.groups()]
+        self.rows = [name for _, names in self.groups for name in names]
+        self.row_of = {name: i for i, name in enumerate(self.rows)}
+        self.col_of = {col: i for i, col in enumerate(model.columns)}
+        self.portability = Portability(model, compute=gaps)
+        self.starts: dict[tuple[str, str, str], Divergence] = {}
+        for key, cell in model.cells.items():
+            if cell.verdict.fails_run or cell.verdict.differs:
+                fd = first_divergence(cell)
+                if fd:
+                    self.starts[key] = fd
+
+    def key(self, env: str, case: str, adapter: str) -> str:
+        """A cell's key in the page (``data-key``, and the blob's ``cells``)."""
+        return f"{self.row_of[case]}:{self.col_of[(env, adapter)]}"
+
+    def matrix(self) -> list[dict[str, Any]]:
+        m = self.model
+        groups = []
+        for g, names in self.groups:
+            rows = []
+            for name in names:
+                info = m.cases[name]
+                tds, search = [], [name, info.description, *info.tags]
+                for c, (env, adapter) in enumerate(m.columns):
+                    cell = m.cells.get((env, name, adapter))
+                    if cell is None:
+                        tds.append({"c": c, "cls": "none", "text": "", "title": f"{adapter} @ {env}: not run"})
+                        continue
+                    verdict, ulp = cell.verdict, cell.max_ulp()
+                    text = fmt_ulp(ulp) if verdict.info.shows_error and ulp is not None else verdict.info.mark
+                    title = f"{name} × {adapter} @ {env}: {verdict}" + (f", worst {fmt_ulp(ulp)} ulp"
+                                                                        if ulp is not None else "")
+                    out = cell.outcome
+                    if out is not None and out.verdict is not Verdict.PASS:
+                        short = (out.exception_type or out.message)[:TITLE_CHARS]
+                        title += f" — {short}"
+                        search.append(short)
+                    tds.append({"c": c, "cls": f"v-{verdict}", "text": text, "title": title})
+                rows.append({"r": self.row_of[name], "name": name, "desc": info.description,
+                             "tags": " ".join(info.tags), "cells": tds,
+                             "search": " ".join(str(s) for s in search).lower()})
+            groups.append({"name": g, "rows": rows})
+        return groups
+
+    def header_cols(self) -> list[dict[str, Any]]:
+        out = []
+        for env in self.model.envs:
+            cols = [{"c": self.col_of[(env.key, a)], "adapter": a} for a in env.adapters]
+            if cols:
+                out.append({"env": env, "cols": cols})
+        return out
+
+    def start_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for (env, case, adapter), st in sorted(self.starts.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+            cell = self.model.cells[(env, case, adapter)]
+            rows.append({"env": env, "case": case, "adapter": adapter, "verdict": cell.verdict,
+                         "key": self.key(env, case, adapter), "step": st.step, "quantity": st.quantity,
+                         "outcome": st.quantity is Quantity.OUTCOME, "stage": st.stage, "text": st.text,
+                         "later": ", ".join(st.also + st.later), "tags": " ".join(self.model.cases[case].tags)})
+        return rows
+
+    def drift_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for d in drift(self.model):
+            cells = []
+            for env in self.model.envs:
+                c = d.cells.get(env.key)
+                cells.append(None if c is None else
+                             {"env": env.key, "verdict": c.verdict, "version": c.framework_version,
+                              "ulp": c.max_ulp(), "ulp_text": fmt_ulp(c.max_ulp()),
+                              "key": self.key(env.key, d.case, d.adapter)})
+            rows.append({"case": d.case, "adapter": d.adapter, "what": d.what, "changed": ", ".join(d.changed),
+                         "tags": " ".join(self.model.cases[d.case].tags) if d.case in self.model.cases else "",
+                         "verdicts": " ".join(sorted({c.verdict.value for c in d.cells.values()})), "cells": cells})
+        return rows
+
+    def defaults_views(self) -> list[dict[str, Any]]:
+        """Cases run with each framework's own defaults: settings side by side and how far apart the results are."""
+        m = self.model
+        views = []
+        for name in self.rows:
+            info = m.cases[name]
+            if not info.use_defaults:
+                continue
+            steps = info.steps
+            keys = [(Quantity.RUNNING_MEAN, steps - 1), (Quantity.RUNNING_VAR, steps - 1)] if steps else []
+            keys += [(q, None) for q in Quantity.of_phase("eval")]
+            for env in m.envs:
+                cells = [(a, c) for a in env.adapters if (c := m.cells.get((env.key, name, a))) is not None]
+                if not cells:
+                    continue
+                base_a, base = next(((a, c) for a, c in cells if a == self.baseline and c.record), None) or \
+                    next(((a, c) for a, c in cells if c.record), cells[0])
+                rows = []
+                for a, c in cells:
+                    rec = c.record
+                    rows.append({"adapter": a, "verdict": c.verdict, "base": a == base_a,
+                                 "momentum": rec.settings.get("momentum") if rec else None,
+                                 "eps": rec.settings.get("eps") if rec else None,
+                                 "eff_m": rec.effective.momentum if rec else None,
+                                 "estimator": rec.conventions.get("running_var_estimator") if rec else None,
+                                 "style": rec.conventions.get("momentum_style") if rec else None,
+                                 "gaps": [self._gap_text(name, base, c, q, step) for q, step in keys],
+                                 "key": self.key(env.key, name, a)})
+                views.append({"case": name, "env": env.key, "base": base_a, "rows": rows,
+                              "labels": [q.value + (f" after step {s}" if s is not None else "") for q, s in keys],
+                              "desc": info.description, "tags": " ".join(info.tags)})
+        return views
+
+    def _gap_text(self, case: str, base: ReportCell, other: ReportCell, q: Quantity,
+                  step: int | None) -> dict[str, Any]:
+        if other is base:
+            return {"text": "baseline", "title": "the other rows are compared with this adapter"}
+        b = self.portability.pair(case, base, other, q, step)
+        if not isinstance(b, PairBound):
+            return {"text": b.text, "title": b.why}
+        lo, hi = b.lower, b.upper
+        title = (f"measured errors {b.err_a:.3g} ({base.adapter}) and {b.err_b:.3g} ({other.adapter}) against their "
+                 f"oracles: {lo:.3g} <= max|a - b| <= {hi:.3g}")
+        if b.same_settings:
+            return {"text": "same settings", "sub": f"|a − b| ≤ {hi:.3g}", "title": title}
+        sub = f"|a − b| ≈ {hi:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"|a − b| in [{lo:.3g}, {hi:.3g}]"
+        return {"text": f"{b.gap:.3g}", "sub": sub, "conv": b.gap > 0,
+                "title": f"oracle gap {b.gap:.3g} = max|oracle_a - oracle_b| under each adapter's settings; " + title}
+
+    def counts(self) -> dict[str, Any]:
+        """Cells and records per verdict, for the verdicts that occur, in severity order."""
+        cells = Counter(c.verdict for c in self.model.cells.values())
+        records: Counter[Verdict] = Counter()
+        for e in self.model.envs:
+            records.update(e.verdicts)
+        order = [v for v in Verdict.ordered() if cells[v] or records[v]]
+        return {"order": order, "cells": cells, "records": records}
+
+    def envs(self) -> list[dict[str, Any]]:
+        hashes = {e.header.cases_hash for e in self.model.envs if e.header and e.header.cases_hash}
+        return [_env_view(e, hash_differs=len(hashes) > 1) for e in self.model.envs]
+
+
+def _env_view(e: Env, hash_differs: bool) -> dict[str, Any]:
+    h = e.header
+    timings = (h.timings if h else None) or {}
+    return {"key": e.key, "name": e.name, "path": e.path, "status": e.status, "partial": e.partial,
+            "started": h.started if h else "", "finished": (h.finished if h else None) or "",
+            "versions": sorted(e.versions.items()),
+            "platform": ", ".join(f"{k} {v}" for k, v in (h.platform if h else {}).items() if v not in (None, "")),
+            "cases_hash": (h.cases_hash if h else "")[:12], "hash_differs": hash_differs,
+            "records": sum(e.verdicts.values()), "cells": sum(e.cell_verdicts.values()),
+            "verdicts": sorted(e.cell_verdicts.items(), key=lambda kv: kv[0].severity),
+            "ignored": dict(e.ignored), "adapters": e.adapters,
+            "timings": sorted(timings.items()),
+            "argv": " ".join((h.argv if h else None) or []), "sample": (h.sample if h else None) or ""}
