@@ -219,11 +219,11 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False, frozen=False)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The record as it is written: its own fields first (``kind`` leads), then inherited ones; fields
-        left at None are left out (top level only)."""
+        """The record as it is written: ``kind`` and which cell it is first, then its own fields, then inherited
+        ones; fields left at None are left out (top level only)."""
         d = self.model_dump(mode="python", exclude_none=True)
-        own = [k for k in type(self).__annotations__ if k in d]
-        return {**{k: d[k] for k in own}, **d}
+        first = [k for k in ("kind", *_CELL_KEY, *type(self).__annotations__) if k in d]
+        return {**{k: d[k] for k in first}, **d}
 
 
 class LedgerRef(Record):
@@ -290,15 +290,23 @@ class Comparison(Record):
     observed_shape: list[int] | None = None
 
 
-class Result(Comparison):
-    """One (case, adapter, quantity, step): its verdict, and the metrics when the array was compared."""
+class CellKey(Record):
+    """Which (environment, case, adapter) a record belongs to, and the framework version it ran."""
 
-    kind: Literal["result"] = "result"
     env: str
     case: str
     adapter: str
     framework: str
     framework_version: str | None = None
+
+
+_CELL_KEY = tuple(CellKey.model_fields)
+
+
+class Result(CellKey, Comparison):
+    """One (case, adapter, quantity, step): its verdict, and the metrics when the array was compared."""
+
+    kind: Literal["result"] = "result"
     quantity: Quantity | None = Field(None, description="None only on a stale record: its entry's globs are `covers`")
     step: int | None = None
     verdict: Verdict
@@ -336,15 +344,10 @@ class Effective(Record):
     eps: Float | None
 
 
-class Cell(Record):
+class Cell(CellKey):
     """One (case, adapter) cell: its worst verdict and what is needed to understand and reproduce it."""
 
     kind: Literal["cell"] = "cell"
-    env: str
-    case: str
-    adapter: str
-    framework: str
-    framework_version: str | None = None
     verdict: Verdict
     case_params: dict[str, Any]
     tags: list[str] = Field(default_factory=list)
@@ -384,32 +387,32 @@ class Benchmark(Record):
     env: str
     adapter: str
     status: BenchStatus
-    reason: str | None = None
+    reason: str | None = Field(None, description="why a row was skipped or failed")
     framework: str | None = None
     framework_version: str | None = None
-    threads: str | None = None
-    config: str | None = None
+    threads: str | None = Field(None, description="intra-op threads every framework was given")
+    config: str | None = Field(None, description="the configuration's name in cases/bench.toml")
     case: str | None = None
-    shape: list[int] | None = None
+    shape: list[int] | None = Field(None, description="logical shape (N, C, *spatial)")
     dtype: str | None = None
-    layout: str | None = None
-    mode: str | None = None
-    variant: str | None = None
+    layout: str | None = Field(None, description="channels_first or channels_last")
+    mode: str | None = Field(None, description="train_fwd, train_fwd_bwd or eval_fwd")
+    variant: str | None = Field(None, description="how the adapter calls BN: eager, a compiled form, ...")
     device: str | None = None
-    cpus: list[int] | None = None
-    median_s: Float | None = None
+    cpus: list[int] | None = Field(None, description="the CPUs the worker was pinned to")
+    median_s: Float | None = Field(None, description="median seconds per call")
     min_s: Float | None = None
-    q1_s: Float | None = None
-    q3_s: Float | None = None
-    reps: int | None = None
-    samples: int | None = None
-    cv: Float | None = None
-    stable: bool | None = None
+    q1_s: Float | None = Field(None, description="first quartile of seconds per call")
+    q3_s: Float | None = Field(None, description="third quartile of seconds per call")
+    reps: int | None = Field(None, description="calls timed in all")
+    samples: int | None = Field(None, description="timing samples (each of one or more calls)")
+    cv: Float | None = Field(None, description="coefficient of variation of the samples")
+    stable: bool | None = Field(None, description="cv reached the target before the budget ran out")
     warmup_s: Float | None = None
-    bytes: int | None = None
-    gbs: Float | None = None
-    bw_fraction: Float | None = None
-    bw_fraction_dram: Float | None = None
+    bytes: int | None = Field(None, description="the minimum bytes one call must move")
+    gbs: Float | None = Field(None, description="achieved GB/s: bytes / median_s")
+    bw_fraction: Float | None = Field(None, description="gbs over the copy bandwidth measured nearest the working set")
+    bw_fraction_dram: Float | None = Field(None, description="gbs over the copy bandwidth beyond the last-level cache")
 
 
 AnyRecord = Annotated[Header | Result | Cell | Bandwidth | Benchmark, Field(discriminator="kind")]

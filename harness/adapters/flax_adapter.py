@@ -239,12 +239,9 @@ class FlaxAdapter(Adapter):
     framework = "flax"
     requires = ("flax", "jax")
     conventions = Conventions(
-        momentum_style="decay_of_old",
-        running_var_estimator="biased",
-        default_eps=1e-5,
-        default_momentum=0.99,
-        native_layout="channels_last",
-        single_value_training="computes",
+        momentum_style="decay_of_old", running_var_estimator="biased",
+        default_eps=1e-5, default_momentum=0.99,
+        native_layout="channels_last", single_value_training="computes",
         notes="stats in at least float32; output dtype = result_type(x, scale, bias) (float32 for float16/bfloat16 "
               "inputs with float32 params); centered form (x - mean) * rsqrt(var + eps) * scale + bias",
     )

@@ -204,12 +204,9 @@ class TFRawAdapter(_TFAdapter):
 class TFFusedAdapter(_TFAdapter):
     name = "tf-fused"
     conventions = Conventions(
-        momentum_style="weight_of_new",
-        running_var_estimator="unbiased_guarded",
-        default_eps=1e-3,
-        default_momentum=1.0,
-        native_layout="channels_last",
-        single_value_training="computes",
+        momentum_style="weight_of_new", running_var_estimator="unbiased_guarded",
+        default_eps=1e-3, default_momentum=1.0,
+        native_layout="channels_last", single_value_training="computes",
         notes=("exponential_avg_factor is the weight of the new statistic (default 1.0: replace); the returned "
                "variance is Bessel-corrected with n/max(n-1, 1) on CPU; epsilon default 1e-3 (the wrapper's)"),
     )

@@ -27,12 +27,9 @@ TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorf
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 # what Keras' BatchNormalization declares (Keras 3, tf-keras non-fused); raw TF ops default to the same
 KERAS_CONVENTIONS = dict(
-    momentum_style="decay_of_old",
-    running_var_estimator="biased",
-    default_eps=1e-3,
-    default_momentum=0.99,
-    native_layout="channels_last",
-    single_value_training="computes",
+    momentum_style="decay_of_old", running_var_estimator="biased",
+    default_eps=1e-3, default_momentum=0.99,
+    native_layout="channels_last", single_value_training="computes",
 )
 
 

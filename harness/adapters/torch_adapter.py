@@ -158,12 +158,9 @@ class TorchAdapter(Adapter):
     requires = ("torch",)
     supports_cumulative = True
     conventions = Conventions(
-        momentum_style="weight_of_new",
-        running_var_estimator="unbiased",
-        default_eps=1e-5,
-        default_momentum=0.1,
-        native_layout="channels_first",
-        single_value_training="raises",
+        momentum_style="weight_of_new", running_var_estimator="unbiased",
+        default_eps=1e-5, default_momentum=0.1,
+        native_layout="channels_first", single_value_training="raises",
         notes="normalizes with the biased batch variance, stores the unbiased one",
     )
     worker_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
