@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     partial = [e.key for e in m.envs if e.partial]
     print(f"wrote {done.path} ({done.chars / 1e6:.2f} MB): {len(m.envs)} environment(s), {len(m.cases)} cases, "
           f"{len(m.cells)} cells" + (f"; PARTIAL: {', '.join(partial)}" if partial else ""))
+    skipped = [s for e in m.envs for s in e.skipped]
+    if skipped:
+        print(f"bnparity report: {len(skipped)} damaged line(s) left out (the page lists them):", file=sys.stderr)
+        for s in skipped[:20]:
+            print(f"  {s}", file=sys.stderr)
     return 0
 
 

@@ -47,6 +47,7 @@ class Env:
     cell_verdicts: Counter[Verdict] = field(default_factory=Counter)
     ignored: Counter[str] = field(default_factory=Counter)  # records that are not parity records
     adapters: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # damaged lines left out: "FILE:LINE: why"
 
     @property
     def status(self) -> str:
@@ -211,7 +212,7 @@ def load(paths: Iterable[Path | str]) -> Model:
     for path in resolve(paths):
         rf = read(path)
         name = rf.header.env if rf.header else path.parent.name
-        env = Env(_unique_key(name, path, taken), name, str(path), rf.header)
+        env = Env(_unique_key(name, path, taken), name, str(path), rf.header, skipped=rf.skipped)
         envs.append(env)
         adapters: dict[str, None] = dict.fromkeys((rf.header.adapters or []) if rf.header else [])
         for r in rf.records:

@@ -177,6 +177,6 @@ def _env_view(e: Env, hash_differs: bool) -> dict[str, Any]:
             "cases_hash": (h.cases_hash if h else "")[:12], "hash_differs": hash_differs,
             "records": sum(e.verdicts.values()), "cells": sum(e.cell_verdicts.values()),
             "verdicts": sorted(e.cell_verdicts.items(), key=lambda kv: kv[0].severity),
-            "ignored": dict(e.ignored), "adapters": e.adapters,
+            "ignored": dict(e.ignored), "adapters": e.adapters, "skipped": e.skipped,
             "timings": sorted(timings.items()),
             "argv": " ".join((h.argv if h else None) or []), "sample": (h.sample if h else None) or ""}

@@ -275,6 +275,57 @@ def test_newer_schema_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert bnparity(["report", str(path), "-o", str(out)]) == 2
 
 
+# one damaged line of each kind the hardening review found; each must cost that line only
+DAMAGE = {
+    "not an object (list)": lambda rec: "[1, 2, 3]",
+    "not an object (string)": lambda rec: '"hello"',
+    "not an object (null)": lambda rec: "null",
+    "verdict a number": lambda rec: json.dumps({**rec, "verdict": 3}),
+    "quantity null": lambda rec: json.dumps({**rec, "quantity": None}),
+    "unknown kind": lambda rec: json.dumps({**rec, "kind": "mystery"}),
+    "not JSON": lambda rec: '{"kind": "result", "case": ',
+    "unknown field": lambda rec: json.dumps({**rec, "surprise": 1}),
+}
+CELL_DAMAGE = {
+    "conventions a string": lambda rec: json.dumps({**rec, "conventions": "torch-like"}),
+    "info a list": lambda rec: json.dumps({**rec, "info": [1, 2]}),
+}
+HEADER_DAMAGE = {
+    "versions a list": lambda h: json.dumps({**h, "versions": ["torch"]}),
+    "platform a string": lambda h: json.dumps({**h, "platform": "linux"}),
+    "timings a number": lambda h: json.dumps({**h, "timings": 5}),
+}
+
+
+@pytest.mark.parametrize("what", [*DAMAGE, *CELL_DAMAGE, *HEADER_DAMAGE])
+def test_a_damaged_line_does_not_stop_the_merged_report(what: str, two_envs: list[Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Results files come from many machines: one bad line is left out, named, and the page says so."""
+    path = two_envs[1]
+    lines = path.read_text().splitlines()
+    head = json.loads(lines[0])
+    i_res = next(i for i, ln in enumerate(lines) if json.loads(ln)["kind"] == "result")
+    i_cell = next(i for i, ln in enumerate(lines) if json.loads(ln)["kind"] == "cell")
+    if what in HEADER_DAMAGE:
+        i, lines[0] = 0, HEADER_DAMAGE[what](head)
+    elif what in CELL_DAMAGE:
+        i = i_cell
+        lines[i] = CELL_DAMAGE[what](json.loads(lines[i]))
+    else:
+        i = i_res
+        lines[i] = DAMAGE[what](json.loads(lines[i]))
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "index.html"
+    assert report_main([str(tmp_path / "reports"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}:{i + 1}:" in err
+    page = out.read_text()
+    assert 'id="skipped-banner"' in page and f"{path}:{i + 1}:" in page
+    model = load([tmp_path / "reports"])
+    assert [len(e.skipped) for e in model.envs] == [0, 1]
+    assert len(model.envs[0].adapters) == 3  # the other file renders whole
+
+
 def _bench_file(path: Path, env: str) -> Path:
     head = Header(env=env, status="complete", mode="bench", threads="1",
                   machine={"cpu": "test cpu", "cores": 2, "threads_used": 1})
