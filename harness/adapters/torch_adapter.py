@@ -56,8 +56,19 @@ def to_numpy(t) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         import ml_dtypes
 
-        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()  # not a view of the live buffer
     return t.numpy().copy()
+
+
+def memory_format(t) -> str:
+    """How torch lays ``t`` out: channels_last (4D), channels_last_3d (5D), contiguous or strided."""
+    import torch
+
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return "channels_last_3d"
+    return "contiguous" if t.is_contiguous() else "strided"
 
 
 def torch_build(case: Case, data: CaseData, momentum: float | None, eps: float) -> TorchState:
@@ -120,7 +131,6 @@ def torch_back(state: TorchState, t) -> np.ndarray:
 
 def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
     """One call of the module in its current mode, and the backward of sum(y * g)."""
-    import torch
 
     bn = state.bn
     xt = torch_leaf(state, x)
@@ -131,8 +141,7 @@ def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.
     if state.affine:
         out["dgamma"] = to_numpy(bn.weight.grad)
         out["dbeta"] = to_numpy(bn.bias.grad)
-    state.memory_format = ("channels_last" if xt.dim() == 4 and xt.is_contiguous(
-        memory_format=torch.channels_last) else "contiguous" if xt.is_contiguous() else "strided")
+    state.memory_format = memory_format(xt)
     return out
 
 
