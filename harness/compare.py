@@ -4,6 +4,13 @@ Every float quantity gets: max absolute and relative error, the error in ulps of
 the quantity's scale, the worst element (by error over its bound) with expected and observed
 values, the greatest absolute and relative differences over the mismatched elements (each with
 its own index, as ``torch.testing`` reports them), and NaN/Inf placement.
+
+Non-finite values: where the oracle is NaN the quantity is mathematically undefined (0/0: eps = 0
+on a constant channel, a Bessel factor at n = 1), and any non-finite observation agrees with it,
+NaN or either infinity (a float32 ``x - mean`` that is not exactly 0 turns 0/0 into +-inf); a
+finite number there is a mismatch. Where the oracle is +-inf (a finite value beyond the dtype's
+range, or an infinite input) only the same infinity agrees. Where the oracle is finite, NaN and
++-inf are mismatches, named apart.
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ def compare(exp: Expected, observed: np.ndarray) -> Metrics:
         e_nan, o_nan = np.isnan(e), np.isnan(o)
         nan_e, nan_o = int(e_nan.sum()), int(o_nan.sum())
         bad_nan = o_nan & ~e_nan
-        bad_finite = e_nan & ~o_nan
+        bad_finite = e_nan & np.isfinite(o)  # undefined in the oracle: only a finite answer disagrees
         bad_inf = (np.isinf(e) | np.isinf(o)) & ~(e_nan | o_nan) & (o != e)
         bad = bad_nan | bad_finite | bad_inf | bad_val
         ratio = np.where(finite, ratio, 0.0)
@@ -149,8 +156,11 @@ def describe(label: str, m: Metrics, dtype: str) -> str:
         lines.append(f"  Greatest absolute difference: {_g(m.greatest_abs_diff)} at index "
                      f"{tuple(m.greatest_abs_index or ())}; greatest relative difference: {_g(m.greatest_rel_diff)} "
                      f"at index {tuple(m.greatest_rel_index or ())} (over the mismatched elements)")
-    lines.append(f"  Largest error over all elements: {_g(m.max_ulp_err)} ulp of {dtype} at the quantity's scale "
+    over = "all elements" if m.mismatch_kind in (MismatchKind.VALUE, MismatchKind.MATCH) else \
+        "the elements finite in both"
+    lines.append(f"  Largest error over {over}: {_g(m.max_ulp_err)} ulp of {dtype} at the quantity's scale "
                  f"(|diff| {_g(m.max_abs_err)})")
     if m.nan_observed or m.nan_expected:
-        lines.append(f"  NaN count: expected {m.nan_expected}, observed {m.nan_observed}")
+        lines.append(f"  NaN count: expected {m.nan_expected or 0}, observed {m.nan_observed or 0} (where the oracle "
+                     "is NaN the quantity is undefined and any non-finite value agrees)")
     return "\n".join(lines)

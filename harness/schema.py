@@ -189,7 +189,8 @@ class MismatchKind(enum.StrEnum):
     @property
     def headline(self) -> str:
         return {"match": "values agree", "value": "values differ", "nan": "NaN where the oracle is finite",
-                "finite_where_nan": "finite value where the oracle is NaN", "inf": "infinity placement differs",
+                "finite_where_nan": "a finite value where the oracle is undefined (NaN)",
+                "inf": "an infinity where the oracle is finite, or the other infinity",
                 "shape": "shape differs", "missing": "not returned by the adapter"}[self.value]
 
 

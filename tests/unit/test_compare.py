@@ -54,10 +54,26 @@ def test_nan_at_the_worst_element_is_nan_not_missing():
         "(|diff| n/a, up to 0.001 allowed there)"]
 
 
-def test_finite_where_the_oracle_is_nan():
-    m = compare(_exp([np.nan, 1.0], [np.nan, 1e-3]), np.array([np.inf, 1.0]))
+def test_any_non_finite_value_agrees_where_the_oracle_is_undefined():
+    """eps = 0 on a constant channel: 0/0 is NaN in the oracle; a float32 x - mean that is not exactly 0 gives
+    +-inf. Both are the undefined answer (once reported as 'finite value where the oracle is NaN', '0 ulp')."""
+    m = compare(_exp([np.nan, np.nan, np.nan, 1.0], [np.nan] * 3 + [1e-3]), np.array([np.inf, -np.inf, np.nan, 1.0]))
+    assert m.ok, m
+
+
+def test_a_finite_value_where_the_oracle_is_undefined():
+    m = compare(_exp([np.nan, 1.0], [np.nan, 1e-3]), np.array([0.5, 1.0]))
     assert m.mismatch_kind == MismatchKind.FINITE_WHERE_NAN and m.worst_index == [0]
-    assert np.isnan(m.expected) and m.observed == np.inf
+    assert np.isnan(m.expected) and m.observed == 0.5
+    text = describe("y after train step 0", m, "float32")
+    assert text.startswith("y after train step 0: a finite value where the oracle is undefined (NaN)")
+    assert "Largest error over the elements finite in both" in text
+
+
+def test_an_infinity_where_the_oracle_is_finite():
+    m = compare(_exp([2.0, 1.0], [1e-3, 1e-3]), np.array([-np.inf, 1.0]))
+    assert m.mismatch_kind == MismatchKind.INF and m.worst_index == [0]
+    assert describe("dx", m, "float32").startswith("dx: an infinity where the oracle is finite, or the other infinity")
 
 
 def test_all_nan_expectation_warns_nothing():
