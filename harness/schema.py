@@ -107,8 +107,8 @@ _VERDICTS = {
     Verdict.STALE: _VerdictInfo(4, True, False, True, "S", "S",
                                 "a ledger entry that applies here but matched no failure (the framework changed)"),
     Verdict.FAIL: _VerdictInfo(5, True, True, True, "F", "F",
-                               "outside the tolerance, or NaN/Inf where the oracle is finite (or the reverse), "
-                               "or wrong shape"),
+                               "outside the tolerance, NaN or an infinity where the oracle is finite, a finite "
+                               "value where the oracle is undefined (NaN), or the wrong shape"),
     Verdict.RAISED: _VerdictInfo(6, True, False, False, "R", "R",
                                  "the framework raised, and the case does not expect it"),
     Verdict.TIMEOUT: _VerdictInfo(7, True, False, False, "T", "T",
