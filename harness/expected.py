@@ -137,10 +137,10 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     if not case.track_running_stats:
         # nothing stored: eval normalizes with the batch statistics (PyTorch semantics)
         q = train_like(x, g)[0]
-        out[("y_eval", None)], out[("dx_eval", None)] = q["y"], q["dx"]
+        out.update({(f"{name}_eval", None): e for name, e in q.items()})
         return out
     y = ref.eval_forward(x, gamma, beta, rm, rv, eps, ax)
-    dx, _, _ = ref.eval_backward(x, g, gamma, rm, rv, eps, ax)
+    dx, dgamma, dbeta = ref.eval_backward(x, g, gamma, rm, rv, eps, ax)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         s = np.sqrt(rv + eps)
         xhat = (x - b(rm)) / b(s)
@@ -149,6 +149,14 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         tol_y = (C * uc * (k * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
                  + b(np.abs(gamma) * tol_rm / s) + np.abs(b(gamma) * xhat) * b(tol_rv / (2 * (rv + eps))))
         tol_dx = C * uc * 3 * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
+        # dgamma = sum(g * (x - rm) / s): a k-term reduction of g * xhat, each term with the error of
+        # (x - rm) / s, plus what the running statistics' own error does (d/d rm: sum|g| / s; d/d rv: via 1/s)
+        tol_dg = (C * uc * k * abssum(g) * ((A + np.abs(rm)) / s + absmax(xhat))
+                  + abssum(g) * tol_rm / s + np.abs(dgamma) * tol_rv / (2 * (rv + eps)))
+        tol_db = C * uc * k * abssum(g)
     out[("y_eval", None)] = Expected(y, tol_y + ulp_of(y, case.dtype), case.dtype)
     out[("dx_eval", None)] = Expected(dx, tol_dx + ulp_of(dx, case.dtype), case.dtype)
+    if case.affine:
+        out[("dgamma_eval", None)] = Expected(dgamma, tol_dg + ulp_of(dgamma, pd), pd)
+        out[("dbeta_eval", None)] = Expected(dbeta, tol_db + ulp_of(dbeta, pd), pd)
     return out

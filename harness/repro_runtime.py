@@ -19,8 +19,9 @@ from harness.compare import ulp
 from harness.inputs import build, digest, np_dtype
 from reference import eval_backward, eval_forward, train_backward, train_forward, update_running
 
-ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval")
-PARAM_QUANTITIES = ("running_mean", "running_var", "dgamma", "dbeta")  # in the param dtype
+ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval", "dgamma_eval",
+         "dbeta_eval")
+PARAM_QUANTITIES = ("running_mean", "running_var", "dgamma", "dbeta", "dgamma_eval", "dbeta_eval")  # param dtype
 
 
 def plain(value: Any) -> Any:
@@ -64,10 +65,13 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dic
     x, g = data.f64("x_eval"), data.f64("g_eval")
     if case.track_running_stats:
         out["y_eval", None] = eval_forward(x, gamma, beta, rm, rv, eps, ax)
-        out["dx_eval", None] = eval_backward(x, g, gamma, rm, rv, eps, ax)[0]
+        dx, dgamma, dbeta = eval_backward(x, g, gamma, rm, rv, eps, ax)
     else:  # nothing stored: eval normalizes with the batch statistics
         out["y_eval", None] = train_forward(x, gamma, beta, eps, ax)[0]
-        out["dx_eval", None] = train_backward(x, g, gamma, eps, ax)[0]
+        dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
+    out["dx_eval", None] = dx
+    if case.affine:
+        out["dgamma_eval", None], out["dbeta_eval", None] = dgamma, dbeta
     return out
 
 

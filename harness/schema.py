@@ -132,6 +132,8 @@ class Quantity(enum.StrEnum):
     DBETA = "dbeta"
     Y_EVAL = "y_eval"
     DX_EVAL = "dx_eval"
+    DGAMMA_EVAL = "dgamma_eval"
+    DBETA_EVAL = "dbeta_eval"
 
     @property
     def phase(self) -> Literal["outcome", "train", "eval"]:
@@ -145,7 +147,8 @@ class Quantity(enum.StrEnum):
     @property
     def per_channel(self) -> bool:
         """One value per channel, in the parameter dtype (running statistics, dgamma, dbeta)."""
-        return self in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA)
+        return self in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA,
+                        Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL)
 
     @property
     def stage(self) -> str:
@@ -172,6 +175,8 @@ _QUANTITIES: dict[Quantity, tuple[Literal["outcome", "train", "eval"], str]] = {
     Quantity.DBETA: ("train", "gradients (dbeta)"),
     Quantity.Y_EVAL: ("eval", "eval output y"),
     Quantity.DX_EVAL: ("eval", "eval gradient dx"),
+    Quantity.DGAMMA_EVAL: ("eval", "eval gradients (dgamma)"),
+    Quantity.DBETA_EVAL: ("eval", "eval gradients (dbeta)"),
 }
 
 

@@ -48,7 +48,7 @@ def _adapter(name: str) -> Adapter:
 
 
 def _metrics(rng: np.random.Generator, case: Case, q: str, bad: bool) -> dict[str, Any]:
-    shape = case.physical_shape if q in ("y", "dx", "y_eval", "dx_eval") else (case.channels,)
+    shape = (case.channels,) if Quantity(q).per_channel else case.physical_shape
     idx = [int(rng.integers(0, d)) for d in shape]
     ulp = float(10 ** rng.uniform(3, 8)) if bad else float(10 ** rng.uniform(-1.5, 1.2))
     expected = float(rng.standard_normal())
@@ -96,7 +96,8 @@ def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.rando
         keys = [(q, s) for s in range(case.steps) for q in Quantity.of_phase("train")
                 if case.affine or q not in ("dgamma", "dbeta")
                 if case.track_running_stats or q not in ("running_mean", "running_var")]
-        keys += [(q, None) for q in Quantity.of_phase("eval")]
+        keys += [(q, None) for q in Quantity.of_phase("eval")
+                 if case.affine or q not in (Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL)]
         for q, s in keys:
             bad = bad_q is not None and (q == bad_q or (fate == "fail" and q == "y_eval"))
             m = _metrics(rng, case, q, bad)

@@ -193,7 +193,7 @@ class Adapter:
         raise NotImplementedError
 
     def eval_step(self, state: Any, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-        """One eval-mode call + backward: returns y and dx."""
+        """One eval-mode call + backward: returns y and dx, and dgamma and dbeta where the layer is affine."""
         raise NotImplementedError
 
     def run(self, case: Case, data: CaseData) -> Observed:
@@ -210,6 +210,9 @@ class Adapter:
             out = self.eval_step(state, data.x_eval, data.g_eval)
             obs.put("y_eval", None, out["y"])
             obs.put("dx_eval", None, out["dx"])
+            for q in ("dgamma", "dbeta"):
+                if q in out:
+                    obs.put(f"{q}_eval", None, out[q])
             self.describe(state, obs.info)
         except BaseException as e:  # the framework's own error, SystemExit and KeyboardInterrupt too, is an outcome
             if isinstance(e, KeyboardInterrupt) and not os.environ.get(IN_WORKER):

@@ -107,12 +107,13 @@ def _train_vjp(f, x, g, params):
     return y, dx, dparams, new_stats
 
 
-def _eval_vjp(f, x, g):
-    """y and dx of ``f(x) -> y`` for the upstream gradient g."""
+def _eval_vjp(f, x, g, params):
+    """y, dx and dparams of ``f(x, params) -> y`` for the upstream gradient g (statistics held constant)."""
     import jax
 
-    y, vjp = jax.vjp(f, x)
-    return y, vjp(g.astype(y.dtype))[0]
+    y, vjp = jax.vjp(f, x, params)
+    dx, dparams = vjp(g.astype(y.dtype))
+    return y, dx, dparams
 
 
 def _linen_program(mode: str, axis: int, fast: bool, affine: bool, param_dtype: str):
@@ -130,12 +131,12 @@ def _linen_program(mode: str, axis: int, fast: bool, affine: bool, param_dtype: 
         # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
         bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, mode == "eval")
 
-        def f(x):
+        def f(x, params):
             if mode == "eval":
                 return bn.apply({"params": params, "batch_stats": stats}, x)
             return bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])[0]
 
-        return _eval_vjp(f, x, g)
+        return _eval_vjp(f, x, g, params)
 
     fn = jax.jit(train if mode == "train" else evaluate)
     _PROGRAMS[key] = fn
@@ -171,7 +172,8 @@ def _nnx_program(mode: str, graphdef):
         return _train_vjp(f, x, g, params)
 
     def evaluate(x, g, params, stats, momentum, eps):
-        return _eval_vjp(lambda x: _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")(x), x, g)
+        return _eval_vjp(lambda x, params: _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")(x),
+                         x, g, params)
 
     fn = jax.jit(train if mode == "train" else evaluate)
     _PROGRAMS[key] = fn
@@ -337,9 +339,13 @@ class FlaxAdapter(Adapter):
     def eval_step(self, state: FlaxState, x, g):
         args = (x, g, state.params, state.stats, *state.hyper)
         self._check_program(state, state.evaluate, args)
-        y, dx = state.evaluate(*args)
+        y, dx, dparams = state.evaluate(*args)
         state.dtypes.update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
-        return {"y": np.asarray(y), "dx": np.asarray(dx)}
+        out = {"y": np.asarray(y), "dx": np.asarray(dx)}
+        if state.case.affine:
+            out["dgamma"] = np.asarray(dparams["scale"])
+            out["dbeta"] = np.asarray(dparams["bias"])
+        return out
 
 
     # -- benchmark hooks (bnparity bench) ------------------------------------------

@@ -189,7 +189,7 @@ class Keras3Adapter(Adapter):
         return LayerState(self._layer(case, data), case)
 
     def _call(self, state: Any, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
-        """One call in ``training`` mode and its backward: y, dx (and dgamma, dbeta in training)."""
+        """One call in ``training`` mode and its backward: y, dx (and dgamma, dbeta where the layer is affine)."""
         raise NotImplementedError
 
     def train_step(self, state, x, g):
@@ -237,7 +237,7 @@ class Keras3TF(TFBench, Keras3Adapter):
 
     def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
         layer = state.layer
-        params = [layer.gamma.value, layer.beta.value] if state.case.affine and training else []
+        params = [layer.gamma.value, layer.beta.value] if state.case.affine else []
         taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
         state.output_dtype = taped.output_dtype
         return taped.out
@@ -323,7 +323,7 @@ class Keras3Jax(Keras3Adapter):
             state.ntv = list(new_ntv)
         state.output_dtype = str(y.dtype)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
-        if state.case.affine and training:
+        if state.case.affine:
             grads = {id(v): d for v, d in zip(layer.trainable_variables, dtv)}
             out["dgamma"] = np.asarray(grads[id(layer.gamma)])
             out["dbeta"] = np.asarray(grads[id(layer.beta)])
@@ -406,7 +406,7 @@ class Keras3Torch(Keras3Adapter):
         y.backward(to_torch(torch, g).to(y.dtype))
         state.output_dtype = str(y.dtype).removeprefix("torch.")
         out = {"y": to_numpy(y), "dx": to_numpy(xt.grad)}
-        if params and training:
+        if params:
             out["dgamma"], out["dbeta"] = to_numpy(params[0].grad), to_numpy(params[1].grad)
         return out
 

@@ -128,7 +128,7 @@ class TFKerasAdapter(TFBench, Adapter):
 
     def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
         layer = state.layer
-        params = [layer.gamma, layer.beta] if state.case.affine and training else []
+        params = [layer.gamma, layer.beta] if state.case.affine else []
         taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
         state.output_dtype = taped.output_dtype
         return taped.out

@@ -107,7 +107,7 @@ class _TFAdapter(TFBench, Adapter):
         raise NotImplementedError
 
     def _run(self, state: TFState, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
-        params = [state.gamma, state.beta] if state.case.affine and training else []
+        params = [state.gamma, state.beta] if state.case.affine else []
         taped = tape_call(lambda xt: self._forward(state, xt, training), x, g, params)
         state.output_dtype = taped.output_dtype
         out = taped.out

@@ -99,7 +99,7 @@ def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, par
     """``forward(x)`` under a GradientTape, then the gradient of ``sum(y * g)``.
 
     ``forward`` takes the input tensor and returns ``(y, *aux)``. The arrays are y and dx, plus
-    dgamma and dbeta when ``params`` is ``[gamma, beta]`` (pass ``[]`` in eval or without affine).
+    dgamma and dbeta when ``params`` is ``[gamma, beta]`` (pass ``[]`` without affine).
     """
     import tensorflow as tf
 

@@ -164,10 +164,10 @@ def test_blob_detail_is_complete(two_envs: list[Path], tmp_path: Path) -> None:
     cell = _cell_of(blob, "dense_small", "new", "keras3-jax")
     rows = _rows(blob, cell)
     q = [x["name"] for x in blob["quantities"]]
-    # every quantity per step: 3 steps x 6 train quantities + 2 eval
-    assert len(rows) == 20
+    # every quantity per step: 3 steps x 6 train quantities + 4 eval
+    assert len(rows) == 22
     assert {q[r["quantity"]] for r in rows} == {"running_mean", "running_var", "y", "dx", "dgamma", "dbeta",
-                                               "y_eval", "dx_eval"}
+                                               "y_eval", "dx_eval", "dgamma_eval", "dbeta_eval"}
     verdict = [v["name"] for v in blob["verdicts"]]
     bad = [r for r in rows if verdict[r["verdict"]] == "fail"]
     assert bad and all(r["worst_index"] is not None and r["expected"] is not None and r["observed"] is not None
