@@ -362,7 +362,7 @@ class Sweep(StrictModel):
 
 # -- reading TOML --------------------------------------------------------------------------------------
 
-_WHO = {"case": "case", "sweep": "sweep", "difference": "difference"}
+_ARRAYS = ("case", "sweep", "difference")  # the arrays of tables a case file or a ledger holds
 
 
 def table_label(raw: Any, loc: tuple) -> tuple[str, tuple]:
@@ -372,13 +372,13 @@ def table_label(raw: Any, loc: tuple) -> tuple[str, tuple]:
     top = loc[0]
     if top == "defaults":
         return "[defaults]", loc[1:]
-    if top in _WHO and len(loc) > 1 and isinstance(loc[1], int):
+    if top in _ARRAYS and len(loc) > 1 and isinstance(loc[1], int):
         items = raw.get(top)
         item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
         key = "id" if top == "difference" else "name"
         ident = item.get(key) if isinstance(item, dict) else None
         label = repr(ident) if isinstance(ident, str) and ident.isprintable() else f"#{loc[1] + 1}"
-        return f"{_WHO[top]} {label}", loc[2:]
+        return f"{top} {label}", loc[2:]
     return "", loc
 
 
