@@ -1,9 +1,20 @@
 """Case files: load, validate, expand.
 
-A case file is TOML with an optional ``[defaults]`` table merged into every
-case, any number of ``[[case]]`` tables, and any number of ``[[sweep]]``
-tables that each expand one parameter over a list of values. Every error
-names the file, the case and the field.
+A case file is UTF-8 TOML with an optional ``[defaults]`` table merged into
+every case, any number of ``[[case]]`` tables, and any number of ``[[sweep]]``
+tables that each expand one parameter over a list of values. Every error is a
+``CaseError`` that names the file, the case (or sweep) and the field; no
+malformed file gets through, and none ends in a traceback.
+
+The rules beyond "the right TOML type" (each bound has its reason beside it):
+
+* every number is finite (``inf``/``nan`` only through ``specials``);
+* ``shape`` has rank 2 to 5 and at most 64M elements;
+* generator parameters lie within +-1e100, so the float64 oracle's squared
+  deviations stay finite; ``student_t`` needs ``df >= 1``;
+* ``running_var``'s generator yields only values >= 0 (it is a variance);
+* ``tolerance.factor`` widens the bound by more than 1 and at most 100 times;
+* ``adapters``, ``channels``, sweep ``values`` and ledger globs are non-empty.
 """
 
 from __future__ import annotations
@@ -14,84 +25,159 @@ import hashlib
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Dtype = Literal["float16", "bfloat16", "float32", "float64"]
 NOT_CASE_FILES = {"known_differences.toml", "bench.toml"}  # the ledger and the benchmark configurations
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
+GENERATOR_KINDS = ("normal", "uniform", "constant", "ramp", "student_t")
+
+MAX_RANK = 5  # (N, C) plus up to three spatial axes: BatchNorm1d/2d/3d
+MAX_ELEMENTS = 64 * 2**20
+# Generator parameters: the float64 oracle squares deviations and sums them over up to 64M values;
+# (1e100)^2 * 64M = 6.4e207, far inside float64's 1.8e308 even for heavy-tailed draws. Values beyond a
+# low-precision dtype's range (float32 3.4e38, float16 65504) are still reachable, and become inf on the cast.
+MAX_MAGNITUDE = 1e100
+# A case may widen its error bound with a written reason, never tighten it (the bound is what a correct BN
+# meets, measured in tests/unit/test_margins.py) and at most 100x: the planted bugs other than the subtlest
+# exceed their bounds by 340x and more, so a wider bound would stop the comparison from telling them apart.
+MAX_TOLERANCE_FACTOR = 100.0
+MAX_TIMEOUT = 86_400.0  # a day; also far below threading.TIMEOUT_MAX, which a worker's wait must not exceed
+MAX_DEPTH = 16  # tables and arrays nested in one file; a valid case file needs 8
 
 
 class CaseError(ValueError):
     """A case file is malformed; the message names file, case and field."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+class FieldProblem(ValueError):
+    """A check that names a field below where it is raised (a model validator has no location of its own):
+    the message names ``<location>.<field>``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
-class Normal(_Strict):
+class StrictModel(BaseModel):
+    """TOML types its values already: nothing is coerced (strict: no "3" for 3, no true for 1), no unknown
+    field, no inf or nan. Arrays are declared ``Field(strict=False)`` where the model holds a tuple (TOML
+    gives lists); their items stay strict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError("may hold only letters, digits, '_', '.', '+'")
+    return v
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Text = Annotated[str, AfterValidator(_not_blank)]
+Magnitude = Annotated[float, Field(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+Spread = Annotated[float, Field(ge=0, le=MAX_MAGNITUDE)]
+
+
+class _Generator(StrictModel):
+    def value_range(self) -> tuple[float, float]:
+        """The least and greatest value this generator can produce."""
+        raise NotImplementedError
+
+
+class Normal(_Generator):
     kind: Literal["normal"]
-    loc: float = 0.0
-    scale: float = Field(1.0, ge=0)
+    loc: Magnitude = 0.0
+    scale: Spread = 1.0
+
+    def value_range(self) -> tuple[float, float]:
+        return (self.loc, self.loc) if self.scale == 0 else (-math.inf, math.inf)
 
 
-class Uniform(_Strict):
+class Uniform(_Generator):
     kind: Literal["uniform"]
-    low: float = 0.0
-    high: float = 1.0
+    low: Magnitude = 0.0
+    high: Magnitude = 1.0
 
     @model_validator(mode="after")
     def _ordered(self):
         if not self.low <= self.high:
-            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+            raise FieldProblem("low", f"low ({self.low}) must be <= high ({self.high})")
         return self
 
+    def value_range(self) -> tuple[float, float]:
+        return self.low, self.high
 
-class Constant(_Strict):
+
+class Constant(_Generator):
     kind: Literal["constant"]
-    value: float = 0.0
+    value: Magnitude = 0.0
+
+    def value_range(self) -> tuple[float, float]:
+        return self.value, self.value
 
 
-class Ramp(_Strict):
+class Ramp(_Generator):
     """Evenly spaced values from start to stop over the flattened logical array."""
 
     kind: Literal["ramp"]
-    start: float = 0.0
-    stop: float = 1.0
+    start: Magnitude = 0.0
+    stop: Magnitude = 1.0
+
+    def value_range(self) -> tuple[float, float]:
+        return min(self.start, self.stop), max(self.start, self.stop)
 
 
-class StudentT(_Strict):
-    """Heavy-tailed: loc + scale * t(df)."""
+class StudentT(_Generator):
+    """Heavy-tailed: loc + scale * t(df). ``df >= 1``: below it the draws reach 1e60 and beyond (df = 0.01
+    overflows float64), so the "heavy tail" would be an overflow; plant non-finite values with ``specials``."""
 
     kind: Literal["student_t"]
-    df: float = Field(2.0, gt=0)
-    loc: float = 0.0
-    scale: float = Field(1.0, ge=0)
+    df: Annotated[float, Field(ge=1, le=MAX_MAGNITUDE)] = 2.0
+    loc: Magnitude = 0.0
+    scale: Spread = 1.0
+
+    def value_range(self) -> tuple[float, float]:
+        return (self.loc, self.loc) if self.scale == 0 else (-math.inf, math.inf)
 
 
 Generator = Annotated[Normal | Uniform | Constant | Ramp | StudentT, Field(discriminator="kind")]
 
 
-class ChannelOverride(_Strict):
+class ChannelOverride(StrictModel):
     """Replace the values of some channels with another generator."""
 
-    channels: list[Annotated[int, Field(ge=0)]]
+    channels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     input: Generator
 
 
-class Special(_Strict):
+class Special(StrictModel):
     """Plant non-finite values at logical indices of every training batch."""
 
     value: Literal["nan", "inf", "-inf"]
     index: list[Annotated[int, Field(ge=0)]]
 
 
-class ExpectRaise(_Strict):
+class ExpectRaise(StrictModel):
     type: str = Field(min_length=1)
     match: str = ""
+
+    @field_validator("type")
+    @classmethod
+    def _class_name(cls, v: str) -> str:
+        if not v.isidentifier():
+            raise ValueError("not an exception class name (the runner compares it with type(e).__name__)")
+        return v
 
     @field_validator("match")
     @classmethod
@@ -103,18 +189,30 @@ class ExpectRaise(_Strict):
         return v
 
 
-class ToleranceOverride(_Strict):
-    factor: float = Field(gt=0)
+class ToleranceOverride(StrictModel):
+    """Widen every bound of the case by ``factor`` (more than 1, at most 100), for a written reason."""
+
+    factor: Annotated[float, Field(gt=1, le=MAX_TOLERANCE_FACTOR)]
     reason: str = Field(min_length=10)
 
+    @field_validator("reason")
+    @classmethod
+    def _written(cls, v: str) -> str:
+        if len(v.strip()) < 10:
+            raise ValueError("give the reason in words (at least 10 characters)")
+        return v
 
-class Case(_Strict):
+
+AdapterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+*?\[\]-]+$")]
+
+
+class Case(StrictModel):
     """One validated scenario. ``shape`` is logical: (N, C, *spatial)."""
 
-    name: str
+    name: Name
     description: str = ""
-    tags: tuple[str, ...] = ()
-    shape: tuple[Annotated[int, Field(ge=1)], ...]
+    tags: Annotated[tuple[Name, ...], Field(strict=False)] = ()
+    shape: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=False)]
     layout: Literal["channels_first", "channels_last"] = "channels_first"
     dtype: Dtype = "float32"
     param_dtype: Dtype | None = None
@@ -127,35 +225,37 @@ class Case(_Strict):
     seed: Annotated[int, Field(ge=0)] = 0
     input: Generator = Normal(kind="normal")
     eval_input: Generator | None = None
-    channel_overrides: tuple[ChannelOverride, ...] = ()
-    specials: tuple[Special, ...] = ()
+    channel_overrides: Annotated[tuple[ChannelOverride, ...], Field(strict=False)] = ()
+    specials: Annotated[tuple[Special, ...], Field(strict=False)] = ()
     grad: Generator = Normal(kind="normal")
     gamma: Generator = Uniform(kind="uniform", low=0.5, high=1.5)
     beta: Generator = Normal(kind="normal", loc=0.0, scale=0.5)
     running_mean: Generator = Constant(kind="constant", value=0.0)
     running_var: Generator = Constant(kind="constant", value=1.0)
-    adapters: tuple[str, ...] | None = None
+    adapters: Annotated[tuple[AdapterName, ...], Field(strict=False, min_length=1)] | None = None
     use_defaults: bool = False
-    timeout: Annotated[float, Field(gt=0)] | None = None
-    expect_raise: dict[str, ExpectRaise] = {}
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT)] | None = None
+    expect_raise: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]+$")], ExpectRaise] = {}
     tolerance: ToleranceOverride | None = None
-    sweep: dict[str, Any] | None = None
-    file: str = ""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"{v!r} may hold only letters, digits, '_', '.', '+'")
-        return v
+    sweep: dict[str, Any] | None = None  # set by the loader for a swept case: {name, param, value}
+    file: str = ""  # set by the loader
 
     @field_validator("shape")
     @classmethod
     def _shape(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) < 2:
-            raise ValueError(f"needs at least (N, C), got {list(v)}")
-        if math.prod(v) > 64 * 2**20:
+        if not 2 <= len(v) <= MAX_RANK:
+            raise ValueError(f"needs at least (N, C) and at most {MAX_RANK} axes (rank 2 to {MAX_RANK})")
+        if math.prod(v) > MAX_ELEMENTS:
             raise ValueError(f"{list(v)} has more than 64M elements")
+        return v
+
+    @field_validator("running_var")
+    @classmethod
+    def _variance(cls, v: _Generator) -> _Generator:
+        low, _ = v.value_range()
+        if low < 0:
+            raise ValueError(f"a variance is never negative, but {v.kind!r} with these parameters can give {low}: "
+                             "use constant, uniform or ramp with values >= 0")
         return v
 
     @model_validator(mode="after")
@@ -164,12 +264,12 @@ class Case(_Strict):
         for o in self.channel_overrides:
             bad = [ch for ch in o.channels if ch >= c]
             if bad:
-                raise ValueError(f"channel_overrides: channels {bad} out of range for C={c}")
+                raise FieldProblem("channel_overrides", f"channels {bad} out of range for C={c}")
         for s in self.specials:
             if len(s.index) != len(self.shape) or any(i >= d for i, d in zip(s.index, self.shape)):
-                raise ValueError(f"specials: index {s.index} outside logical shape {list(self.shape)}")
+                raise FieldProblem("specials", f"index {s.index} outside logical shape {list(self.shape)}")
         if self.momentum == "cumulative" and not self.track_running_stats:
-            raise ValueError("momentum='cumulative' needs track_running_stats")
+            raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
         return self
 
     @property
@@ -209,32 +309,338 @@ class Case(_Strict):
         return self.model_dump(mode="json", exclude={"file"}, exclude_none=True)
 
 
-def _format_errors(err: ValidationError, where: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        # discriminated unions put the tag in the location: input.normal.scale -> input.scale
-        loc = [p for p in loc if p not in {"normal", "uniform", "constant", "ramp", "student_t"}
-               and not p.startswith("constrained-") and p not in {"function-after[_consistent(), Case]"}]
-        field = ".".join(loc) or "(case)"
+LOADER_FIELDS = {"sweep", "file"}  # what the loader sets on a case; a file may not
+CASE_FIELDS = set(Case.model_fields) - LOADER_FIELDS
+
+
+class Sweep(StrictModel):
+    """One ``[[sweep]]``: the cases ``<name>_<label>``, one per value of ``param``, over ``base``."""
+
+    name: Name
+    param: str
+    values: list[Any] = Field(min_length=1)
+    base: dict[str, Any] = {}
+    tags: Annotated[tuple[Name, ...], Field(strict=False)] = ()
+    labels: list[Name] | None = None
+    description: str = ""
+
+    @field_validator("param")
+    @classmethod
+    def _case_field(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*", v):
+            raise ValueError("must name a case field, or a dotted path into one ('eps', 'input.loc')")
+        top = v.split(".")[0]
+        if top not in CASE_FIELDS or top == "name":
+            raise ValueError(f"{top!r} is not a case field a sweep can vary")
+        return v
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(set(v) & (LOADER_FIELDS | {"name"}))
+        if owned:
+            raise FieldProblem(owned[0], "set by the sweep itself (the name is <sweep>_<label>)")
+        return v
+
+    @model_validator(mode="after")
+    def _labelled(self):
+        labels = self.case_labels()
+        if len(labels) != len(self.values):
+            raise FieldProblem("labels", f"{len(labels)} labels for {len(self.values)} values")
+        seen: dict[str, Any] = {}
+        for v, lab in zip(self.values, labels):
+            if lab in seen:
+                field = "labels" if self.labels else "values"
+                raise FieldProblem(field, f"two values give the case name {self.name + '_' + lab!r} "
+                                          f"({seen[lab]!r} and {v!r}); give distinct labels")
+            seen[lab] = v
+        return self
+
+    def case_labels(self) -> list[str]:
+        return list(self.labels) if self.labels is not None else [_label(v) for v in self.values]
+
+
+# -- reading TOML --------------------------------------------------------------------------------------
+
+_ARRAYS = ("case", "sweep", "difference")  # the arrays of tables a case file or a ledger holds
+
+
+def table_label(raw: Any, loc: tuple) -> tuple[str, tuple]:
+    """('case 'x'' / 'sweep 'x'' / '[defaults]', the rest of loc) for a location in a parsed file."""
+    if not loc or not isinstance(raw, dict):
+        return "", loc
+    top = loc[0]
+    if top == "defaults":
+        return "[defaults]", loc[1:]
+    if top in _ARRAYS and len(loc) > 1 and isinstance(loc[1], int):
+        items = raw.get(top)
+        item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
+        key = "id" if top == "difference" else "name"
+        ident = item.get(key) if isinstance(item, dict) else None
+        label = repr(ident) if isinstance(ident, str) and ident.isprintable() else f"#{loc[1] + 1}"
+        return f"{top} {label}", loc[2:]
+    return "", loc
+
+
+def _dotted(parts) -> str:
+    parts = [str(p) for p in parts]
+    if len(parts) > MAX_DEPTH:
+        parts = [*parts[:MAX_DEPTH], "..."]
+    return ".".join(parts)
+
+
+def _where(path: Path, raw: Any, loc: tuple) -> str:
+    who, rest = table_label(raw, loc)
+    head = f"{path}: {who}" if who else f"{path}"
+    return f"{head}: field '{_dotted(rest)}'" if rest else head
+
+
+def _walk(node: Any, found: Callable[[Any], bool]) -> tuple | None:
+    """The location of the first key or value that ``found`` accepts, without recursion."""
+    stack: list[tuple[tuple, Any]] = [((), node)]
+    while stack:
+        loc, cur = stack.pop()
+        items = cur.items() if isinstance(cur, dict) else enumerate(cur) if isinstance(cur, list) else ()
+        children = []
+        for k, v in items:
+            if found(k) or found(v):
+                return (*loc, k)
+            children.append(((*loc, k), v))
+        stack.extend(reversed(children))
+    return None
+
+
+def _too_deep(node: Any) -> tuple | None:
+    """The location where tables and arrays nest deeper than MAX_DEPTH, without recursion."""
+    stack: list[tuple[tuple, Any]] = [((), node)]
+    while stack:
+        loc, cur = stack.pop()
+        if not isinstance(cur, dict | list):
+            continue
+        if len(loc) >= MAX_DEPTH:
+            return loc
+        items = cur.items() if isinstance(cur, dict) else enumerate(cur)
+        stack.extend(((*loc, k), v) for k, v in items)
+    return None
+
+
+def _has_surrogate(v: Any) -> bool:
+    return isinstance(v, str) and any("\udc80" <= ch <= "\udcff" for ch in v)
+
+
+def _not_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> str:
+    line = data.count(b"\n", 0, e.start) + 1
+    col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    what = f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}, column {col}"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        what += " (a UTF-16 byte order mark: save the file as UTF-8)"
+    try:  # name the case and the field when the byte is inside a string
+        raw = tomllib.loads(data.decode("utf-8", "surrogateescape"))
+        loc = _walk(raw, _has_surrogate)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        loc = None
+    if loc:
+        return f"{_where(path, raw, loc)}: {what}"
+    return f"{path}: {what}"
+
+
+def _too_deep_text(text: str) -> tuple[int, int, int] | None:
+    """(line, start, end) of the first bracket or brace, outside strings and comments, that opens more than
+    MAX_DEPTH deep, and the end of its value (-1 when it never closes); None when nothing is that deep."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    opened = None
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif ch in "\"'":
+            q = ch * 3 if text.startswith(ch * 3, i) else ch
+            j = i + len(q)
+            while j < n and not text.startswith(q, j):
+                j += 2 if ch == '"' and text[j] == "\\" else 1
+            line += text.count("\n", i, j)
+            i = j + len(q)
+            continue
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH and opened is None:
+                opened = (line, i, depth)
+        elif ch in "]}":
+            if opened and depth == opened[2]:
+                return opened[0], opened[1], i + 1
+            depth -= 1
+        i += 1
+    return (opened[0], opened[1], -1) if opened else None
+
+
+_DEEP = "@bnparity: nested too deep@"
+
+
+def _nested_too_deep(path: Path, text: str) -> str:
+    """The message for a file tomllib cannot parse for its nesting: the too-deep value is cut out and the rest
+    parsed again, so the message can name the case and the field that hold it."""
+    found = _too_deep_text(text)
+    what = f"tables or arrays nested more than {MAX_DEPTH} deep; no case needs it"
+    if found is None:
+        return f"{path}: {what}"
+    line, start, end = found
+    if end > 0:
+        try:
+            raw = tomllib.loads(f'{text[:start]}"{_DEEP}"{text[end:]}')
+            loc = _walk(raw, lambda v: v == _DEEP)
+        except (tomllib.TOMLDecodeError, RecursionError):
+            loc = None
+        if loc:
+            return f"{_where(path, raw, loc)}: {what} (line {line})"
+    return f"{path}: line {line}: {what}"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a UTF-8 TOML file; every way it can fail is a CaseError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CaseError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CaseError(_not_utf8(path, data, e)) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise CaseError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise CaseError(_nested_too_deep(path, text)) from None
+    loc = _too_deep(raw)
+    if loc:
+        raise CaseError(f"{_where(path, raw, loc)}: tables or arrays nested more than {MAX_DEPTH} deep; "
+                        "no case needs it")
+    return raw
+
+
+# -- pydantic errors as messages -----------------------------------------------------------------------
+
+def toml_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    return {int: "an integer", float: "a float", str: "a string", list: "an array", tuple: "an array",
+            dict: "a table"}.get(type(v), f"a {type(v).__name__}")
+
+
+_TYPE_MESSAGES = {
+    "float_type": "must be a number", "int_type": "must be an integer", "string_type": "must be a string",
+    "bool_type": "must be true or false", "list_type": "must be an array", "tuple_type": "must be an array",
+    "dict_type": "must be a table", "model_type": "must be a table", "model_attributes_type": "must be a table",
+    "finite_number": "must be a finite number (inf and nan are not allowed)",
+}
+
+
+_BOUNDS = {"greater_than": "greater than", "greater_than_equal": "greater than or equal to",
+           "less_than": "less than", "less_than_equal": "less than or equal to"}
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _error_line(e: dict, data: Any, whole: str) -> tuple[str, str, str]:
+    """(field, message, got) of one pydantic error. The location is mapped onto the data that was validated:
+    a step that is not a key or index of it (a union member, a validator, a discriminator's tag) is left out,
+    so no pydantic-internal name can reach the message (a missing field is the one step allowed past it)."""
+    parts: list[Any] = []
+    cur = data
+    loc = list(e["loc"])
+    for i, seg in enumerate(loc):
+        if isinstance(cur, dict) and seg in cur:
+            parts.append(seg)
+            cur = cur[seg]
+        elif isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur):
+            parts.append(seg)
+            cur = cur[seg]
+        elif e["type"] == "missing" and i == len(loc) - 1:
+            parts.append(seg)
+        # else: pydantic's own step (a union member, a discriminator's tag, a validator): not in the data
+    typ, ctx = e["type"], e.get("ctx") or {}
+    err = ctx.get("error")
+    got = e.get("input")
+    got_s = ""
+    if typ == "extra_forbidden":
+        msg = "unknown field"
+    elif typ == "missing":
+        msg = "required field is missing"
+    elif typ in ("union_tag_not_found", "union_tag_invalid"):
+        key = str(ctx.get("discriminator", "kind")).strip("'")
+        parts.append(key)
+        kinds = " | ".join(GENERATOR_KINDS)
+        if typ == "union_tag_not_found":
+            msg = f"required field is missing (one of {kinds})"
+        else:
+            msg = f"must be one of {kinds}"
+            got_s = f" (got {_short(got.get(key) if isinstance(got, dict) else got)})"
+    elif typ == "literal_error" and "expected" in ctx:
+        msg = f"must be {ctx['expected']}"
+        got_s = f" (got {_short(got)})"
+    elif typ in _BOUNDS and len(ctx) == 1:
+        bound = next(iter(ctx.values()))
+        msg = f"Input should be {_BOUNDS[typ]} {bound:g}" if isinstance(bound, float) else e["msg"]
+        got_s = f" (got {_short(got)})"
+    elif typ in _TYPE_MESSAGES:
+        msg = _TYPE_MESSAGES[typ]
+        got_s = f" (got {toml_type(got)}: {_short(got)})"
+    elif isinstance(err, Exception):
+        if isinstance(err, FieldProblem):
+            parts.append(err.field)
+        msg = str(err)
+        if not isinstance(got, dict | BaseModel):
+            got_s = f" (got {_short(got)})"
+    else:
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        if e["type"] == "missing":
-            msg = "required field is missing"
-        got = e.get("input")
-        got_s = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{where}: field '{field}': {msg}{got_s}")
-    return "\n".join(lines)
+        if not isinstance(got, dict | BaseModel):
+            got_s = f" (got {_short(got)})"
+    return _dotted(parts) or whole, msg, got_s
 
 
-def _set_path(d: dict, dotted: str, value: Any) -> None:
+def format_errors(err: ValidationError, where: str, data: Any, note: Callable[[str], str] = lambda f: "",
+                  whole: str = "(case)") -> str:
+    """One line per field: ``<where>: field '<field>': <message> (got <value>)``; ``whole`` names a check of
+    the whole table. Errors that land on the same field (the members of a union) share a line, joined by
+    ``or``."""
+    by_field: dict[str, tuple[list[str], str]] = {}
+    for e in err.errors():
+        field, msg, got = _error_line(e, data, whole)
+        msgs, _ = by_field.setdefault(field, ([], got))
+        if msg not in msgs:
+            msgs.append(msg)
+    return "\n".join(f"{where}: field '{field}': {', or '.join(msgs)}{got}{note(field)}"
+                     for field, (msgs, got) in by_field.items())
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+def _set_path(body: dict, dotted: str) -> tuple[dict, str]:
+    """(the table that holds the swept key, the key). A generator or table the case leaves at its default is
+    filled in from that default first, so ``param = "input.loc"`` varies the default input's mean."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
+    d = body
+    for depth, k in enumerate(keys[:-1]):
+        if k not in d:
+            default = Case.model_fields[k].default if depth == 0 else None
+            if isinstance(default, BaseModel):
+                d[k] = default.model_dump()
+            elif isinstance(default, dict) or depth > 0:
+                d[k] = {}
+            else:
+                raise ValueError(f"{k!r} has no default table to set {keys[depth + 1]!r} in: give {k} in [sweep.base]")
+        d = d[k]
         if not isinstance(d, dict):
-            raise KeyError(dotted)
-    d[keys[-1]] = value
+            raise ValueError(f"{'.'.join(keys[:depth + 1])} is not a table")
+    return d, keys[-1]
 
 
 def _label(v: Any) -> str:
@@ -249,66 +655,83 @@ def _label(v: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+]", "_", s.replace("-", "m"))
 
 
-def _expand_sweep(raw: dict, path: Path, defaults: dict) -> list[tuple[str, dict]]:
-    where = f"{path}: sweep {raw.get('name', '?')!r}"
-    allowed = {"name", "param", "values", "base", "tags", "labels", "description"}
-    extra = set(raw) - allowed
-    if extra:
-        raise CaseError(f"{where}: field '{sorted(extra)[0]}': unknown field (sweep fields: {sorted(allowed)})")
-    for key in ("name", "param", "values"):
-        if key not in raw:
-            raise CaseError(f"{where}: field '{key}': required field is missing")
-    values = raw["values"]
-    if not isinstance(values, list) or not values:
-        raise CaseError(f"{where}: field 'values': must be a non-empty list")
-    labels = raw.get("labels") or [_label(v) for v in values]
-    if len(labels) != len(values):
-        raise CaseError(f"{where}: field 'labels': {len(labels)} labels for {len(values)} values")
+def _expand_sweep(sw: Sweep, path: Path, defaults: dict) -> list[tuple[str, dict, set[str]]]:
     out = []
-    for v, lab in zip(values, labels):
+    for v, lab in zip(sw.values, sw.case_labels()):
         body = copy.deepcopy(defaults)
-        body.update(copy.deepcopy(raw.get("base", {})))
-        body["name"] = f"{raw['name']}_{lab}"
-        body["tags"] = list(dict.fromkeys([*body.get("tags", []), *raw.get("tags", []), raw["name"]]))
+        body.update(copy.deepcopy(sw.base))
+        body["name"] = f"{sw.name}_{lab}"
+        tags = body.get("tags", [])
+        if isinstance(tags, list) and all(isinstance(t, str) for t in tags):  # else the case names 'tags'
+            body["tags"] = list(dict.fromkeys([*tags, *sw.tags, sw.name]))
+        where = f"{path}: case {body['name']!r} (sweep {sw.name!r})"
         try:
-            _set_path(body, raw["param"], v)
-        except KeyError:
-            raise CaseError(f"{where}: field 'param': cannot set {raw['param']!r}") from None
-        body["sweep"] = {"name": raw["name"], "param": raw["param"], "value": v}
-        if raw.get("description") and not body.get("description"):
-            body["description"] = raw["description"]
-        out.append((f"{path}: case {body['name']!r} (sweep {raw['name']!r})", body))
+            table, key = _set_path(body, sw.param)
+        except ValueError as e:
+            raise CaseError(f"{path}: sweep {sw.name!r}: field 'param': cannot set {sw.param!r}: {e}") from None
+        table[key] = copy.deepcopy(v)
+        body["sweep"] = {"name": sw.name, "param": sw.param, "value": v}
+        if sw.description and not body.get("description"):
+            body["description"] = sw.description
+        out.append((where, body, set(defaults) - set(sw.base) - {sw.param.split(".")[0]}))
     return out
+
+
+def _array_of_tables(raw: dict, key: str, path: Path) -> list[dict]:
+    items = raw.get(key, [])
+    if not isinstance(items, list):
+        raise CaseError(f"{path}: field '{key}': must be an array of tables ([[{key}]]), "
+                        f"got {toml_type(items)}: {_short(items)}")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise CaseError(f"{path}: {key} #{i + 1}: must be a table ([[{key}]]), got {toml_type(item)}: "
+                            f"{_short(item)}")
+    return items
 
 
 def load_file(path: Path) -> list[Case]:
     """Load and validate every case of one file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise CaseError(f"{path}: not valid TOML: {e}") from None
+    raw = read_toml(path)
     extra = set(raw) - {"defaults", "case", "sweep"}
     if extra:
         raise CaseError(f"{path}: top-level table '{sorted(extra)[0]}': unknown (allowed: defaults, case, sweep)")
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
-        raise CaseError(f"{path}: field 'defaults': must be a table")
-    bodies: list[tuple[str, dict]] = []
-    for i, body in enumerate(raw.get("case", [])):
-        if not isinstance(body, dict):
-            raise CaseError(f"{path}: case #{i + 1}: must be a table ([[case]])")
-        merged = {**copy.deepcopy(defaults), **body}
-        bodies.append((f"{path}: case {body.get('name', f'#{i + 1}')!r}", merged))
-    for sw in raw.get("sweep", []):
+        raise CaseError(f"{path}: field 'defaults': must be a table ([defaults]), got {toml_type(defaults)}")
+    for key in sorted(defaults):
+        if key not in CASE_FIELDS:
+            raise CaseError(f"{path}: [defaults]: field '{key}': unknown field")
+        if key == "name":
+            raise CaseError(f"{path}: [defaults]: field 'name': every case needs its own name")
+    case_tables, sweep_tables = _array_of_tables(raw, "case", path), _array_of_tables(raw, "sweep", path)
+    if not case_tables and not sweep_tables:
+        raise CaseError(f"{path}: no [[case]] or [[sweep]]: a case file defines at least one case")
+    bodies: list[tuple[str, dict, set[str]]] = []
+    for i, body in enumerate(case_tables):
+        who, _ = table_label(raw, ("case", i))
+        owned = sorted(set(body) & LOADER_FIELDS)
+        if owned:
+            raise CaseError(f"{path}: {who}: field '{owned[0]}': unknown field (the loader sets it)")
+        bodies.append((f"{path}: {who}", {**copy.deepcopy(defaults), **body}, set(defaults) - set(body)))
+    for i, table in enumerate(sweep_tables):
+        try:
+            sw = Sweep.model_validate(table)
+        except ValidationError as e:
+            who, _ = table_label(raw, ("sweep", i))
+            raise CaseError(format_errors(e, f"{path}: {who}", table)) from None
         bodies.extend(_expand_sweep(sw, path, defaults))
     cases = []
-    for where, body in bodies:
+    for where, body, from_defaults in bodies:
         body["file"] = str(path)
+
+        def note(field: str, from_defaults=from_defaults) -> str:
+            return " (set in [defaults])" if field.split(".")[0] in from_defaults else ""
+
         try:
             cases.append(Case.model_validate(body))
         except ValidationError as e:
-            raise CaseError(_format_errors(e, where)) from None
+            raise CaseError(format_errors(e, where, body, note)) from None
     return cases
 
 

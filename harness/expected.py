@@ -25,8 +25,9 @@ with ``A = max|x|``, ``s = sqrt(var + eps)``, ``G = max|g|`` and
 Each bound is multiplied by ``SAFETY`` (the constant of the standard
 floating-point error bounds, which are worst cases up to a small factor), and
 rounding of the result to its stored dtype adds one ulp at the element's
-magnitude (``2 u_out |value|``, or the subnormal spacing near zero). A case may scale the bound with a
-``tolerance`` override only with a written reason.
+magnitude (``2 u_out |value|``, or the subnormal spacing near zero). A case may widen the bound with a
+``tolerance`` override, by a factor above 1 and at most 100 (``harness.cases.MAX_TOLERANCE_FACTOR``), only
+with a written reason.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ Each ``[[difference]]`` scopes one real, understood discrepancy:
     kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
     observed = "what was measured"; reason = "why"; link = "https://..."
 
+An entry is validated like a case (the pydantic model ``Entry``, errors naming the file, the entry and
+the field): no unknown field, no coercion, ``kind`` one of the three, ``link`` an https:// address,
+``versions`` a PEP 440 specifier, every ``quantity`` glob matching some quantity (one that matches
+none would never be judged, not even as stale), and a scope (``cases`` or ``tags``).
+
 Strict both ways: a failing quantity that no entry covers fails; an entry
 that applies to a (case, adapter) cell but covers no failure there is stale
 and fails too (``apply_ledger``).
@@ -17,34 +22,94 @@ and fails too (``apply_ledger``).
 from __future__ import annotations
 
 import fnmatch
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from harness.cases import Case, CaseError
-from harness.schema import LedgerRef, Result, Verdict
+from harness.cases import (
+    Case,
+    CaseError,
+    FieldProblem,
+    StrictModel,
+    Text,
+    format_errors,
+    read_toml,
+    table_label,
+    toml_type,
+)
+from harness.schema import LedgerRef, Quantity, Result, Verdict
 
-KINDS = ("framework bug", "numerical weakness", "undocumented behaviour")
-REQUIRED = ("id", "adapter", "quantity", "kind", "observed", "reason", "link")
-ALLOWED = set(REQUIRED) | {"versions", "cases", "tags", "not_cases"}
+Kind = Literal["framework bug", "numerical weakness", "undocumented behaviour"]
+KINDS: tuple[str, ...] = Kind.__args__
 
 
-@dataclass(frozen=True)
-class Entry:
-    id: str
-    adapter: tuple[str, ...]
-    quantity: tuple[str, ...]
-    kind: str
-    observed: str
-    reason: str
+def _listed(v):
+    """A glob may be given alone or in a list."""
+    return [v] if isinstance(v, str) else v
+
+
+def _glob(v: str) -> str:
+    if not v or any(ch.isspace() for ch in v):
+        raise ValueError("must be a name or glob, without spaces")
+    return v
+
+
+Glob = Annotated[str, AfterValidator(_glob)]
+Globs = Annotated[tuple[Glob, ...], BeforeValidator(_listed), Field(strict=False)]
+
+
+class Entry(StrictModel):
+    """One ``[[difference]]``: strict like a case (no unknown field, no coercion)."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]+$")]
+    adapter: Annotated[Globs, Field(min_length=1)]
+    quantity: Annotated[Globs, Field(min_length=1)]
+    kind: Kind
+    observed: Text
+    reason: Text
     link: str
     versions: str = ""
-    cases: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    not_cases: tuple[str, ...] = ()
+    cases: Globs = ()
+    tags: Globs = ()
+    not_cases: Globs = ()
+
+    @field_validator("quantity")
+    @classmethod
+    def _known_quantity(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        names = [q.value for q in Quantity]
+        for glob in v:  # a glob that covers no quantity would never be judged, not even as stale
+            if not fnmatch.filter(names, glob):
+                raise ValueError(f"{glob!r} matches no quantity ({', '.join(names)})")
+        return v
+
+    @field_validator("link")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "https" or not parts.netloc or any(ch.isspace() for ch in v):
+            raise ValueError("must be an https:// link to source or an issue")
+        return v
+
+    @field_validator("versions")
+    @classmethod
+    def _pep440(cls, v: str) -> str:
+        try:
+            SpecifierSet(v)
+        except InvalidSpecifier:
+            raise ValueError("not a PEP 440 version specifier (like '>=2.0' or '>=3.0,<3.12')") from None
+        if not v.strip():
+            raise ValueError("empty: leave versions out to mean every version")
+        return v
+
+    @model_validator(mode="after")
+    def _scoped(self):
+        if not (self.cases or self.tags):
+            raise FieldProblem("cases", "give a case glob or tags (an entry must be scoped)")
+        return self
 
     def applies(self, case: Case, adapter: str, version: str | None) -> bool:
         """Does this entry scope the (case, adapter) cell at this framework version?"""
@@ -72,44 +137,34 @@ class Entry:
                          versions=self.versions)
 
 
-def _tuple(v) -> tuple[str, ...]:
-    return (v,) if isinstance(v, str) else tuple(v)
-
-
 def load_ledger(path: Path | None) -> list[Entry]:
+    """The entries of a ledger file (none when there is no file); every error is a CaseError naming the file,
+    the entry and the field."""
     if path is None or not Path(path).exists():
         return []
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise CaseError(f"{path}: not valid TOML: {e}") from None
-    entries, seen = [], set()
-    for i, body in enumerate(raw.get("difference", [])):
-        where = f"{path}: difference {body.get('id', f'#{i + 1}')!r}"
-        for key in REQUIRED:
-            if not str(body.get(key, "")).strip():
-                raise CaseError(f"{where}: field '{key}': required field is missing")
-        extra = set(body) - ALLOWED
-        if extra:
-            raise CaseError(f"{where}: field '{sorted(extra)[0]}': unknown field")
-        if body["kind"] not in KINDS:
-            raise CaseError(f"{where}: field 'kind': must be one of {KINDS}, got {body['kind']!r}")
-        if not str(body["link"]).startswith("https://"):
-            raise CaseError(f"{where}: field 'link': must be an https:// link to source or an issue")
-        if body.get("versions"):
-            try:
-                SpecifierSet(body["versions"])
-            except InvalidSpecifier:
-                raise CaseError(f"{where}: field 'versions': not a PEP 440 specifier: {body['versions']!r}") from None
-        if not (body.get("cases") or body.get("tags")):
-            raise CaseError(f"{where}: field 'cases': give a case glob or tags (an entry must be scoped)")
-        if body["id"] in seen:
-            raise CaseError(f"{where}: field 'id': duplicate")
-        seen.add(body["id"])
-        entries.append(Entry(**{**body, "cases": _tuple(body.get("cases", ())), "tags": _tuple(body.get("tags", ())),
-                                "not_cases": _tuple(body.get("not_cases", ())),
-                                "quantity": _tuple(body["quantity"]), "adapter": _tuple(body["adapter"])}))
+    raw = read_toml(path)
+    extra = set(raw) - {"difference"}
+    if extra:
+        raise CaseError(f"{path}: top-level table '{sorted(extra)[0]}': unknown (a ledger holds [[difference]])")
+    items = raw.get("difference", [])
+    if not isinstance(items, list):
+        raise CaseError(f"{path}: field 'difference': must be an array of tables ([[difference]]), "
+                        f"got {toml_type(items)}")
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    for i, body in enumerate(items):
+        who, _ = table_label(raw, ("difference", i))
+        if not isinstance(body, dict):
+            raise CaseError(f"{path}: difference #{i + 1}: must be a table ([[difference]]), got {toml_type(body)}")
+        try:
+            entry = Entry.model_validate(body)
+        except ValidationError as e:
+            raise CaseError(format_errors(e, f"{path}: {who}", body, whole="(entry)")) from None
+        if entry.id in seen:
+            raise CaseError(f"{path}: {who}: field 'id': duplicate")
+        seen.add(entry.id)
+        entries.append(entry)
     return entries
 
 

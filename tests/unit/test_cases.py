@@ -28,13 +28,13 @@ BAD = [
     ("bad dtype", GOOD + 'dtype = "int8"\n', "dtype", "float16"),
     ("momentum above 1", GOOD + "momentum = 1.5\n", "momentum", "less than or equal to 1"),
     ("missing shape", 'name = "c1"\n', "shape", "required field is missing"),
-    ("unknown generator", GOOD + 'input = { kind = "gaussian" }\n', "input", "kind"),
+    ("unknown generator", GOOD + 'input = { kind = "gaussian" }\n', "input.kind", "normal | uniform"),
     ("generator field", GOOD + 'input = { kind = "normal", sigma = 2.0 }\n', "input.sigma", "unknown field"),
     ("negative scale", GOOD + 'input = { kind = "normal", scale = -1.0 }\n', "input.scale", "greater than"),
-    ("uniform reversed", GOOD + 'input = { kind = "uniform", low = 2.0, high = 1.0 }\n', "input", "low"),
+    ("uniform reversed", GOOD + 'input = { kind = "uniform", low = 2.0, high = 1.0 }\n', "input.low", "high"),
     ("bad name", 'name = "has space"\nshape = [4, 3]\n', "name", "letters"),
     ("override channel", GOOD + 'channel_overrides = [{ channels = [5], input = { kind = "constant" } }]\n',
-     "(case)", "out of range"),
+     "channel_overrides", "out of range"),
     ("bad regex", GOOD + '[case.expect_raise.torch]\ntype = "ValueError"\nmatch = "("\n',
      "expect_raise.torch.match", "regular expression"),
     ("short tolerance reason", GOOD + "tolerance = { factor = 2.0, reason = 'why' }\n", "tolerance.reason", ""),
@@ -132,3 +132,94 @@ def test_specials_and_overrides(tmp_path):
     d = inputs.build(c)
     assert (d.x[0][:, 1] == 5.0).all() and np.isnan(d.x[0][0, 2]) and (d.x_eval[:, 1] == 5.0).all()
     assert not np.isnan(d.x_eval).any()
+
+
+# -- what an outside tester's 295 malformed files found (each failed before the loader was hardened) --------
+
+CASE = '[[case]]\nname = "c1"\nshape = [4, 3]\n'
+SWEEP = '[[sweep]]\nname = "s"\nparam = "eps"\nvalues = [1e-5, 1e-3]\n[sweep.base]\nshape = [4, 3]\n'
+
+REGRESSIONS = [
+    # (id, file bytes, what the message must name besides the file)
+    # tracebacks before
+    ("non-utf8 byte", CASE.encode() + b'description = "caf\xe9"\n', ["case 'c1'", "field 'description'", "UTF-8"]),
+    ("non-utf8 comment", b"# caf\xe9\n" + CASE.encode(), ["line 1", "UTF-8"]),
+    ("case = 5", b"case = 5\n", ["field 'case'", "array of tables"]),
+    ("sweep = 5", b"sweep = 5\n", ["field 'sweep'", "array of tables"]),
+    ("sweep = [5]", b"sweep = [5]\n", ["sweep #1", "must be a table"]),
+    ("sweep param = 5", SWEEP.replace('param = "eps"', "param = 5").encode(), ["sweep 's'", "field 'param'"]),
+    ("sweep base not a table", b'[[sweep]]\nname = "s"\nparam = "eps"\nvalues = [1.0]\nbase = "notatable"\n',
+     ["sweep 's'", "field 'base'", "must be a table"]),
+    ("nested 50000 deep", (CASE + "description = " + "{a = " * 50_000 + "1" + "}" * 50_000 + "\n").encode(),
+     ["case 'c1'", "field 'description", "nested more than"]),
+    ("arrays nested 50000 deep", (CASE + "tags = " + "[" * 50_000 + "]" * 50_000 + "\n").encode(),
+     ["case 'c1'", "field 'tags", "nested more than"]),
+    ("tables nested by dotted keys", (CASE + "[case." + ".".join(["a"] * 40) + "]\nb = 1\n").encode(),
+     ["case 'c1'", "field 'a.a.a", "nested more than"]),
+    # accepted silently before
+    ("tolerance factor inf", (CASE + 'tolerance = { factor = inf, reason = "the comparison is off" }\n').encode(),
+     ["case 'c1'", "field 'tolerance.factor'", "finite"]),
+    ("shape of booleans", CASE.replace("[4, 3]", "[true, 3]").encode(), ["case 'c1'", "field 'shape.0'", "integer"]),
+    ("momentum = true", (CASE + "momentum = true\n").encode(), ["case 'c1'", "field 'momentum'", "number"]),
+    ("string for a number", (CASE + 'eps = "1e-5"\n').encode(), ["case 'c1'", "field 'eps'", "number"]),
+    ("string for an integer", (CASE + 'seed = "3"\n').encode(), ["case 'c1'", "field 'seed'", "integer"]),
+    ("string for a boolean", (CASE + 'affine = "false"\n').encode(), ["case 'c1'", "field 'affine'", "true or false"]),
+    ("string in a generator", (CASE + 'input = { kind = "normal", scale = "2" }\n').encode(),
+     ["case 'c1'", "field 'input.scale'", "number"]),
+    ("rank 6", CASE.replace("[4, 3]", "[2, 2, 2, 2, 2, 2]").encode(), ["case 'c1'", "field 'shape'", "rank 2 to 5"]),
+    ("rank 10", CASE.replace("[4, 3]", "[1, 2, 1, 1, 1, 1, 1, 1, 1, 1]").encode(),
+     ["case 'c1'", "field 'shape'", "rank 2 to 5"]),
+    ("eps = inf", (CASE + "eps = inf\n").encode(), ["case 'c1'", "field 'eps'", "finite"]),
+    ("nan in input", (CASE + 'input = { kind = "normal", loc = nan }\n').encode(),
+     ["case 'c1'", "field 'input.loc'", "finite"]),
+    ("inf in gamma", (CASE + 'gamma = { kind = "uniform", low = 0.5, high = inf }\n').encode(),
+     ["case 'c1'", "field 'gamma.high'", "finite"]),
+    ("-inf in an override", (CASE + 'channel_overrides = [{ channels = [0], input = { kind = "ramp", '
+                             'start = -inf } }]\n').encode(),
+     ["case 'c1'", "field 'channel_overrides.0.input.start'", "finite"]),
+    ("negative running_var constant", (CASE + 'running_var = { kind = "constant", value = -1.0 }\n').encode(),
+     ["case 'c1'", "field 'running_var'", "never negative"]),
+    ("running_var uniform below 0", (CASE + 'running_var = { kind = "uniform", low = -0.5, high = 1.0 }\n').encode(),
+     ["case 'c1'", "field 'running_var'", "never negative"]),
+    ("running_var normal", (CASE + 'running_var = { kind = "normal", loc = 1.0, scale = 0.1 }\n').encode(),
+     ["case 'c1'", "field 'running_var'", "never negative"]),
+    ("adapters = []", (CASE + "adapters = []\n").encode(), ["case 'c1'", "field 'adapters'", "at least 1"]),
+    ("tolerance factor below 1", (CASE + 'tolerance = { factor = 0.5, reason = "tighter than the model" }\n').encode(),
+     ["case 'c1'", "field 'tolerance.factor'", "greater than 1"]),
+    ("tolerance factor 1e4", (CASE + 'tolerance = { factor = 1e4, reason = "hides every planted bug" }\n').encode(),
+     ["case 'c1'", "field 'tolerance.factor'", "less than or equal to 100"]),
+    ("sweep labels a string", SWEEP.replace("[sweep.base]", 'labels = "ab"\n[sweep.base]').encode(),
+     ["sweep 's'", "field 'labels'", "must be an array"]),
+]
+
+
+@pytest.mark.parametrize("what,data,must", REGRESSIONS, ids=[r[0] for r in REGRESSIONS])
+def test_regression_malformed_file_is_a_clear_error(tmp_path, what, data, must):
+    f = tmp_path / "bad.toml"
+    f.write_bytes(data)
+    with pytest.raises(CaseError) as ei:
+        load_file(f)
+    msg = str(ei.value)
+    assert msg.startswith(f"{f}: "), msg
+    for m in must:
+        assert m in msg, (m, msg)
+
+
+def test_sweep_over_a_field_of_the_default_generator(tmp_path):
+    """The README's sweep: ``param = "input.loc"`` with no ``input`` in the base varies the default input
+    (normal, scale 1), where it failed with "Unable to extract tag using discriminator 'kind'"."""
+    f = tmp_path / "s.toml"
+    f.write_text('[[sweep]]\nname = "offset"\nparam = "input.loc"\nvalues = [1.0, 10.0]\n'
+                 '[sweep.base]\nshape = [8, 2]\n')
+    a, b = load_file(f)
+    assert (a.input.kind, a.input.loc, a.input.scale, b.input.loc) == ("normal", 1.0, 1.0, 10.0)
+
+
+def test_integers_are_numbers_and_booleans_are_not(tmp_path):
+    """Strict mode keeps what TOML means: an integer where a float is due is that number; nothing else is
+    coerced."""
+    f = tmp_path / "c.toml"
+    f.write_text(CASE + 'momentum = 1\neps = 0\ninput = { kind = "uniform", low = -2, high = 5 }\n')
+    (c,) = load_file(f)
+    assert (c.momentum, c.eps, c.input.low, c.input.high) == (1.0, 0.0, -2.0, 5.0)
+    assert all(isinstance(x, float) for x in (c.momentum, c.eps, c.input.low))
