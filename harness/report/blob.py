@@ -164,7 +164,10 @@ class Blob:
 
     def _record(self, rec: Cell) -> dict[str, Any]:
         conv_key = repr(sorted(rec.conventions.items()))
-        info = {k: rounded(v, 4) for k, v in rec.info.items() if isinstance(v, (str, int, float, bool))}
+        # what the adapter reports: settings it read back (epsilon, momentum) keep 12 digits for the page's
+        # fmtSetting; timings (*_s) three
+        info = {k: rounded(v, 3 if k.endswith("_s") else 12) for k, v in rec.info.items()
+                if isinstance(v, (str, int, float, bool))}
         if "import_s" in rec.worker:
             info["worker import_s"] = rounded(rec.worker["import_s"], 3)
         info["round trip s"] = rounded(rec.wall_s, 3)

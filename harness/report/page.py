@@ -26,7 +26,7 @@ from harness.report import bench as bench_section
 from harness.report.blob import Blob
 from harness.report.model import Model, load
 from harness.report.plots import sweep_plots
-from harness.report.text import fmt_ulp
+from harness.report.text import fmt_setting, fmt_ulp
 from harness.report.views import DEFAULT_BASELINE, Builder
 from harness.schema import Quantity, Verdict, _clean
 
@@ -39,6 +39,7 @@ def _jinja() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["ulp"] = fmt_ulp
+    env.filters["setting"] = fmt_setting
     env.filters["g"] = lambda v, d=3: "" if v is None else (f"{v:.{d}g}" if isinstance(v, float) else str(v))
     return env
 

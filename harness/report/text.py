@@ -1,10 +1,16 @@
-"""How the report writes numbers and links (the page's JavaScript mirrors ``fmt_ulp`` as ``fmtUlp``)."""
+"""How the report writes numbers and links.
+
+The page's JavaScript (``templates/js/util.js``) mirrors ``fmt_ulp`` as ``fmtUlp`` and
+``fmt_setting`` as ``fmtSetting``.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from typing import Any
+
+from harness.repro_runtime import num
 
 
 def fmt_ulp(u: float | None) -> str:
@@ -22,6 +28,15 @@ def fmt_ulp(u: float | None) -> str:
     if u < 1000:
         return f"{u:.0f}"
     return f"{u:.1e}".replace("e+0", "e").replace("e+", "e")
+
+
+def fmt_setting(v: Any) -> str:
+    """A setting (momentum, eps, a case parameter) as a person wrote it: 0.3, not 0.30000000000000004.
+
+    ``harness.repro_runtime.num``: 12 significant digits, then the shortest text that reads back as
+    that number; '' for None.
+    """
+    return "" if v is None else str(num(v))
 
 
 def fmt_value(v: float | None) -> str:
