@@ -359,7 +359,12 @@ class Cell(CellKey):
     worker: dict[str, Any] = Field(default_factory=dict)
     worker_env: dict[str, str] = Field(default_factory=dict)
     status: OutcomeStatus
-    wall_s: Float | None = None
+    wall_s: Float | None = Field(None, description="seconds from handing the case to its worker to the answer: on a "
+                                 "worker's first case this includes starting the worker and importing the framework "
+                                 "(worker.import_s)")
+    case_s: Float | None = Field(None, description="seconds the case itself took in its worker (build, every step, "
+                                 "eval), without starting the worker or importing the framework; absent when no "
+                                 "answer came back")
     input_digests: dict[str, str] = Field(default_factory=dict)
 
 

@@ -168,9 +168,12 @@ class Blob:
         # fmtSetting; timings (*_s) three
         info = {k: rounded(v, 3 if k.endswith("_s") else 12) for k, v in rec.info.items()
                 if isinstance(v, (str, int, float, bool))}
+        if rec.case_s is not None:
+            info["case s (in the worker)"] = rounded(rec.case_s, 3)
         if "import_s" in rec.worker:
-            info["worker import_s"] = rounded(rec.worker["import_s"], 3)
-        info["round trip s"] = rounded(rec.wall_s, 3)
+            info["import s (this worker's first case)"] = rounded(rec.worker["import_s"], 3)
+        info["round trip s" + (" (with starting the worker and the import)" if "import_s" in rec.worker
+                               else "")] = rounded(rec.wall_s, 3)
         d = {"conventions": self.conventions(rec.conventions, conv_key), "settings": rec.settings,
              "effective": {"momentum": rounded(rec.effective.momentum, 17), "eps": rounded(rec.effective.eps, 17)},
              "info": info}

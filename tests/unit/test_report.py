@@ -405,6 +405,22 @@ def test_drift(two_envs: list[Path], tmp_path: Path) -> None:
     assert fmt_ulp(0) == "0" and fmt_ulp(0.004) == "<.01" and fmt_ulp(2.345) == "2.3" and fmt_ulp(123456) == "1.2e5"
 
 
+def test_the_cell_detail_keeps_settings_whole_and_says_what_the_case_cost(tmp_path: Path) -> None:
+    """What an adapter reports reading back (epsilon, momentum) keeps its digits for the page to print as a
+    person wrote it; timings are rounded; the case's own time is apart from the worker's start and import."""
+    recs = cell_records(_case(momentum=0.7), "keras3-jax", "e", "3.15.1", _rng())
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.info = {"epsilon": 1.0001e-05, "momentum": 0.99999, "compute_s": 0.123456}
+    cell.worker, cell.wall_s, cell.case_s = {"pid": 7, "import_s": 1.5}, 1.75, 0.2
+    blob = _blob(report.render(load([write(tmp_path / "e" / "results.jsonl", header("e", ["keras3-jax"]), recs)]),
+                               compress=False, plots=False))
+    got = _cell_of(blob, "dense_small", "e", "keras3-jax")
+    assert got["settings"]["momentum"] == 1 - 0.7 and got["effective"]["momentum"] == pytest.approx(0.7)
+    assert got["info"] == {"epsilon": 1.0001e-05, "momentum": 0.99999, "compute_s": 0.123,
+                           "case s (in the worker)": 0.2, "import s (this worker's first case)": 1.5,
+                           "round trip s (with starting the worker and the import)": 1.75}
+
+
 def test_oracle_gap_is_the_convention_difference() -> None:
     """Bessel's correction changes running_var by var/(n-1) per step and nothing upstream of it."""
     case = _case(steps=2)
