@@ -44,7 +44,7 @@ class _VerdictInfo:
     severity: int  # a cell shows its worst (highest) verdict
     fails_run: bool
     differs: bool  # the values differ from the oracle (known: and the ledger says why)
-    shows_error: bool  # the matrix shows the worst error in ulps rather than a letter
+    shows_error: bool  # the matrix shows the worst error over its bound rather than a letter
     letter: str  # terminal matrix
     mark: str  # report matrix, where no error is shown
     meaning: str
@@ -191,6 +191,18 @@ class MismatchKind(enum.StrEnum):
         return {"match": "values agree", "value": "values differ", "nan": "NaN where the oracle is finite",
                 "finite_where_nan": "finite value where the oracle is NaN", "inf": "infinity placement differs",
                 "shape": "shape differs", "missing": "not returned by the adapter"}[self.value]
+
+    @property
+    def bounded(self) -> bool:
+        """Does ``error_ratio`` (error / bound) measure this difference? Not for NaN, infinity, shape or a
+        missing array: no finite error there (the report shows the kind's ``mark`` instead of a ratio)."""
+        return self in (MismatchKind.MATCH, MismatchKind.VALUE)
+
+    @property
+    def mark(self) -> str:
+        """What the report's matrix shows for a difference without a ratio."""
+        return {"nan": "NaN", "finite_where_nan": "¬NaN", "inf": "inf", "shape": "shape",
+                "missing": "miss"}.get(self.value, "")
 
 
 class BenchStatus(enum.StrEnum):

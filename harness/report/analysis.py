@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from harness.report.model import Model, ReportCell
-from harness.report.text import fmt_ulp, fmt_value
+from harness.report.text import fmt_ratio, fmt_ulp, fmt_value
 from harness.schema import Quantity, Result, Verdict
 
 _TRAIN = Quantity.of_phase("train")
@@ -98,8 +98,11 @@ def first_divergence(cell: ReportCell) -> Divergence | None:
         where = "eval" if q.phase == "eval" else q.value
     names = [r.quantity.value for r in at]
     idx = first.worst_index
+    kind = first.mismatch_kind
+    measure = (kind.headline if kind is not None and not kind.bounded
+               else f"error/bound {fmt_ratio(first.error_ratio, first.verdict.differs) or 'n/a'}")
     detail = (f"{q}{list(idx) if idx else ''}: expected {fmt_value(first.expected)}, observed "
-              f"{fmt_value(first.observed)} ({fmt_ulp(first.max_ulp_err) or 'n/a'} ulp, {first.verdict})")
+              f"{fmt_value(first.observed)} ({measure}, {fmt_ulp(first.max_ulp_err) or 'n/a'} ulp, {first.verdict})")
     later = sorted({r.quantity.value for r in diff} - set(names))
     return Divergence(step, q, "; ".join([f"first differs at {where}: {q.stage} — {detail}", *notes]),
                       tuple(names[1:]), tuple(later))
@@ -112,13 +115,14 @@ def _name(r: Result) -> str:
 
 # -- drift between environments ------------------------------------------------------------------
 
-def orders_apart(a: float | None, b: float | None) -> bool:
-    """Do two errors (ULPs) differ by a factor of 10 or more? Everything within one ULP counts as 1."""
+def orders_apart(a: float | None, b: float | None, floor: float = 1.0) -> bool:
+    """Do two errors differ by a factor of 10 or more? Everything below ``floor`` counts as ``floor``
+    (ULPs: everything within one ULP counts as 1)."""
     if a is None or b is None:
         return False
     if math.isinf(a) or math.isinf(b):
         return a != b
-    return abs(math.log10(max(a, 1.0)) - math.log10(max(b, 1.0))) >= 1.0
+    return abs(math.log10(max(a, floor)) - math.log10(max(b, floor))) >= 1.0
 
 
 @dataclass(frozen=True)

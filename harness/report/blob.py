@@ -207,8 +207,8 @@ class Blob:
                 "quantities": [{"name": q.value, "phase": q.phase, "stage": q.stage, "label": q.label()}
                                for q in Quantity],
                 # note: the kind is named next to the verdict (a plain value difference is what the numbers show)
-                "kinds": [{"name": k.value, "headline": k.headline,
-                           "note": k not in (MismatchKind.MATCH, MismatchKind.VALUE)} for k in MismatchKind],
+                "kinds": [{"name": k.value, "headline": k.headline, "note": not k.bounded, "bounded": k.bounded,
+                           "mark": k.mark} for k in MismatchKind],
                 "conventions": self.conventions.items, "ledger": self.ledger, "cols": cols,
                 "envs": [e.key for e in m.envs], "cases": cases, "cells": cells, "gaps": gaps,
                 "templates": templates.items, "placeholder": repro.CASE_PLACEHOLDER}

@@ -19,7 +19,7 @@ from harness.report.cli import main as report_main
 from harness.report.gaps import bound, oracle_gaps, signature
 from harness.report.model import ReportCell, load, resolve
 from harness.report.page import JS, TEMPLATES
-from harness.report.text import fmt_ulp
+from harness.report.text import fmt_ratio, fmt_ulp
 from harness.schema import (
     SCHEMA_VERSION,
     Bandwidth,
@@ -405,6 +405,78 @@ def test_drift(two_envs: list[Path], tmp_path: Path) -> None:
     assert fmt_ulp(0) == "0" and fmt_ulp(0.004) == "<.01" and fmt_ulp(2.345) == "2.3" and fmt_ulp(123456) == "1.2e5"
 
 
+def _set(recs: list, verdict: Verdict | None = None, rest: float = 0.011, **fields) -> list:
+    """The cell's y record at step 0 given ``fields`` (and ``verdict``); every other compared record
+    within its bound (error/bound ``rest``) and tiny in ULPs; the cell record's verdict the worst again."""
+    for r in recs:
+        if isinstance(r, Result) and r.compared:
+            r.error_ratio, r.max_ulp_err = rest, 0.02
+            if r.quantity is Quantity.Y and r.step == 0:
+                for k, v in fields.items():
+                    setattr(r, k, v)
+                if verdict is not None:
+                    r.verdict = verdict
+                    r.repro = "pytest x" if verdict.fails_run else None
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.verdict = Verdict.worst(r.verdict for r in recs if isinstance(r, Result))
+    return recs
+
+
+def _ratio_cases(env: str = "e") -> list:
+    """One cell per way the matrix's number can read, on torch."""
+    ks = MismatchKind
+    recs = []
+    recs += _set(cell_records(_case("tiny_scale"), "torch", env, "2.13.0", _rng(1)), error_ratio=0.31,
+                 max_ulp_err=1.1e47)  # an error in ulps of a quantity whose scale is ~1e-40
+    recs += _set(cell_records(_case("outside"), "torch", env, "2.13.0", _rng(2)), Verdict.FAIL, error_ratio=4.2,
+                 max_ulp_err=0.52, mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("just_outside"), "torch", env, "2.13.0", _rng(3)), Verdict.FAIL,
+                 error_ratio=1.0004, mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("far_outside"), "torch", env, "2.13.0", _rng(4)), Verdict.KNOWN,
+                 error_ratio=31234.0, max_ulp_err=2.0, mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("nan_out"), "torch", env, "2.13.0", _rng(5)), Verdict.KNOWN, error_ratio=None,
+                 mismatch_kind=ks.NAN, observed=float("nan"))
+    recs += _set(cell_records(_case("inf_bound"), "torch", env, "2.13.0", _rng(6)), Verdict.FAIL,
+                 error_ratio=float("inf"), mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("wrong_shape"), "torch", env, "2.13.0", _rng(7)), Verdict.FAIL,
+                 error_ratio=None, max_ulp_err=None, mismatch_kind=ks.SHAPE, expected_shape=[16, 4],
+                 observed_shape=[4, 16])
+    # the call returned where the case expects a raise: the arrays are within the bound, the verdict is F
+    outcome_only = _set(cell_records(_case("outcome_fail"), "torch", env, "2.13.0", _rng(8)))
+    outcome_only[0].verdict, outcome_only[0].message = Verdict.FAIL, "expected ValueError but the call returned"
+    return recs + _set(outcome_only)
+
+
+def _matrix_cells(page: str) -> dict[str, tuple[str, str, str]]:
+    """{case: (class, text, title)} of the first column's cells in the rendered matrix."""
+    m = page[page.index('id="matrix-table"'):page.index('id="environments"')]
+    out = {}
+    for name, cls, title, text in re.findall(r'<th class="case"[^>]*>([^<]+)</th><td class="([^"]*)" data-c="0" '
+                                             r'title="([^"]*)">([^<]*)</td>', m):
+        out[name] = (cls, text, title)
+    return out
+
+
+def test_matrix_shows_error_over_the_bound(tmp_path: Path) -> None:
+    """The cell's number is error/bound (1 = on the bound), not ULPs of a quantity's near-zero scale."""
+    paths = [write(tmp_path / "e" / "results.jsonl", header("e", ["torch"]), _ratio_cases())]
+    page = report.render(load(paths), compress=False, plots=False)
+    cells = _matrix_cells(page)
+    got = {case: text for case, (_, text, _) in cells.items()}
+    assert got == {"tiny_scale": "0.31", "outside": "4.2", "just_outside": "&gt;1", "far_outside": "3e4",
+                   "nan_out": "NaN", "inf_bound": "inf", "wrong_shape": "shape", "outcome_fail": "F"}
+    assert cells["tiny_scale"][0] == "v-pass" and cells["outside"][0] == "v-fail"
+    # ULPs are still in the tooltip, with the quantity the number comes from
+    assert "worst error/bound 0.31 (y after train step 0); worst error 1.1e47 ulp" in cells["tiny_scale"][2]
+    assert "NaN where the oracle is finite (y after train step 0)" in cells["nan_out"][2]
+    # and in the cell's detail, per quantity (the blob keeps max_ulp_err and error_ratio)
+    blob = _blob(page)
+    rows = _rows(blob, _cell_of(blob, "tiny_scale", "e", "torch"))
+    assert max(r["error_ratio"] for r in rows) == 0.31 and max(r["max_ulp_err"] for r in rows) == 1.1e47
+    kinds = {k["name"]: k for k in blob["kinds"]}
+    assert kinds["nan"]["mark"] == "NaN" and not kinds["nan"]["bounded"] and kinds["value"]["bounded"]
+
+
 def test_the_cell_detail_keeps_settings_whole_and_says_what_the_case_cost(tmp_path: Path) -> None:
     """What an adapter reports reading back (epsilon, momentum) keeps its digits for the page to print as a
     person wrote it; timings are rounded; the case's own time is apart from the worker's start and import."""
@@ -419,6 +491,17 @@ def test_the_cell_detail_keeps_settings_whole_and_says_what_the_case_cost(tmp_pa
     assert got["info"] == {"epsilon": 1.0001e-05, "momentum": 0.99999, "compute_s": 0.123,
                            "case s (in the worker)": 0.2, "import s (this worker's first case)": 1.5,
                            "round trip s (with starting the worker and the import)": 1.75}
+
+
+@pytest.mark.parametrize("r, over, text", [
+    (None, False, ""), (0.0, False, "0"), (0.004, False, "<.01"), (0.0123, False, "0.012"), (0.0996, False, "0.1"),
+    (0.31, False, "0.31"), (0.996, False, "1"), (1.0, False, "1"), (1.0004, True, ">1"), (1.04, True, ">1"),
+    (4.25, True, "4.3"), (9.96, True, "10"), (42.4, True, "42"), (994.9, True, "995"), (999.6, True, "1e3"),
+    (2.5e4, True, "3e4"), (31234.0, True, "3e4"), (9.6e4, True, "1e5"), (1.2e100, True, "1e100"),
+    (float("inf"), True, "inf"), (float("nan"), True, "NaN"),
+])
+def test_fmt_ratio(r: float | None, over: bool, text: str) -> None:
+    assert fmt_ratio(r, over) == text
 
 
 def test_oracle_gap_is_the_convention_difference() -> None:

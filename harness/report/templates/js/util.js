@@ -42,6 +42,24 @@ function toNum(x) {
   return isNaN(f) ? null : f;
 }
 
+function fmtRatio(r, over) {  /* mirrors harness.report.text.fmt_ratio, float operation for float operation */
+  if (r === null || r === undefined) return "";
+  if (isNaN(r)) return "NaN";
+  if (!isFinite(r)) return r > 0 ? "inf" : "-inf";
+  if (r <= 0) return "0";
+  if (r < 0.01) return "<.01";
+  if (r < 1000) {
+    var q = r < 0.1 ? 1000 : r < 1 ? 100 : r < 10 ? 10 : 1;
+    var text = String(Math.floor(r * q + 0.5) / q);
+    return over && text === "1" ? ">1" : text;
+  }
+  var e = 0;
+  while (r >= 10) { r /= 10; e++; }
+  var m = Math.floor(r + 0.5);
+  if (m === 10) { m = 1; e++; }
+  return m + "e" + e;
+}
+
 function fmtUlp(u) {  /* mirrors harness.report.text.fmt_ulp */
   if (u === null || u === undefined || isNaN(u)) return "";
   if (!isFinite(u)) return "inf";
