@@ -111,11 +111,17 @@ class Builder:
             cells = []
             for env in self.model.envs:
                 c = d.cells.get(env.key)
-                cells.append(None if c is None else
-                             {"env": env.key, "verdict": c.verdict, "version": c.framework_version,
-                              "ulp": c.max_ulp(), "ulp_text": fmt_ulp(c.max_ulp()),
+                if c is None:
+                    cells.append(None)
+                    continue
+                hl = c.headline()
+                cells.append({"env": env.key, "verdict": c.verdict, "version": c.framework_version,
+                              "sort": min(hl.sort_value, 1e308), "text": hl.text, "ulp_text": fmt_ulp(c.max_ulp()),
+                              "digests": ", ".join(sorted({r.digest[:8] for r in c.results
+                                                           if r.digest and r.quantity.value in d.changed})),
                               "key": self.key(env.key, d.case, d.adapter)})
-            rows.append({"case": d.case, "adapter": d.adapter, "what": d.what, "changed": ", ".join(d.changed),
+            rows.append({"case": d.case, "adapter": d.adapter, "what": d.what, "ledger_only": d.ledger_only,
+                         "changed": ", ".join(d.changed),
                          "tags": " ".join(self.model.cases[d.case].tags) if d.case in self.model.cases else "",
                          "verdicts": " ".join(sorted({c.verdict.value for c in d.cells.values()})), "cells": cells})
         return rows

@@ -26,6 +26,7 @@ from harness.schema import (
     Benchmark,
     Cell,
     Header,
+    LedgerRef,
     MismatchKind,
     Quantity,
     Result,
@@ -502,6 +503,68 @@ def test_the_cell_detail_keeps_settings_whole_and_says_what_the_case_cost(tmp_pa
 ])
 def test_fmt_ratio(r: float | None, over: bool, text: str) -> None:
     assert fmt_ratio(r, over) == text
+
+
+def _drift_cell(case: Case, env: str, version: str, verdict: Verdict, digest: str, seed: int,
+                ratio: float = 3e4) -> list:
+    """A cell whose running_var at step 0 is ``verdict`` with observed bits ``digest``; the other
+    quantities' digests the same in every environment (same seed)."""
+    recs = cell_records(case, "keras3-jax", env, version, _rng(seed), "known")
+    for r in recs:
+        if isinstance(r, Result) and r.compared:
+            r.digest = f"{r.quantity}-{r.step}-same"
+            r.verdict, r.ledger, r.error_ratio, r.max_ulp_err, r.mismatch_kind = \
+                Verdict.PASS, None, 0.2, 1.0, MismatchKind.MATCH
+            if r.quantity is Quantity.RUNNING_VAR and r.step == 0:
+                r.verdict, r.digest, r.error_ratio, r.max_ulp_err = verdict, digest, ratio, 2e5
+                r.mismatch_kind = MismatchKind.VALUE
+                if verdict is Verdict.KNOWN:
+                    r.ledger = LedgerRef(id="keras-var", kind="numerical weakness", reason="r", link="", observed="o",
+                                         versions=">=3.10")
+    return _set_cell_verdict(recs)
+
+
+def _set_cell_verdict(recs: list) -> list:
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.verdict = Verdict.worst(r.verdict for r in recs if isinstance(r, Result))
+    return recs
+
+
+def test_drift_leaves_out_what_only_the_ledger_changed(tmp_path: Path) -> None:
+    """known <-> fail with the same observed bits is the ledger's version scope, not a change of behaviour;
+    a changed digest, a changed magnitude, or a raise against a return is."""
+    same, bits, raised, mag = _case("same_bits"), _case("new_bits"), _case("now_raises"), _case("magnitude")
+    new = [*_drift_cell(same, "new", "3.15.1", Verdict.KNOWN, "aaaa", 1),
+           *_drift_cell(bits, "new", "3.15.1", Verdict.KNOWN, "bbbb", 2),
+           *_drift_cell(raised, "new", "3.15.1", Verdict.KNOWN, "cccc", 3),
+           *_drift_cell(mag, "new", "3.15.1", Verdict.KNOWN, "dddd", 4, ratio=3e4)]
+    old = [*_drift_cell(same, "old", "3.0.4", Verdict.FAIL, "aaaa", 1),   # the entry says >=3.10: fail here
+           *_drift_cell(bits, "old", "3.0.4", Verdict.FAIL, "b000", 2),   # and other bits
+           *cell_records(raised, "keras3-jax", "old", "3.0.4", _rng(3), "raised"),
+           *_drift_cell(mag, "old", "3.0.4", Verdict.FAIL, "dddd", 4, ratio=3e4)]
+    # same digest, but the error 100x apart (the oracle or the bound moved): not the ledger's alone
+    next(r for r in old if isinstance(r, Result) and r.case == "magnitude" and r.digest == "dddd").max_ulp_err = 2e7
+    paths = [write(tmp_path / "r" / "new" / "results.jsonl", header("new", ["keras3-jax"]), new),
+             write(tmp_path / "r" / "old" / "results.jsonl", header("old", ["keras3-jax"]), old)]
+    rows = {d.case: d for d in drift(load(paths))}
+    assert rows["same_bits"].what == "ledger only" and rows["same_bits"].ledger_only
+    assert rows["same_bits"].changed == ("running_var",)
+    assert rows["new_bits"].what == "verdict" and not rows["new_bits"].ledger_only
+    assert rows["now_raises"].what == "verdict"
+    assert rows["magnitude"].what == "verdict"
+    # the page: the drift table holds the behaviour changes only; the ledger's are listed apart
+    page = report.render(load(paths), compress=False, plots=False)
+    section = page[page.index('<section id="drift">'):page.index('id="portability"')]
+    table = section[section.index('id="drift-table"'):section.index('id="drift-ledger"')]
+    apart = section[section.index('id="drift-ledger"'):]
+    assert "same_bits" not in table and all(c in table for c in ("new_bits", "now_raises", "magnitude"))
+    assert "same_bits" in apart and "Ledger only: 1 cell " in apart and "new_bits" not in apart
+    assert '<a href="#drift">Drift <span class="n">3</span>' in page
+    # a results file without digests (older runs) cannot show the bits are the same: a behaviour change
+    for p in paths:
+        p.write_text(p.read_text().replace('"digest": "aaaa", ', ""))
+        assert '"aaaa"' not in p.read_text()
+    assert {d.case: d.what for d in drift(load(paths))}["same_bits"] == "verdict"
 
 
 def test_oracle_gap_is_the_convention_difference() -> None:
