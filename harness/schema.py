@@ -375,8 +375,8 @@ class Cell(CellKey):
                                  "worker's first case this includes starting the worker and importing the framework "
                                  "(worker.import_s)")
     case_s: Float | None = Field(None, description="seconds the case itself took in its worker (build, every step, "
-                                 "eval), without starting the worker or importing the framework; absent when no "
-                                 "answer came back")
+                                 "eval), without starting the worker or importing the framework; absent when the "
+                                 "case did not run to an answer (crashed, timed out, or the adapter failed to set up)")
     input_digests: dict[str, str] = Field(default_factory=dict)
 
 

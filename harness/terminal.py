@@ -15,7 +15,8 @@ def timings(state: ParitySession) -> dict[str, dict[str, float]]:
     ``worker_wall_s`` (the round trips) = ``case_s`` + ``startup_s`` + ``import_s`` + ``overhead_s`` +
     ``unanswered_s``: a worker's first case pays its start (``startup_s``: spawning it, the first
     transfer) and the import (``import_s``), every case pays the transfers (``overhead_s``), and a case
-    that crashed or timed out has no ``case_s`` (its whole round trip is ``unanswered_s``).
+    that crashed, timed out or whose adapter failed to set up has no ``case_s`` (its whole round trip
+    is ``unanswered_s``).
     ``compute_s`` is the adapter's own measure of its run (``info``), ``compile_s`` part of it.
     """
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -48,7 +49,8 @@ def timing_line(adapter: str, v: dict[str, float]) -> str:
     compile_ = (f" (compile {v.get('compile_s', 0):.2f} s, {compiles}x"
                 + (f", {int(v['compile_cache_hits'])} from the cache" if v.get("compile_cache_hits") else "") + ")"
                 if compiles or v.get("compile_cache_hits") else "")
-    lost = f", {v['unanswered_s']:.1f} s in cases that crashed or timed out" if v.get("unanswered_s") else ""
+    lost = (f", {v['unanswered_s']:.1f} s in cases that crashed, timed out or failed to set up"
+            if v.get("unanswered_s") else "")
     return (f"{adapter}: {int(v.get('cells', 0))} cases {v.get('case_s', 0):.2f} s in the worker{compile_}, "
             f"{int(v.get('worker_starts', 0))} worker start(s) {v.get('startup_s', 0):.1f} s + import "
             f"{v.get('import_s', 0):.1f} s, transfers {v.get('overhead_s', 0):.2f} s{lost}; "
