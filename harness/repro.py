@@ -150,7 +150,8 @@ _TORCH_ATTRS = ("name", "framework", "conventions")
 _TORCH_METHODS = ("setup", "build", "train_step", "eval_step", "describe",
                   "run", "mapped", "effective", "settings", "versions", "distributions")
 _BASE_NAMES = ("IN_WORKER", "Conventions", "Raised", "Observed", "Mapped")
-_RUNTIME_NAMES = ("ORDER", "PARAM_QUANTITIES", "plain", "case_from_params", "oracle", "num", "show", "reproduce")
+_RUNTIME_NAMES = ("ORDER", "PARAM_QUANTITIES", "plain", "case_from_params", "oracle", "num", "settings_text", "show",
+                  "reproduce")
 
 
 def _case_defaults() -> dict[str, Any]:

@@ -9,6 +9,8 @@ the standard library, NumPy and the names imported below, never another harness 
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -76,8 +78,37 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dic
 
 
 def num(v: Any) -> Any:
-    """A setting for printing: 1 - 0.9 reads 0.1."""
-    return v if isinstance(v, str) or v is None else f"{v:.12g}"
+    """A number as a person wrote it: 1 - 0.7 (0.30000000000000004 in float64) reads 0.3.
+
+    The rule (the report's page mirrors it as ``fmtSetting``): round to 12 significant digits, which
+    drops float64 arithmetic noise and keeps every digit a person writes; then the shortest text that
+    reads back as that number (Python's ``repr``: ``0.3``, ``1e-05``, ``1.5e-07``), an integral value
+    without ``.0``. Strings and None are returned as they are; the records keep the exact float.
+    """
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    x = float(v)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    x = float(f"{x:.12g}")
+    return str(int(x)) if x.is_integer() and abs(x) < 1e16 else repr(x)
+
+
+def settings_text(v: Any) -> str:
+    """Settings (a dict of numbers, strings, lists, dicts) for printing, every number through ``num``."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {settings_text(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(settings_text(x) for x in v) + "]"
+    if v is None or isinstance(v, (str, bool)):
+        return json.dumps(v)
+    return num(v)
 
 
 def show(label: str, expected: np.ndarray, observed: np.ndarray, dtype_name: str) -> None:
@@ -114,7 +145,8 @@ def reproduce(adapter, case, adapter_name: str) -> int:
     data = build(case)  # the seeded inputs, bit-identical to the harness run
     print(f"case {case.name} on {adapter_name}: shape {list(case.shape)} {case.layout} {case.dtype}, "
           f"{case.steps} train steps; input digests x {data.digests['x']} x_eval {data.digests['x_eval']}")
-    print(f"{adapter_name} versions {adapter.versions()}; settings as passed: {adapter.settings(case)}")
+    print(f"{adapter_name} versions {adapter.versions()}; "
+          f"settings as passed: {settings_text(adapter.settings(case))}")
     adapter.setup()
     obs = adapter.run(case, data)
     momentum, eps = adapter.effective(case)
@@ -129,7 +161,7 @@ def reproduce(adapter, case, adapter_name: str) -> int:
             show(label, expected[q, step], obs.arrays[q, step],
                  case.resolved_param_dtype if q in PARAM_QUANTITIES else case.dtype)
     if obs.info:
-        print(f"adapter info: {obs.info}")
+        print(f"adapter info: {settings_text(obs.info)}")
     if obs.raised is None:
         return 0
     print(f"raised during {obs.raised.stage}: {obs.raised.type}: {obs.raised.message}")

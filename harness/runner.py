@@ -102,7 +102,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
                 settings=adapter.settings(case), effective=Effective(momentum=momentum, eps=eps),
                 info=({k: v for k, v in obs.info.items() if _jsonable(v)} if obs else {}),
                 worker=outcome.worker, worker_env=dict(adapter.worker_env), status=OutcomeStatus(outcome.status),
-                wall_s=outcome.wall_s, input_digests=data.digests)
+                wall_s=outcome.wall_s, case_s=outcome.case_s, input_digests=data.digests)
     res.records = [*records, cell]
     return res
 

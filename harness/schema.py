@@ -44,7 +44,7 @@ class _VerdictInfo:
     severity: int  # a cell shows its worst (highest) verdict
     fails_run: bool
     differs: bool  # the values differ from the oracle (known: and the ledger says why)
-    shows_error: bool  # the matrix shows the worst error in ulps rather than a letter
+    shows_error: bool  # the matrix shows the worst error over its bound rather than a letter
     letter: str  # terminal matrix
     mark: str  # report matrix, where no error is shown
     meaning: str
@@ -197,6 +197,18 @@ class MismatchKind(enum.StrEnum):
                 "finite_where_nan": "a finite value where the oracle is undefined (NaN)",
                 "inf": "an infinity where the oracle is finite, or the other infinity",
                 "shape": "shape differs", "missing": "not returned by the adapter"}[self.value]
+
+    @property
+    def bounded(self) -> bool:
+        """Does ``error_ratio`` (error / bound) measure this difference? Not for NaN, infinity, shape or a
+        missing array: no finite error there (the report shows the kind's ``mark`` instead of a ratio)."""
+        return self in (MismatchKind.MATCH, MismatchKind.VALUE)
+
+    @property
+    def mark(self) -> str:
+        """What the report's matrix shows for a difference without a ratio."""
+        return {"nan": "NaN", "finite_where_nan": "¬NaN", "inf": "inf", "shape": "shape",
+                "missing": "miss"}.get(self.value, "")
 
 
 class BenchStatus(enum.StrEnum):
@@ -365,7 +377,12 @@ class Cell(CellKey):
     worker: dict[str, Any] = Field(default_factory=dict)
     worker_env: dict[str, str] = Field(default_factory=dict)
     status: OutcomeStatus
-    wall_s: Float | None = None
+    wall_s: Float | None = Field(None, description="seconds from handing the case to its worker to the answer: on a "
+                                 "worker's first case this includes starting the worker and importing the framework "
+                                 "(worker.import_s)")
+    case_s: Float | None = Field(None, description="seconds the case itself took in its worker (build, every step, "
+                                 "eval), without starting the worker or importing the framework; absent when the "
+                                 "case did not run to an answer (crashed, timed out, or the adapter failed to set up)")
     input_digests: dict[str, str] = Field(default_factory=dict)
 
 

@@ -9,22 +9,52 @@ from harness.session import ParitySession
 
 
 def timings(state: ParitySession) -> dict[str, dict[str, float]]:
-    """Per adapter: worker starts, import, compile and compute seconds, harness overhead."""
+    """Per adapter, seconds: what the cases cost in the worker (``case_s``), starting workers and importing
+    the framework, and the rest of the round trips (moving arrays between the processes).
+
+    ``worker_wall_s`` (the round trips) = ``case_s`` + ``startup_s`` + ``import_s`` + ``overhead_s`` +
+    ``unanswered_s``: a worker's first case pays its start (``startup_s``: spawning it, the first
+    transfer) and the import (``import_s``), every case pays the transfers (``overhead_s``), and a case
+    that crashed, timed out or whose adapter failed to set up has no ``case_s`` (its whole round trip
+    is ``unanswered_s``).
+    ``compute_s`` is the adapter's own measure of its run (``info``), ``compile_s`` part of it.
+    """
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for c in state.cells:
         t = out[c.adapter]
         w, info, wall = c.worker, c.info, c.wall_s or 0.0
         t["cells"] += 1
-        if "import_s" in w:  # a worker's first case: spawn + import + this case
-            t["worker_starts"] += 1
-            t["import_s"] += w["import_s"]
-            t["startup_s"] += max(wall - w["import_s"] - info.get("compute_s", 0.0), 0.0)
+        t["worker_wall_s"] += wall
         t["compute_s"] += info.get("compute_s", 0.0)
         t["compile_s"] += info.get("compile_s", 0.0)
         t["compiles"] += info.get("compiles", 0)
         t["compile_cache_hits"] += info.get("compile_cache_hits", 0)
-        t["worker_wall_s"] += wall
+        if c.case_s is None:
+            t["unanswered_s"] += wall
+            continue
+        t["case_s"] += c.case_s
+        rest = max(wall - c.case_s, 0.0)
+        if "import_s" in w:  # a worker's first case: spawn + import + this case
+            t["worker_starts"] += 1
+            t["import_s"] += w["import_s"]
+            t["startup_s"] += max(rest - w["import_s"], 0.0)
+        else:
+            t["overhead_s"] += rest
     return {a: dict(v) for a, v in out.items()}
+
+
+def timing_line(adapter: str, v: dict[str, float]) -> str:
+    """One adapter's time, cases first: 'torch: 93 cases 12.31 s in the worker (compile ...), ...'."""
+    compiles = int(v.get("compiles", 0))
+    compile_ = (f" (compile {v.get('compile_s', 0):.2f} s, {compiles}x"
+                + (f", {int(v['compile_cache_hits'])} from the cache" if v.get("compile_cache_hits") else "") + ")"
+                if compiles or v.get("compile_cache_hits") else "")
+    lost = (f", {v['unanswered_s']:.1f} s in cases that crashed, timed out or failed to set up"
+            if v.get("unanswered_s") else "")
+    return (f"{adapter}: {int(v.get('cells', 0))} cases {v.get('case_s', 0):.2f} s in the worker{compile_}, "
+            f"{int(v.get('worker_starts', 0))} worker start(s) {v.get('startup_s', 0):.1f} s + import "
+            f"{v.get('import_s', 0):.1f} s, transfers {v.get('overhead_s', 0):.2f} s{lost}; "
+            f"round trips {v.get('worker_wall_s', 0):.2f} s")
 
 
 def summary(state: ParitySession, tr) -> None:
@@ -51,14 +81,9 @@ def summary(state: ParitySession, tr) -> None:
     tr.write_line("records by verdict: " + ", ".join(f"{v}={n}" for v, n in sorted(totals.items())))
     t = timings(state)
     if t:
-        tr.write_line("time per adapter (s): " + "; ".join(
-            f"{a}: {int(v.get('worker_starts', 0))} worker start(s) {v.get('startup_s', 0):.1f}, "
-            f"import {v.get('import_s', 0):.1f}, "
-            f"compute {v.get('compute_s', 0):.2f}, compile {v.get('compile_s', 0):.2f} "
-            f"({int(v.get('compiles', 0))}x"
-            + (f", {int(v['compile_cache_hits'])} from the cache" if v.get("compile_cache_hits") else "")
-            + f"), worker round-trips {v.get('worker_wall_s', 0):.2f}"
-            for a, v in sorted(t.items())))
+        tr.write_line("time per adapter:")
+        for a, v in sorted(t.items()):
+            tr.write_line("  " + timing_line(a, v))
     if state.writer is not None:
         tr.write_line(f"results: {state.writer.path}")
     if state.html is not None:

@@ -84,13 +84,20 @@ def worker_adapter(spec: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _run_task(spec: str, case, data, started: str | None = None) -> tuple[Observed, dict[str, Any]]:
-    """One case in the worker. Nothing escapes as an exception: the parent always gets an Observed."""
+    """One case in the worker. Nothing escapes as an exception: the parent always gets an Observed.
+
+    ``info["case_s"]`` is what the case itself cost: the adapter's run (build, every step, eval), from
+    after the framework import and adapter setup (``import_s``, a worker's first case only) to the
+    answer being ready to send back.
+    """
     if started:
         with open(started, "w") as f:
             f.write(str(os.getpid()))
     try:
         adapter, info = worker_adapter(spec)
+        t0 = time.perf_counter()
         obs = adapter.run(case, data)
+        info["case_s"] = time.perf_counter() - t0
     except BaseException as e:  # loading or setting up the adapter failed, or something escaped run()
         obs, info = Observed(raised=Raised.of(e, "setup")), {"pid": os.getpid()}
     for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -113,7 +120,8 @@ class Outcome:
     exit_code: int | None = None
     stderr_tail: str = ""
     worker: dict[str, Any] = field(default_factory=dict)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the round trip: on a worker's first case, starting it and importing the framework too
+    case_s: float | None = None  # the case alone, in the worker (None: no answer came back, or setup failed)
 
 
 def _signal_name(code: int | None) -> str:
@@ -178,7 +186,7 @@ class Workers:
         if self.in_process:
             def wait_inline() -> Outcome:
                 obs, info = _run_task(spec, case, data)
-                return Outcome(obs, worker=info, wall_s=time.perf_counter() - t0)
+                return Outcome(obs, worker=info, wall_s=time.perf_counter() - t0, case_s=info.pop("case_s", None))
 
             return wait_inline
         w = self._pool(name, spec, env)
@@ -191,7 +199,7 @@ class Workers:
 
             try:
                 obs, info = self._result(future, w)
-                out = Outcome(obs, worker=info)
+                out = Outcome(obs, worker=info, case_s=info.pop("case_s", None))
             except FutureTimeout:
                 out = Outcome(status=OutcomeStatus.TIMEOUT,
                               message=f"no answer within {timeout:g} s; worker killed and replaced")

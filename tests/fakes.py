@@ -108,6 +108,16 @@ class NumpyBN(Adapter):
         return self._forward_backward(st, x, g, b(st["rm"]), self.invstd(b(st["rv"]), st["eps"]), False)
 
 
+class SlowImport(NumpyBN):
+    """Takes a second to set up, as importing TensorFlow does: the first case of each worker pays it."""
+
+    name = "fake-slow-import"
+    IMPORT_S = 1.0
+
+    def setup(self):
+        time.sleep(self.IMPORT_S)
+
+
 # -- planted numerical bugs: each must be flagged --------------------------------
 
 class EpsOutsideSqrt(NumpyBN):

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from harness.report.model import Model, ReportCell
-from harness.report.text import fmt_ulp, fmt_value
+from harness.report.text import fmt_ratio, fmt_ulp, fmt_value
 from harness.schema import Quantity, Result, Verdict
 
 _TRAIN = Quantity.of_phase("train")
@@ -98,8 +98,11 @@ def first_divergence(cell: ReportCell) -> Divergence | None:
         where = "eval" if q.phase == "eval" else q.value
     names = [r.quantity.value for r in at]
     idx = first.worst_index
+    kind = first.mismatch_kind
+    measure = (kind.headline if kind is not None and not kind.bounded
+               else f"error/bound {fmt_ratio(first.error_ratio, first.verdict.differs) or 'n/a'}")
     detail = (f"{q}{list(idx) if idx else ''}: expected {fmt_value(first.expected)}, observed "
-              f"{fmt_value(first.observed)} ({fmt_ulp(first.max_ulp_err) or 'n/a'} ulp, {first.verdict})")
+              f"{fmt_value(first.observed)} ({measure}, {fmt_ulp(first.max_ulp_err) or 'n/a'} ulp, {first.verdict})")
     later = sorted({r.quantity.value for r in diff} - set(names))
     return Divergence(step, q, "; ".join([f"first differs at {where}: {q.stage} — {detail}", *notes]),
                       tuple(names[1:]), tuple(later))
@@ -112,13 +115,14 @@ def _name(r: Result) -> str:
 
 # -- drift between environments ------------------------------------------------------------------
 
-def orders_apart(a: float | None, b: float | None) -> bool:
-    """Do two errors (ULPs) differ by a factor of 10 or more? Everything within one ULP counts as 1."""
+def orders_apart(a: float | None, b: float | None, floor: float = 1.0) -> bool:
+    """Do two errors differ by a factor of 10 or more? Everything below ``floor`` counts as ``floor``
+    (ULPs: everything within one ULP counts as 1)."""
     if a is None or b is None:
         return False
     if math.isinf(a) or math.isinf(b):
         return a != b
-    return abs(math.log10(max(a, 1.0)) - math.log10(max(b, 1.0))) >= 1.0
+    return abs(math.log10(max(a, floor)) - math.log10(max(b, floor))) >= 1.0
 
 
 @dataclass(frozen=True)
@@ -127,16 +131,54 @@ class Drift:
 
     case: str
     adapter: str
-    what: str  # "verdict" or "error magnitude"
+    what: str  # "verdict", "error magnitude" or "ledger only"
     cells: dict[str, ReportCell]  # env key -> the cell there
     changed: tuple[str, ...]  # quantities whose verdict differs between the environments
+
+    @property
+    def ledger_only(self) -> bool:
+        """The framework did the same; only the ledger's reading of it differs (``ledger_only``)."""
+        return self.what == "ledger only"
+
+
+_LEDGER_SWAP = {Verdict.KNOWN, Verdict.FAIL}
+
+
+def ledger_only(per_env: dict[str, ReportCell]) -> bool:
+    """Do the cells' verdicts differ only through the ledger, the observed bits being the same?
+
+    True when every quantity (and step) is recorded in every environment, and each one whose
+    verdict differs differs only as ``known`` <-> ``fail`` with the same array ``digest`` everywhere:
+    the same observed bits, judged by a ledger entry whose version scope covers one environment
+    and not the other. Stale records are the ledger's own and are left out. A changed digest, an
+    outcome that changed (raise vs return), a quantity recorded in one environment only, or a record
+    without a digest (an older results file) is a behaviour change.
+    """
+    keyed: dict[tuple[Quantity, int | None], list[Result]] = defaultdict(list)
+    for c in per_env.values():
+        for r in c.results:
+            if r.quantity is not None:
+                keyed[(r.quantity, r.step)].append(r)
+    for rs in keyed.values():
+        if len(rs) != len(per_env):
+            return False
+        verdicts = {r.verdict for r in rs}
+        if len(verdicts) == 1:
+            continue
+        if not verdicts <= _LEDGER_SWAP:
+            return False
+        digests = {r.digest for r in rs}
+        if len(digests) != 1 or None in digests:
+            return False
+    return True
 
 
 def drift(model: Model) -> list[Drift]:
     """(case, adapter) cells whose verdict or error order of magnitude differs between environments.
 
     A skipped cell (adapter not installed there, dtype unsupported) is not a behaviour and is left
-    out of the comparison, like a cell that did not run.
+    out of the comparison, like a cell that did not run. A verdict change that is the ledger's alone
+    (``ledger_only``) is kept apart as ``what == "ledger only"``: not a change of behaviour.
     """
     by: dict[tuple[str, str], dict[str, ReportCell]] = defaultdict(dict)
     for (env, case, adapter), cell in model.cells.items():
@@ -156,6 +198,8 @@ def drift(model: Model) -> list[Drift]:
             for r in c.results:
                 per_q[(_name(r), r.step)].add(r.verdict)
         changed = sorted({q for (q, _), vs in per_q.items() if len(vs) > 1})
-        rows.append(Drift(case, adapter, "verdict" if len(verdicts) > 1 else "error magnitude", per_env,
-                          tuple(changed)))
+        what = "error magnitude" if len(verdicts) == 1 else "verdict"
+        if what == "verdict" and not apart and ledger_only(per_env):
+            what = "ledger only"
+        rows.append(Drift(case, adapter, what, per_env, tuple(changed)))
     return rows

@@ -164,10 +164,16 @@ class Blob:
 
     def _record(self, rec: Cell) -> dict[str, Any]:
         conv_key = repr(sorted(rec.conventions.items()))
-        info = {k: rounded(v, 4) for k, v in rec.info.items() if isinstance(v, (str, int, float, bool))}
+        # what the adapter reports: settings it read back (epsilon, momentum) keep 12 digits for the page's
+        # fmtSetting; timings (*_s) three
+        info = {k: rounded(v, 3 if k.endswith("_s") else 12) for k, v in rec.info.items()
+                if isinstance(v, (str, int, float, bool))}
+        if rec.case_s is not None:
+            info["case s (in the worker)"] = rounded(rec.case_s, 3)
         if "import_s" in rec.worker:
-            info["worker import_s"] = rounded(rec.worker["import_s"], 3)
-        info["round trip s"] = rounded(rec.wall_s, 3)
+            info["import s (this worker's first case)"] = rounded(rec.worker["import_s"], 3)
+        info["round trip s" + (" (with starting the worker and the import)" if "import_s" in rec.worker
+                               else "")] = rounded(rec.wall_s, 3)
         d = {"conventions": self.conventions(rec.conventions, conv_key), "settings": rec.settings,
              "effective": {"momentum": rounded(rec.effective.momentum, 17), "eps": rounded(rec.effective.eps, 17)},
              "info": info}
@@ -201,8 +207,8 @@ class Blob:
                 "quantities": [{"name": q.value, "phase": q.phase, "stage": q.stage, "label": q.label()}
                                for q in Quantity],
                 # note: the kind is named next to the verdict (a plain value difference is what the numbers show)
-                "kinds": [{"name": k.value, "headline": k.headline,
-                           "note": k not in (MismatchKind.MATCH, MismatchKind.VALUE)} for k in MismatchKind],
+                "kinds": [{"name": k.value, "headline": k.headline, "note": not k.bounded, "bounded": k.bounded,
+                           "mark": k.mark} for k in MismatchKind],
                 "conventions": self.conventions.items, "ledger": self.ledger, "cols": cols,
                 "envs": [e.key for e in m.envs], "cases": cases, "cells": cells, "gaps": gaps,
                 "templates": templates.items, "placeholder": repro.CASE_PLACEHOLDER}

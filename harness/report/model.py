@@ -21,8 +21,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from harness.report.text import fmt_ratio, ratio_value
 from harness.results import read
-from harness.schema import Cell, Header, Quantity, Result, Verdict
+from harness.schema import Cell, Header, MismatchKind, Quantity, Result, Verdict
 
 _PHASES = list(dict.fromkeys(q.phase for q in Quantity))  # outcome, train, eval: the order they happen in
 
@@ -33,6 +34,66 @@ def result_order(r: Result) -> tuple[int, int, int]:
     if q is None:
         return (len(_PHASES), 0, 0)
     return (_PHASES.index(q.phase), r.step or 0, q.order)
+
+
+_KIND_RANK = {k: i for i, k in enumerate(MismatchKind)}  # a later kind outranks an earlier one as a headline
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a matrix cell shows for its records (all of them, or one quantity's): the worst error over its
+    bound (1 = on the bound), or the kind of a difference that has no ratio (NaN, infinity, shape,
+    missing). The page's ``headline`` (``templates/js/data.js``) computes the same from the blob."""
+
+    ratio: float | None = None  # the largest error_ratio, at the page's three significant digits
+    kind: MismatchKind | None = None  # a difference without a ratio: shown instead of the ratio
+    over: bool = False  # a record at the largest ratio differs from the oracle (so it reads '>1', never '1')
+    record: Result | None = None  # the record the ratio (or the kind) comes from
+
+    @property
+    def text(self) -> str:
+        return self.kind.mark if self.kind is not None else fmt_ratio(self.ratio, self.over)
+
+    @property
+    def sort_value(self) -> float:
+        """Larger is worse: a kind above every ratio, NaN as infinite, nothing to show -1."""
+        if self.kind is not None:
+            return math.inf
+        if self.ratio is None:
+            return -1.0
+        return math.inf if math.isnan(self.ratio) else self.ratio
+
+    def explains(self, verdict: Verdict) -> bool:
+        """Does the headline show why the verdict differs from the oracle? (A cell that fails on its outcome
+        alone, its arrays within the bound, shows the verdict's mark rather than a ratio below 1.)"""
+        return bool(self.text) and (not verdict.differs or self.over or self.kind is not None)
+
+
+def headline(results: Iterable[Result]) -> Headline:
+    """The worst error/bound over ``results`` (compared records only), or the worst kind without a ratio."""
+    ratio: float | None = None
+    key = -math.inf
+    over = False
+    rec: Result | None = None
+    kind: MismatchKind | None = None
+    krec: Result | None = None
+    for r in results:
+        k = r.mismatch_kind
+        if k is not None and not k.bounded:
+            if kind is None or _KIND_RANK[k] > _KIND_RANK[kind]:
+                kind, krec = k, r
+            continue
+        if r.error_ratio is None:
+            continue
+        v = ratio_value(r.error_ratio)
+        kv = math.inf if math.isnan(v) else v
+        if rec is None or kv > key:
+            ratio, key, over, rec = v, kv, r.verdict.differs, r
+        elif kv == key:
+            over = over or r.verdict.differs
+    if kind is not None:
+        return Headline(ratio, kind, over, krec)
+    return Headline(ratio, None, over, rec)
 
 
 @dataclass
@@ -89,6 +150,10 @@ class ReportCell:
         vals = [r.max_ulp_err for r in self.results if r.max_ulp_err is not None and not math.isnan(r.max_ulp_err)
                 and (quantity is None or r.quantity == quantity)]
         return max(vals) if vals else None
+
+    def headline(self, quantity: Quantity | None = None) -> Headline:
+        """The worst error over its bound over the cell's records (of one quantity): what the matrix shows."""
+        return headline(r for r in self.results if quantity is None or r.quantity == quantity)
 
     @cached_property
     def outcome(self) -> Result | None:

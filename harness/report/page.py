@@ -26,9 +26,9 @@ from harness.report import bench as bench_section
 from harness.report.blob import Blob
 from harness.report.model import Model, load
 from harness.report.plots import sweep_plots
-from harness.report.text import fmt_ulp
+from harness.report.text import fmt_setting, fmt_ulp
 from harness.report.views import DEFAULT_BASELINE, Builder
-from harness.schema import Quantity, Verdict, _clean
+from harness.schema import MismatchKind, Quantity, Verdict, _clean
 
 TEMPLATES = Path(__file__).parent / "templates"
 JS = ("util.js", "data.js", "filters.js", "sort.js", "detail.js", "portability.js", "main.js")
@@ -39,6 +39,7 @@ def _jinja() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["ulp"] = fmt_ulp
+    env.filters["setting"] = fmt_setting
     env.filters["g"] = lambda v, d=3: "" if v is None else (f"{v:.{d}g}" if isinstance(v, float) else str(v))
     return env
 
@@ -76,6 +77,7 @@ def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plo
         "defaults": b.defaults_views(), "plots": sweep_plots(model) if plots else [],
         "partial": [e for e in model.envs if e.partial], "adapters": model.adapters, "tags": model.tags(),
         "quantities": [q for q in Quantity if q is not Quantity.OUTCOME], "verdicts": Verdict.ordered(),
+        "kinds": list(MismatchKind),
         "payload": payload, "encoding": encoding, "ncases": len(model.cases), "ncells": len(model.cells),
         "css": Markup((TEMPLATES / "report.css").read_text()), "js": script(),
         "multi_env": len(model.envs) > 1, "bench": bench,

@@ -1,4 +1,10 @@
-"""Error against a swept parameter, per adapter, on log axes: matplotlib (Agg) to SVG data URIs.
+"""Error over its bound against a swept parameter, per adapter, on log axes: matplotlib (Agg) to SVG data URIs.
+
+The y axis is the matrix's number, error/bound (1 = on the bound, the dotted line), not ULPs: ULPs
+measure the error against the spacing of the dtype at the quantity's scale, which near zero (a
+gradient of a constant input, scale ~1e-40) reads 1e41 for an error the bound allows, and says
+nothing about the verdict. A difference without a ratio (NaN, infinity, a shape) is drawn as a
+cross at the top of its panel.
 
 The SVG goes into an ``<img>`` as a data URI, so nothing in it (adapter or case names come
 from results files) can run in the page.
@@ -14,13 +20,14 @@ from collections import defaultdict
 from typing import Any
 
 from harness.report.analysis import orders_apart
-from harness.report.model import Model, sweep_x
+from harness.report.model import Model, headline, sweep_x
 from harness.schema import Quantity
 
 PANELS = (("y (train)", (Quantity.Y,)), ("running statistics", (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR)),
           ("gradients (train)", (Quantity.DX, Quantity.DGAMMA, Quantity.DBETA)),
           ("eval", tuple(Quantity.of_phase("eval"))))
-FLOOR = 1e-2  # errors below this many ULPs (exact results included) are drawn on this line
+FLOOR = 1e-3  # error/bound below this (exact results included) is drawn on this line
+SAME_BELOW = 0.1  # another environment's line is drawn again only where its error/bound is 10x apart, above this
 
 
 def _varying_index(values: list[Any]) -> int | None:
@@ -34,7 +41,11 @@ def _varying_index(values: list[Any]) -> int | None:
 
 
 def sweep_series(model: Model) -> dict[str, dict[str, Any]]:
-    """{sweep name: {param, label, series: {(env, adapter): [(x, {panel: (ulp, differs)})]}}}."""
+    """{sweep name: {param, label, series: {(env, adapter): [(x, {panel: (ratio, differs, no_ratio)}, verdict)]}}}.
+
+    ``ratio``: the panel's worst error/bound (None when there is none); ``differs``: the record at
+    that ratio differs from the oracle (ringed); ``no_ratio``: some record of the panel differs
+    without a ratio (NaN, infinity, shape, missing: a cross at the top)."""
     sweeps: dict[str, dict[str, Any]] = {}
     members: dict[str, list] = defaultdict(list)
     for info in model.cases.values():
@@ -55,12 +66,14 @@ def sweep_series(model: Model) -> dict[str, dict[str, Any]]:
                 cell = model.cells.get((env, info.name, adapter))
                 if cell is None:
                     continue
-                point: dict[str, tuple[float, bool]] = {}
+                point: dict[str, tuple[float | None, bool, bool]] = {}
                 for panel, qs in PANELS:
                     rs = [r for r in cell.results if r.quantity in qs]
-                    us = [r.max_ulp_err for r in rs if r.max_ulp_err is not None and not math.isnan(r.max_ulp_err)]
-                    if us:
-                        point[panel] = (max(us), any(r.verdict.differs for r in rs))
+                    hl = headline(rs)
+                    ratio = None if hl.ratio is None or math.isnan(hl.ratio) else hl.ratio
+                    no_ratio = hl.kind is not None or (hl.ratio is not None and math.isnan(hl.ratio))
+                    if ratio is not None or no_ratio:  # ringed: the record at the ratio differs from the oracle
+                        point[panel] = (ratio, hl.over, no_ratio)
                 series[(env, adapter)].append((x, point, cell.verdict))
         if series:
             series, same = _drop_repeats(dict(series), [e.key for e in model.envs])
@@ -72,15 +85,16 @@ def _drop_repeats(series: dict[tuple[str, str], list], env_order: list[str]) -> 
     """Keep an adapter's line from a later environment only where it tells something new.
 
     The first environment holding the adapter draws its line; another environment's line is kept
-    when some point is 10x apart or differs from the oracle where the first did not (or the
-    reverse). The dropped ones are named in the caption.
+    when some point's error/bound is 10x apart (at or above a tenth of the bound), or differs from
+    the oracle where the first did not (or the reverse). The dropped ones are named in the caption.
     """
 
     def points(pts):
-        return {(x, panel): (u, d) for x, p, _ in pts for panel, (u, d) in p.items()}
+        return {(x, panel): v for x, p, _ in pts for panel, v in p.items()}
 
     def differs(a: dict, b: dict) -> bool:
-        return a.keys() != b.keys() or any(a[k][1] != b[k][1] or orders_apart(a[k][0], b[k][0]) for k in a)
+        return a.keys() != b.keys() or any(a[k][1:] != b[k][1:] or orders_apart(a[k][0], b[k][0], SAME_BELOW)
+                                           for k in a)
 
     first: dict[str, dict] = {}
     kept: dict[tuple[str, str], list] = {}
@@ -128,16 +142,22 @@ def figure_svg(name: str, sweep: dict[str, Any], multi_env: bool) -> str:
             got = sorted((x, p[panel]) for x, p, _ in pts if panel in p)
             if not got:
                 continue
-            px = [x for x, _ in got]
-            py = [max(u, FLOOR) for _, (u, _) in got]
+            ratios = [(x, max(u, FLOOR), d) for x, (u, d, _) in got if u is not None]
             # an adapter's first line is solid; its lines from other environments get the other styles
             ls = styles[line_no[(env, adapter)] % len(styles)]
             label = f"{adapter} @ {env}" if multi_env else adapter
-            (ln,) = ax.plot(px, py, ls, marker=marker, ms=3.5, lw=1.3, color=colour[adapter], label=label)
-            handles[label] = ln
-            bad = [(x, max(u, FLOOR)) for x, (u, d) in got if d]
+            if ratios:
+                (ln,) = ax.plot([x for x, _, _ in ratios], [y for _, y, _ in ratios], ls, marker=marker, ms=3.5,
+                                lw=1.3, color=colour[adapter], label=label)
+                handles[label] = ln
+            bad = [(x, y) for x, y, d in ratios if d]
             if bad:
                 ax.plot(*zip(*bad), "o", ms=9, mfc="none", mec="#d62728", mew=1.4)
+            off = [x for x, (_, _, no_ratio) in got if no_ratio]
+            if off:  # no ratio (NaN, infinity, shape): a cross at the top of the panel
+                (cross,) = ax.plot(off, [0.97] * len(off), "x", ms=7, mew=1.6, color=colour[adapter],
+                                   transform=ax.get_xaxis_transform(), clip_on=False)
+                handles.setdefault(label, cross)
         ax.set_title(panel, fontsize=9)
         ax.set_yscale("log")
         if xs and min(xs) > 0:
@@ -155,7 +175,7 @@ def figure_svg(name: str, sweep: dict[str, Any], multi_env: bool) -> str:
         ax.yaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, which="major", alpha=0.25)
-    axes[0][0].set_ylabel("max error (ULPs of the dtype)", fontsize=8)
+    axes[0][0].set_ylabel("error / bound (worst element)", fontsize=8)
     ncol = 6
     rows = math.ceil(len(handles) / ncol) if handles else 0
     legend_h = 0.18 * rows  # inches

@@ -12,12 +12,28 @@ from typing import Any
 
 from harness.report.analysis import Divergence, drift, first_divergence
 from harness.report.gaps import PairBound, Portability
-from harness.report.model import Env, Model, ReportCell
-from harness.report.text import fmt_ulp
+from harness.report.model import Env, Headline, Model, ReportCell
+from harness.report.text import fmt_g, fmt_ulp
 from harness.schema import Quantity, Verdict
 
 DEFAULT_BASELINE = "torch"  # the adapter the defaults-vs-defaults view compares the others with
 TITLE_CHARS = 160  # of an exception or message in a matrix cell's tooltip
+
+
+def headline_title(hl: Headline, ulp: float | None) -> str:
+    """The tooltip's account of a cell's number: the worst error/bound and where, then the worst ULPs."""
+    out = ""
+    rec = hl.record
+    where = f" ({rec.quantity.label(rec.step)})" if rec is not None and rec.quantity is not None else ""
+    if hl.kind is not None:
+        out += f"; {hl.kind.headline}{where}"
+        if hl.ratio is not None:
+            out += f"; worst error/bound elsewhere {fmt_g(hl.ratio)}"
+    elif hl.ratio is not None:
+        out += f"; worst error/bound {fmt_g(hl.ratio)}{where}"
+    if ulp is not None:
+        out += f"; worst error {fmt_ulp(ulp)} ulp"
+    return out
 
 
 class Builder:
@@ -55,10 +71,10 @@ class Builder:
                     if cell is None:
                         tds.append({"c": c, "cls": "none", "text": "", "title": f"{adapter} @ {env}: not run"})
                         continue
-                    verdict, ulp = cell.verdict, cell.max_ulp()
-                    text = fmt_ulp(ulp) if verdict.info.shows_error and ulp is not None else verdict.info.mark
-                    title = f"{name} × {adapter} @ {env}: {verdict}" + (f", worst {fmt_ulp(ulp)} ulp"
-                                                                        if ulp is not None else "")
+                    verdict, hl = cell.verdict, cell.headline()
+                    shown = verdict.info.shows_error and hl.explains(verdict)
+                    text = hl.text if shown else verdict.info.mark
+                    title = f"{name} × {adapter} @ {env}: {verdict}" + headline_title(hl, cell.max_ulp())
                     out = cell.outcome
                     if out is not None and out.verdict is not Verdict.PASS:
                         short = (out.exception_type or out.message)[:TITLE_CHARS]
@@ -95,11 +111,17 @@ class Builder:
             cells = []
             for env in self.model.envs:
                 c = d.cells.get(env.key)
-                cells.append(None if c is None else
-                             {"env": env.key, "verdict": c.verdict, "version": c.framework_version,
-                              "ulp": c.max_ulp(), "ulp_text": fmt_ulp(c.max_ulp()),
+                if c is None:
+                    cells.append(None)
+                    continue
+                hl = c.headline()
+                cells.append({"env": env.key, "verdict": c.verdict, "version": c.framework_version,
+                              "sort": min(hl.sort_value, 1e308), "text": hl.text, "ulp_text": fmt_ulp(c.max_ulp()),
+                              "digests": ", ".join(sorted({r.digest[:8] for r in c.results
+                                                           if r.digest and r.quantity.value in d.changed})),
                               "key": self.key(env.key, d.case, d.adapter)})
-            rows.append({"case": d.case, "adapter": d.adapter, "what": d.what, "changed": ", ".join(d.changed),
+            rows.append({"case": d.case, "adapter": d.adapter, "what": d.what, "ledger_only": d.ledger_only,
+                         "changed": ", ".join(d.changed),
                          "tags": " ".join(self.model.cases[d.case].tags) if d.case in self.model.cases else "",
                          "verdicts": " ".join(sorted({c.verdict.value for c in d.cells.values()})), "cells": cells})
         return rows

@@ -18,8 +18,10 @@ import pytest
 
 from harness import report
 from harness.cases import Case, load_cases
-from harness.schema import Quantity, Result, Verdict
+from harness.report.text import fmt_ratio
+from harness.schema import MismatchKind, Quantity, Result, Verdict
 from tests.report_sample import cell_records, header, synthetic, write
+from tests.unit.test_report import _case, _ratio_cases, _rng, _set
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -144,6 +146,8 @@ def test_report_in_chromium(browser, results: list[Path], tmp_path: Path, compre
     script = page.locator("#repro-script").inner_text()
     assert "CASE = json.loads" in script and "ADAPTER = " in script and "reproduce" in script
     assert page.locator("#d-body", has_text="momentum as passed").count() == 1
+    page.select_option("#f-verdict", "")  # the matrix undimmed beside the open detail, for the screenshot
+    assert drawer.is_visible()
     shot = tmp_path / "report.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
@@ -187,3 +191,61 @@ def test_markup_in_results_stays_text_in_chromium(browser, tmp_path: Path) -> No
         assert page.locator("#d-body img").count() == 0 and page.locator("th.case img").count() == 0
         assert not errors, errors
         page.close()
+
+
+# values where rounding could go two ways: ties at the page's 3 digits and at the 2 (or 1) shown
+RATIOS = [0.0, 0.004, 0.0125, 0.0996, 0.125, 0.15, 0.31, 0.345, 0.996, 1.0, 1.0004, 1.04, 1.25, 4.25, 4.2471, 9.96,
+          42.5, 994.9, 999.6, 2.5e4, 24996.0, 31234.0, 9.6e4, 1.2e30, 5.69e15]
+
+
+def _column(page, adapter: str) -> str:
+    return page.locator("#matrix-table th.ad-h", has_text=adapter).get_attribute("data-c")
+
+
+def _texts(page, adapter: str = "torch") -> dict[str, str]:
+    """{case: text} of one adapter's column."""
+    return page.evaluate("""c => Object.fromEntries([...document.querySelectorAll('#matrix-table tbody tr[data-r]')]
+        .map(tr => [tr.querySelector('th').textContent, tr.querySelector(`td[data-c="${c}"]`).textContent]))""",
+                         _column(page, adapter))
+
+
+def test_matrix_numbers_in_chromium(browser, tmp_path: Path) -> None:
+    """The page paints the cells as the server wrote them (error/bound, the kind where there is no ratio),
+    sorts a column by that number, and shows settings as a person wrote them."""
+    recs = _ratio_cases()
+    for i, r in enumerate(RATIOS):
+        recs += _set(cell_records(_case(f"r{i:02d}"), "torch", "e", "2.13.0", _rng(i)),
+                     Verdict.FAIL if r > 1 else None, rest=0.0, error_ratio=r, max_ulp_err=10.0 ** (40 - i),
+                     mismatch_kind=MismatchKind.VALUE if r > 1 else MismatchKind.MATCH)
+    keras = Case.model_validate({"name": "momentum_07", "shape": [8, 2], "momentum": 0.7, "tags": ["other"]})
+    recs += cell_records(keras, "keras3-jax", "e", "3.15.1", _rng(99))
+    paths = [write(tmp_path / "e" / "results.jsonl", header("e", ["torch", "keras3-jax"]), recs)]
+    html = report.render_paths(paths, tmp_path / "n.html", compress=False, plots=False)
+    page, errors, _ = _open(browser, html.as_uri())
+    served = _texts(page)
+    assert served["tiny_scale"] == "0.31" and served["nan_out"] == "NaN" and served["outcome_fail"] == "F"
+    want = {f"r{i:02d}": fmt_ratio(r, r > 1) for i, r in enumerate(RATIOS)}
+    assert {k: served[k] for k in want} == want
+    page.click("#f-reset")  # the script repaints every cell from the data blob: the same text
+    assert _texts(page) == served
+    page.select_option("#f-quantity", "dx")  # one quantity: its own number
+    assert _texts(page)["tiny_scale"] == "0.011" and _texts(page)["r06"] == "0"
+    page.click("#f-reset")
+
+    # sort by the torch column: worst verdict first, then by error/bound (not by ULPs)
+    page.locator(f'#matrix-table th.ad-h[data-c="{_column(page, "torch")}"]').click()
+    order = page.evaluate("""() => [...document.querySelectorAll('#matrix-table tbody tr[data-r]')]
+        .map(tr => tr.querySelector('th').textContent)""")
+    passes = [n for n in order if n in ("tiny_scale", "r06", "r08", "r04")]  # ULPs 1.1e47, 1e34, 1e32, 1e36
+    assert passes == ["r08", "r06", "tiny_scale", "r04"], passes  # 0.996, 0.31, 0.31 (row order), 0.125
+    fails = [n for n in order if n in ("outside", "just_outside", "far_outside", "nan_out", "r20")]
+    assert fails == ["r20", "outside", "just_outside", "nan_out", "far_outside"], fails
+
+    # settings as a person wrote them: Keras gets 1 - 0.7 = 0.30000000000000004 and eps 1e-05
+    row = page.locator("#matrix-table th.case", has_text="momentum_07").locator("xpath=..")
+    row.locator(f'td[data-c="{_column(page, "keras3-jax")}"]').click()
+    body = page.locator("#d-body").inner_text()
+    assert "momentum as passed to keras3-jax\t0.3\n" in body and "weight of the new statistic\t0.7\n" in body, body
+    assert "\neps\t1e-05\n" in body and "30000000000000004" not in body
+    assert not errors, errors
+    page.close()

@@ -19,13 +19,14 @@ from harness.report.cli import main as report_main
 from harness.report.gaps import bound, oracle_gaps, signature
 from harness.report.model import ReportCell, load, resolve
 from harness.report.page import JS, TEMPLATES
-from harness.report.text import fmt_ulp
+from harness.report.text import fmt_ratio, fmt_ulp
 from harness.schema import (
     SCHEMA_VERSION,
     Bandwidth,
     Benchmark,
     Cell,
     Header,
+    LedgerRef,
     MismatchKind,
     Quantity,
     Result,
@@ -403,6 +404,167 @@ def test_drift(two_envs: list[Path], tmp_path: Path) -> None:
     assert by[("dense_small", "torch")].cells["new"].verdict == Verdict.PASS
     assert by[("dense_small", "torch")].what == "verdict"
     assert fmt_ulp(0) == "0" and fmt_ulp(0.004) == "<.01" and fmt_ulp(2.345) == "2.3" and fmt_ulp(123456) == "1.2e5"
+
+
+def _set(recs: list, verdict: Verdict | None = None, rest: float = 0.011, **fields) -> list:
+    """The cell's y record at step 0 given ``fields`` (and ``verdict``); every other compared record
+    within its bound (error/bound ``rest``) and tiny in ULPs; the cell record's verdict the worst again."""
+    for r in recs:
+        if isinstance(r, Result) and r.compared:
+            r.error_ratio, r.max_ulp_err = rest, 0.02
+            if r.quantity is Quantity.Y and r.step == 0:
+                for k, v in fields.items():
+                    setattr(r, k, v)
+                if verdict is not None:
+                    r.verdict = verdict
+                    r.repro = "pytest x" if verdict.fails_run else None
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.verdict = Verdict.worst(r.verdict for r in recs if isinstance(r, Result))
+    return recs
+
+
+def _ratio_cases(env: str = "e") -> list:
+    """One cell per way the matrix's number can read, on torch."""
+    ks = MismatchKind
+    recs = []
+    recs += _set(cell_records(_case("tiny_scale"), "torch", env, "2.13.0", _rng(1)), error_ratio=0.31,
+                 max_ulp_err=1.1e47)  # an error in ulps of a quantity whose scale is ~1e-40
+    recs += _set(cell_records(_case("outside"), "torch", env, "2.13.0", _rng(2)), Verdict.FAIL, error_ratio=4.2,
+                 max_ulp_err=0.52, mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("just_outside"), "torch", env, "2.13.0", _rng(3)), Verdict.FAIL,
+                 error_ratio=1.0004, mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("far_outside"), "torch", env, "2.13.0", _rng(4)), Verdict.KNOWN,
+                 error_ratio=31234.0, max_ulp_err=2.0, mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("nan_out"), "torch", env, "2.13.0", _rng(5)), Verdict.KNOWN, error_ratio=None,
+                 mismatch_kind=ks.NAN, observed=float("nan"))
+    recs += _set(cell_records(_case("inf_bound"), "torch", env, "2.13.0", _rng(6)), Verdict.FAIL,
+                 error_ratio=float("inf"), mismatch_kind=ks.VALUE)
+    recs += _set(cell_records(_case("wrong_shape"), "torch", env, "2.13.0", _rng(7)), Verdict.FAIL,
+                 error_ratio=None, max_ulp_err=None, mismatch_kind=ks.SHAPE, expected_shape=[16, 4],
+                 observed_shape=[4, 16])
+    # the call returned where the case expects a raise: the arrays are within the bound, the verdict is F
+    outcome_only = _set(cell_records(_case("outcome_fail"), "torch", env, "2.13.0", _rng(8)))
+    outcome_only[0].verdict, outcome_only[0].message = Verdict.FAIL, "expected ValueError but the call returned"
+    return recs + _set(outcome_only)
+
+
+def _matrix_cells(page: str) -> dict[str, tuple[str, str, str]]:
+    """{case: (class, text, title)} of the first column's cells in the rendered matrix."""
+    m = page[page.index('id="matrix-table"'):page.index('id="environments"')]
+    out = {}
+    for name, cls, title, text in re.findall(r'<th class="case"[^>]*>([^<]+)</th><td class="([^"]*)" data-c="0" '
+                                             r'title="([^"]*)">([^<]*)</td>', m):
+        out[name] = (cls, text, title)
+    return out
+
+
+def test_matrix_shows_error_over_the_bound(tmp_path: Path) -> None:
+    """The cell's number is error/bound (1 = on the bound), not ULPs of a quantity's near-zero scale."""
+    paths = [write(tmp_path / "e" / "results.jsonl", header("e", ["torch"]), _ratio_cases())]
+    page = report.render(load(paths), compress=False, plots=False)
+    cells = _matrix_cells(page)
+    got = {case: text for case, (_, text, _) in cells.items()}
+    assert got == {"tiny_scale": "0.31", "outside": "4.2", "just_outside": "&gt;1", "far_outside": "3e4",
+                   "nan_out": "NaN", "inf_bound": "inf", "wrong_shape": "shape", "outcome_fail": "F"}
+    assert cells["tiny_scale"][0] == "v-pass" and cells["outside"][0] == "v-fail"
+    # ULPs are still in the tooltip, with the quantity the number comes from
+    assert "worst error/bound 0.31 (y after train step 0); worst error 1.1e47 ulp" in cells["tiny_scale"][2]
+    assert "NaN where the oracle is finite (y after train step 0)" in cells["nan_out"][2]
+    # and in the cell's detail, per quantity (the blob keeps max_ulp_err and error_ratio)
+    blob = _blob(page)
+    rows = _rows(blob, _cell_of(blob, "tiny_scale", "e", "torch"))
+    assert max(r["error_ratio"] for r in rows) == 0.31 and max(r["max_ulp_err"] for r in rows) == 1.1e47
+    kinds = {k["name"]: k for k in blob["kinds"]}
+    assert kinds["nan"]["mark"] == "NaN" and not kinds["nan"]["bounded"] and kinds["value"]["bounded"]
+
+
+def test_the_cell_detail_keeps_settings_whole_and_says_what_the_case_cost(tmp_path: Path) -> None:
+    """What an adapter reports reading back (epsilon, momentum) keeps its digits for the page to print as a
+    person wrote it; timings are rounded; the case's own time is apart from the worker's start and import."""
+    recs = cell_records(_case(momentum=0.7), "keras3-jax", "e", "3.15.1", _rng())
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.info = {"epsilon": 1.0001e-05, "momentum": 0.99999, "compute_s": 0.123456}
+    cell.worker, cell.wall_s, cell.case_s = {"pid": 7, "import_s": 1.5}, 1.75, 0.2
+    blob = _blob(report.render(load([write(tmp_path / "e" / "results.jsonl", header("e", ["keras3-jax"]), recs)]),
+                               compress=False, plots=False))
+    got = _cell_of(blob, "dense_small", "e", "keras3-jax")
+    assert got["settings"]["momentum"] == 1 - 0.7 and got["effective"]["momentum"] == pytest.approx(0.7)
+    assert got["info"] == {"epsilon": 1.0001e-05, "momentum": 0.99999, "compute_s": 0.123,
+                           "case s (in the worker)": 0.2, "import s (this worker's first case)": 1.5,
+                           "round trip s (with starting the worker and the import)": 1.75}
+
+
+@pytest.mark.parametrize("r, over, text", [
+    (None, False, ""), (0.0, False, "0"), (0.004, False, "<.01"), (0.0123, False, "0.012"), (0.0996, False, "0.1"),
+    (0.31, False, "0.31"), (0.996, False, "1"), (1.0, False, "1"), (1.0004, True, ">1"), (1.04, True, ">1"),
+    (4.25, True, "4.3"), (9.96, True, "10"), (42.4, True, "42"), (994.9, True, "995"), (999.6, True, "1e3"),
+    (2.5e4, True, "3e4"), (31234.0, True, "3e4"), (9.6e4, True, "1e5"), (1.2e100, True, "1e100"),
+    (float("inf"), True, "inf"), (float("nan"), True, "NaN"),
+])
+def test_fmt_ratio(r: float | None, over: bool, text: str) -> None:
+    assert fmt_ratio(r, over) == text
+
+
+def _drift_cell(case: Case, env: str, version: str, verdict: Verdict, digest: str, seed: int,
+                ratio: float = 3e4) -> list:
+    """A cell whose running_var at step 0 is ``verdict`` with observed bits ``digest``; the other
+    quantities' digests the same in every environment (same seed)."""
+    recs = cell_records(case, "keras3-jax", env, version, _rng(seed), "known")
+    for r in recs:
+        if isinstance(r, Result) and r.compared:
+            r.digest = f"{r.quantity}-{r.step}-same"
+            r.verdict, r.ledger, r.error_ratio, r.max_ulp_err, r.mismatch_kind = \
+                Verdict.PASS, None, 0.2, 1.0, MismatchKind.MATCH
+            if r.quantity is Quantity.RUNNING_VAR and r.step == 0:
+                r.verdict, r.digest, r.error_ratio, r.max_ulp_err = verdict, digest, ratio, 2e5
+                r.mismatch_kind = MismatchKind.VALUE
+                if verdict is Verdict.KNOWN:
+                    r.ledger = LedgerRef(id="keras-var", kind="numerical weakness", reason="r", link="", observed="o",
+                                         versions=">=3.10")
+    return _set_cell_verdict(recs)
+
+
+def _set_cell_verdict(recs: list) -> list:
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.verdict = Verdict.worst(r.verdict for r in recs if isinstance(r, Result))
+    return recs
+
+
+def test_drift_leaves_out_what_only_the_ledger_changed(tmp_path: Path) -> None:
+    """known <-> fail with the same observed bits is the ledger's version scope, not a change of behaviour;
+    a changed digest, a changed magnitude, or a raise against a return is."""
+    same, bits, raised, mag = _case("same_bits"), _case("new_bits"), _case("now_raises"), _case("magnitude")
+    new = [*_drift_cell(same, "new", "3.15.1", Verdict.KNOWN, "aaaa", 1),
+           *_drift_cell(bits, "new", "3.15.1", Verdict.KNOWN, "bbbb", 2),
+           *_drift_cell(raised, "new", "3.15.1", Verdict.KNOWN, "cccc", 3),
+           *_drift_cell(mag, "new", "3.15.1", Verdict.KNOWN, "dddd", 4, ratio=3e4)]
+    old = [*_drift_cell(same, "old", "3.0.4", Verdict.FAIL, "aaaa", 1),   # the entry says >=3.10: fail here
+           *_drift_cell(bits, "old", "3.0.4", Verdict.FAIL, "b000", 2),   # and other bits
+           *cell_records(raised, "keras3-jax", "old", "3.0.4", _rng(3), "raised"),
+           *_drift_cell(mag, "old", "3.0.4", Verdict.FAIL, "dddd", 4, ratio=3e4)]
+    # same digest, but the error 100x apart (the oracle or the bound moved): not the ledger's alone
+    next(r for r in old if isinstance(r, Result) and r.case == "magnitude" and r.digest == "dddd").max_ulp_err = 2e7
+    paths = [write(tmp_path / "r" / "new" / "results.jsonl", header("new", ["keras3-jax"]), new),
+             write(tmp_path / "r" / "old" / "results.jsonl", header("old", ["keras3-jax"]), old)]
+    rows = {d.case: d for d in drift(load(paths))}
+    assert rows["same_bits"].what == "ledger only" and rows["same_bits"].ledger_only
+    assert rows["same_bits"].changed == ("running_var",)
+    assert rows["new_bits"].what == "verdict" and not rows["new_bits"].ledger_only
+    assert rows["now_raises"].what == "verdict"
+    assert rows["magnitude"].what == "verdict"
+    # the page: the drift table holds the behaviour changes only; the ledger's are listed apart
+    page = report.render(load(paths), compress=False, plots=False)
+    section = page[page.index('<section id="drift">'):page.index('id="portability"')]
+    table = section[section.index('id="drift-table"'):section.index('id="drift-ledger"')]
+    apart = section[section.index('id="drift-ledger"'):]
+    assert "same_bits" not in table and all(c in table for c in ("new_bits", "now_raises", "magnitude"))
+    assert "same_bits" in apart and "Ledger only: 1 cell " in apart and "new_bits" not in apart
+    assert '<a href="#drift">Drift <span class="n">3</span>' in page
+    # a results file without digests (older runs) cannot show the bits are the same: a behaviour change
+    for p in paths:
+        p.write_text(p.read_text().replace('"digest": "aaaa", ', ""))
+        assert '"aaaa"' not in p.read_text()
+    assert {d.case: d.what for d in drift(load(paths))}["same_bits"] == "verdict"
 
 
 def test_oracle_gap_is_the_convention_difference() -> None:

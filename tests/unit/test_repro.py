@@ -246,6 +246,39 @@ def test_in_process_script_reproduces_the_harness(tmp_path: Path) -> None:
     assert "momentum (weight of new) 0.1" in res.stdout
 
 
+def test_settings_print_as_a_person_wrote_them(capsys: pytest.CaptureFixture) -> None:
+    """1 - 0.7 is 0.30000000000000004 in float64: the reproducer's header prints 0.3 (the records keep the float)."""
+    from tests.fakes import NumpyBN
+
+    class DecayOfOld(NumpyBN):  # Keras' convention: the momentum passed is 1 - the case's
+        name = "fake-decay-of-old"
+        conventions = base.Conventions(momentum_style="decay_of_old", running_var_estimator="unbiased",
+                                       default_eps=1e-3, default_momentum=0.99, native_layout="channels_first")
+
+        def new_weight(self, st):
+            return 1.0 - st["momentum"]
+
+    case = _case("momentum_07", momentum=0.7)
+    adapter = DecayOfOld()
+    assert adapter.settings(case)["momentum"] == 1 - 0.7 != 0.3  # the record keeps the exact float
+    assert repro_runtime.reproduce(adapter, case, adapter.name) == 0
+    out = capsys.readouterr().out
+    assert 'settings as passed: {"momentum": 0.3, "eps": 1e-05, "axis": 1' in out, out
+    assert "momentum (weight of new) 0.7, eps 1e-05" in out
+    assert "30000000000000004" not in out
+
+    num = repro_runtime.num
+    assert (num(1 - 0.7), num(1 - 0.9), num(1 - 0.99), num(0.1 + 0.2)) == ("0.3", "0.1", "0.01", "0.3")
+    assert (num(1e-5), num(1.5e-7), num(1e-3), num(0.0001), num(1.0), num(1e6), num(1e16)) == \
+        ("1e-05", "1.5e-07", "0.001", "0.0001", "1", "1000000", "1e+16")
+    assert (num(0.123456789012), num(float(np.float32(0.1))), num(-0.0)) == ("0.123456789012", "0.10000000149", "0")
+    assert (num(float("nan")), num(float("-inf")), num(3), num("cumulative"), num(None)) == \
+        ("nan", "-inf", "3", "cumulative", None)
+    assert repro_runtime.settings_text({"momentum": 1 - 0.7, "eps": 1e-5, "axis": 1, "flags": {"fused": True},
+                                        "shape": [2, 0.5], "name": None}) == \
+        '{"momentum": 0.3, "eps": 1e-05, "axis": 1, "flags": {"fused": true}, "shape": [2, 0.5], "name": null}'
+
+
 def test_script_survives_hostile_case_text(tmp_path: Path) -> None:
     params = {**_case().summary(), "description": 'x"""\n__import__("os")._exit(3)\n"""\\', "name": "n\ny"}
     text = repro.script(params, "torch")

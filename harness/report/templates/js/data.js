@@ -1,6 +1,6 @@
 /* The data blob (harness/report/blob.py) and the lookups built from its tables: the page has no
    vocabulary of its own. A result record is a row whose columns are named by D.fields.result:
-   r[F.max_ulp_err]. A column past the end of a row is empty. */
+   r[F.error_ratio]. A column past the end of a row is empty. */
 var D = null;      // the blob
 var F = null;      // result column name -> position in a row
 var V = null;      // verdict name -> its row of Verdict.table() (severity, fails_run, differs, shows_error, mark, meaning)
@@ -35,25 +35,59 @@ function verdictAt(i) { return D.verdicts[i]; }  // the blob stores verdicts as 
 function severity(name) { return V[name].severity; }
 /* what the "not pass" filter shows: a verdict that fails the run or differs from the oracle */
 function needsAttention(name) { return V[name].fails_run || V[name].differs; }
-function matrixText(name, ulp) { return V[name].shows_error && ulp !== null ? fmtUlp(ulp) : V[name].mark; }
 
-/* per-quantity view of a cell: the worst verdict and largest ULP error of that quantity ("none": not recorded) */
+/* what a cell shows for some of its result rows: mirrors harness.report.model.headline. r: the largest
+   error/bound (as the blob rounds it); k: the worst kind of difference without a ratio (an index into
+   D.kinds), shown instead; over: a row at the largest ratio differs from the oracle; sort: larger is worse */
+function headline(rows) {
+  var ratio = null, key = null, over = false, kind = null;
+  rows.forEach(function (r) {
+    var ki = r[F.mismatch_kind];
+    if (ki != null && !D.kinds[ki].bounded) {
+      if (kind === null || ki > kind) kind = ki;
+      return;
+    }
+    var x = toNum(r[F.error_ratio]);
+    if (x === null) return;
+    var kx = isNaN(x) ? Infinity : x;
+    var differs = verdictAt(r[F.verdict]).differs;
+    if (key === null || kx > key) { ratio = x; key = kx; over = differs; }
+    else if (kx === key) over = over || differs;
+  });
+  return {r: ratio, k: kind, over: over, sort: kind !== null ? Infinity : key === null ? -1 : key};
+}
+
+/* the matrix text of a view: mirrors the matrix in harness.report.views (Headline.text and .explains) */
+function matrixText(view) {
+  var info = V[view.v];
+  var text = view.k !== null ? D.kinds[view.k].mark : fmtRatio(view.r, view.over);
+  var explains = text !== "" && (!info.differs || view.over || view.k !== null);
+  return info.shows_error && explains ? text : info.mark;
+}
+
+/* per-quantity view of a cell: the worst verdict and the headline of that quantity's rows ("none": not
+   recorded); all quantities: the cell's own verdict and every row */
 function cellView(key, qname) {
   var cell = D.cells[key];
   if (!cell) return null;
-  if (!qname) return {v: verdictAt(cell.verdict).name, u: toNum(cell.max_ulp)};
+  var hl;
+  if (!qname) {
+    hl = headline(cell.results);
+    hl.v = verdictAt(cell.verdict).name;
+    return hl;
+  }
   var qi = QI[qname];
   var rs = cell.results.filter(function (r) { return r[F.quantity] === qi; });
   if (!rs.length) {
-    if (!cell.results.length && cell.outcome) return {v: verdictAt(cell.outcome.verdict).name, u: null};
-    return {v: "none", u: null};
+    if (!cell.results.length && cell.outcome) return {v: verdictAt(cell.outcome.verdict).name, r: null, k: null, over: false, sort: -1};
+    return {v: "none", r: null, k: null, over: false, sort: -1};
   }
-  var worst = D.verdicts[0], u = null;
+  var worst = D.verdicts[0];
   rs.forEach(function (r) {
     var v = verdictAt(r[F.verdict]);
     if (v.severity > worst.severity) worst = v;
-    var x = toNum(r[F.max_ulp_err]);
-    if (x !== null && !isNaN(x) && (u === null || x > u)) u = x;
   });
-  return {v: worst.name, u: u};
+  hl = headline(rs);
+  hl.v = worst.name;
+  return hl;
 }

@@ -26,7 +26,14 @@ function outcomeSection(o) {
   return out;
 }
 
-var QUANTITY_HEAD = ["step", "quantity", "verdict", "max abs", "max rel", "ULP", "threshold", "err/bound", "worst index", "expected", "observed", "mismatched"];
+var QUANTITY_HEAD = ["step", "quantity", "verdict", "err/bound", "ULP", "max abs", "max rel", "threshold", "worst index", "expected", "observed", "mismatched"];
+
+/* a row's error over its bound, or the kind of a difference without a ratio */
+function ratioCell(r, kind) {
+  if (kind && !kind.bounded) return h("td", {cls: "num", title: kind.headline + ": no ratio", text: kind.mark});
+  var x = toNum(r[F.error_ratio]);
+  return h("td", {cls: "num", title: x === null ? null : "error / bound at the worst element: " + fmt(x, 3), text: fmt(r[F.error_ratio], 3)});
+}
 
 /* one result row: its table row, and a second row for what the columns do not say */
 function quantityRows(r) {
@@ -40,9 +47,9 @@ function quantityRows(r) {
     h("td", {text: step}),
     h("td", {text: qname, title: q ? q.stage : "the quantities this ledger entry covers"}),
     h("td", {cls: "v-" + v.name, title: kind ? kind.headline : v.meaning, text: v.name + (kind && kind.note ? " (" + kind.name + ")" : "")}),
+    ratioCell(r, kind), h("td", {cls: "num", text: fmtUlp(toNum(r[F.max_ulp_err]))}),
     h("td", {cls: "num", text: fmt(r[F.max_abs_err], 3)}), h("td", {cls: "num", text: fmt(r[F.max_rel_err], 3)}),
-    h("td", {cls: "num", text: fmtUlp(toNum(r[F.max_ulp_err]))}), h("td", {cls: "num", text: fmt(r[F.threshold], 3)}),
-    h("td", {cls: "num", text: fmt(r[F.error_ratio], 3)}), h("td", {cls: "num", text: fmtIndex(r[F.worst_index])}),
+    h("td", {cls: "num", text: fmt(r[F.threshold], 3)}), h("td", {cls: "num", text: fmtIndex(r[F.worst_index])}),
     h("td", {cls: "num", text: fmt(r[F.expected], bad ? 9 : 6)}), h("td", {cls: "num", text: fmt(r[F.observed], bad ? 9 : 6)}),
     h("td", {cls: "num", text: r[F.total] ? (r[F.mismatched] || 0) + " / " + r[F.total] : ""})
   ];
@@ -166,8 +173,10 @@ function openDetail(key) {
   body.textContent = "";
   $("#d-title").textContent = "";
   $("#d-title").appendChild(h("span", null, row.name + " × " + col.adapter + " ", h("span", {cls: "sub", text: "@ " + col.env})));
+  var hl = headline(cell.results);
+  var worst = hl.k !== null ? D.kinds[hl.k].headline : "worst error/bound " + (hl.r === null ? "n/a" : fmt(hl.r, 3));
   var parts = [h("p", null, verdictBadge(verdictAt(cell.verdict)),
-    " worst error " + (fmtUlp(toNum(cell.max_ulp)) || "n/a") + " ulp",
+    " " + worst + " · worst error " + (fmtUlp(toNum(cell.max_ulp)) || "n/a") + " ulp",
     cell.framework_version ? " · " + col.adapter + " framework " + cell.framework_version : "",
     cell.status ? " · worker " + cell.status : "")];
   if (row.description) parts.push(h("p", {cls: "sub", text: row.description}));

@@ -17,7 +17,7 @@ function visibleCols() {
   });
 }
 
-/* the matrix cells show the worst verdict and error of the quantity chosen (all: the cell's own) */
+/* the matrix cells show the worst verdict and error/bound of the quantity chosen (all: the cell's own) */
 function paintMatrix() {
   var q = state.quantity;
   $$("#matrix-table tbody tr[data-r]").forEach(function (tr) {
@@ -26,7 +26,7 @@ function paintMatrix() {
       var view = cellView(cellKey(r, td.getAttribute("data-c")), q);
       if (!view) return;
       td.className = view.v === "none" ? "none" : "v-" + view.v;
-      td.textContent = view.v === "none" ? "" : matrixText(view.v, view.u);
+      td.textContent = view.v === "none" ? "" : matrixText(view);
     });
   });
   markSelected();

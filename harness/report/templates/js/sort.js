@@ -13,8 +13,9 @@ function sortMatrix(key, dir) {
       if (key === "name") k = [D.cases[+r].name.toLowerCase()];
       else {
         var view = cellView(cellKey(r, key), state.quantity);
-        // worst first: severity, then error; "not run" last whichever way
-        k = view === null || view.v === "none" ? [-1, -1] : [severity(view.v), view.u === null ? -1 : view.u];
+        // worst first: severity, then the number the cell shows (error/bound; a kind without a ratio
+        // above every ratio); "not run" last whichever way
+        k = view === null || view.v === "none" ? [-1, -2] : [severity(view.v), view.sort];
       }
       return {tr: tr, k: k, r: +r};
     });

@@ -42,6 +42,24 @@ function toNum(x) {
   return isNaN(f) ? null : f;
 }
 
+function fmtRatio(r, over) {  /* mirrors harness.report.text.fmt_ratio, float operation for float operation */
+  if (r === null || r === undefined) return "";
+  if (isNaN(r)) return "NaN";
+  if (!isFinite(r)) return r > 0 ? "inf" : "-inf";
+  if (r <= 0) return "0";
+  if (r < 0.01) return "<.01";
+  if (r < 1000) {
+    var q = r < 0.1 ? 1000 : r < 1 ? 100 : r < 10 ? 10 : 1;
+    var text = String(Math.floor(r * q + 0.5) / q);
+    return over && text === "1" ? ">1" : text;
+  }
+  var e = 0;
+  while (r >= 10) { r /= 10; e++; }
+  var m = Math.floor(r + 0.5);
+  if (m === 10) { m = 1; e++; }
+  return m + "e" + e;
+}
+
 function fmtUlp(u) {  /* mirrors harness.report.text.fmt_ulp */
   if (u === null || u === undefined || isNaN(u)) return "";
   if (!isFinite(u)) return "inf";
@@ -64,11 +82,28 @@ function fmt(x, digits) {
   return String(Number(x.toPrecision(d)));
 }
 
-function fmtParam(v) {
-  if (v === null || v === undefined) return "";
-  if (typeof v === "number") return String(Number(v.toPrecision(12)));  // 1 - 0.9 reads 0.1
-  if (typeof v === "object") return JSON.stringify(v);
-  return String(v);
+/* a setting as a person wrote it (mirrors harness.repro_runtime.num): 12 significant digits, then the
+   shortest text that reads back as that number, in Python's repr form: 1 - 0.7 reads 0.3, 1e-05 */
+function fmtSetting(v) {
+  if (isNaN(v)) return "nan";
+  if (!isFinite(v)) return v > 0 ? "inf" : "-inf";
+  var x = Number(v.toPrecision(12));
+  if (Number.isInteger(x) && Math.abs(x) < 1e16) return String(x);
+  var p = x.toExponential().split("e"), e = +p[1];
+  if (e < -4 || e >= 16) return p[0] + "e" + (e < 0 ? "-" : "+") + (Math.abs(e) < 10 ? "0" : "") + Math.abs(e);
+  return String(x);
+}
+
+/* a value of the settings or the case parameters (mirrors harness.repro_runtime.settings_text inside
+   lists and objects); a string or a number at the top level as it reads */
+function fmtParam(v, inner) {
+  if (v === null || v === undefined) return inner ? "null" : "";
+  if (typeof v === "number") return fmtSetting(v);
+  if (Array.isArray(v)) return "[" + v.map(function (x) { return fmtParam(x, true); }).join(", ") + "]";
+  if (typeof v === "object") {
+    return "{" + Object.keys(v).map(function (k) { return JSON.stringify(k) + ": " + fmtParam(v[k], true); }).join(", ") + "}";
+  }
+  return inner ? JSON.stringify(v) : String(v);
 }
 
 function fmtIndex(idx) { return idx ? "(" + idx.join(", ") + ")" : ""; }
