@@ -44,6 +44,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -149,7 +150,7 @@ def _section(title: str, body: str) -> str:
 _TORCH_ATTRS = ("name", "framework", "conventions")
 _TORCH_METHODS = ("setup", "build", "train_step", "eval_step", "describe",
                   "run", "mapped", "effective", "settings", "versions", "distributions")
-_BASE_NAMES = ("IN_WORKER", "Conventions", "Raised", "Observed", "Mapped")
+_BASE_NAMES = ("IN_WORKER", "Raises", "COMPUTES", "Conventions", "Raised", "Observed", "Mapped")
 _RUNTIME_NAMES = ("ORDER", "PARAM_QUANTITIES", "plain", "case_from_params", "oracle", "num", "settings_text", "show",
                   "reproduce")
 

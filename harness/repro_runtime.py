@@ -168,6 +168,8 @@ def reproduce(adapter, case, adapter_name: str) -> int:
     want = case.expect_raise.get(adapter_name)
     if want:
         print(f"(the case expects {want.type} matching {want.match!r})")
+    for what, declared in ([] if want else adapter.conventions.raises_on(case, eps)):
+        print(f"(the adapter declares that {what} raises {declared.type} matching {declared.match!r})")
     return 1
 
 

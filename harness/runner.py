@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from harness import inputs
-from harness.adapters.base import Adapter
+from harness.adapters.base import Adapter, Raises
 from harness.cases import Case
 from harness.compare import compare, describe
 from harness.expected import expected_quantities
@@ -30,23 +29,50 @@ class CellResult:
         return "\n\n".join(r.message + (f"\n  Reproduce: {r.repro}" if r.repro else "") for r in self.failures)
 
 
-def judge_raise(case: Case, adapter: str, outcome: Outcome) -> tuple[Verdict, str]:
+@dataclass(frozen=True)
+class ExpectedRaise:
+    """A raise the call should end in, and who says so: the case's ``expect_raise`` (``declared`` is
+    empty), or the adapter's conventions for what ``declared`` names ("eps = 0 in training")."""
+
+    raises: Raises
+    declared: str = ""
+
+    def __str__(self) -> str:
+        who = f"the adapter declares that {self.declared} raises" if self.declared else "the case expects"
+        return f"{who} {self.raises.type} matching {self.raises.match!r}"
+
+    @property
+    def met(self) -> str:
+        return f"as the adapter declares for {self.declared}" if self.declared else "as the case expects"
+
+
+def expected_raises(case: Case, adapter: Adapter, eps: float) -> list[ExpectedRaise]:
+    """What the call should raise: the case's ``expect_raise`` for this adapter when it has one, else
+    every raise the adapter's conventions declare for this configuration (``eps`` as passed); [] if none."""
+    want = case.expect_raise.get(adapter.name)
+    if want:
+        return [ExpectedRaise(Raises(want.type, want.match))]
+    return [ExpectedRaise(r, what) for what, r in adapter.conventions.raises_on(case, eps)]
+
+
+def judge_raise(outcome: Outcome, wants: list[ExpectedRaise]) -> tuple[Verdict, str]:
     """(verdict, message) of the outcome itself: returned / raised / expected-raise / crashed / timeout."""
-    want = case.expect_raise.get(adapter)
     raised = outcome.observed.raised if outcome.observed else None
     if outcome.status != OutcomeStatus.RETURNED:
         tail = outcome.stderr_tail.strip().splitlines()[-STDERR_TAIL_LINES:]
         return Verdict(outcome.status), outcome.message + ("\n  stderr tail:\n    " + "\n    ".join(tail)
                                                            if tail else "")
+    expected = " or ".join(map(str, wants))
     if raised is None:
-        if want:
-            return Verdict.FAIL, f"expected {want.type} matching {want.match!r} but the call returned normally"
+        if wants:
+            return Verdict.FAIL, f"{expected}, but the call returned normally"
         return Verdict.PASS, "returned normally"
     text = f"{raised.type}: {raised.message}"
-    if want and raised.type == want.type and re.search(want.match, raised.message):
-        return Verdict.EXPECTED_RAISE, f"raised as the case expects, during {raised.stage}: {text}"
-    if want:
-        return Verdict.RAISED, f"expected {want.type} matching {want.match!r}, but during {raised.stage}: {text}"
+    met = next((w for w in wants if w.raises.matches(raised.type, raised.message)), None)
+    if met:
+        return Verdict.EXPECTED_RAISE, f"raised {met.met}, during {raised.stage}: {text}"
+    if wants:
+        return Verdict.RAISED, f"{expected}, but during {raised.stage}: {text}"
     return Verdict.RAISED, f"unexpected exception during {raised.stage}: {text}"
 
 
@@ -70,7 +96,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     expected = expected_quantities(case, data, adapter.conventions.running_var_estimator, momentum, eps)
     outcome = wait()
     obs = outcome.observed
-    verdict, message = judge_raise(case, adapter.name, outcome)
+    verdict, message = judge_raise(outcome, expected_raises(case, adapter, eps))
     outcome_rec = Result(**ids, quantity=Quantity.OUTCOME, verdict=verdict, message=message)
     if obs is not None and obs.raised:
         outcome_rec.exception_type = obs.raised.type

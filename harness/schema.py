@@ -99,18 +99,22 @@ class Verdict(enum.StrEnum):
 _VERDICTS = {
     Verdict.PASS: _VerdictInfo(0, False, False, True, "P", "", "within the tolerance of the float64 oracle"),
     Verdict.SKIP: _VerdictInfo(1, False, False, False, "-", "–",
-                               "the adapter is unavailable or does not support the case (the reason is recorded)"),
+                               "the adapter is unavailable, does not support the case, or its framework refuses the "
+                               "case's configuration (the reason is recorded)"),
     Verdict.EXPECTED_RAISE: _VerdictInfo(2, False, False, False, "E", "E",
-                                         "the framework raised what the case declares (`expect_raise`)"),
+                                         "the framework raised what the case's `expect_raise` or the adapter's "
+                                         "declared conventions expect"),
     Verdict.KNOWN: _VerdictInfo(3, False, True, True, "K", "K",
                                 "a failure that matches an entry of the ledger `cases/known_differences.toml`"),
     Verdict.STALE: _VerdictInfo(4, True, False, True, "S", "S",
                                 "a ledger entry that applies here but matched no failure (the framework changed)"),
     Verdict.FAIL: _VerdictInfo(5, True, True, True, "F", "F",
                                "outside the tolerance, NaN or an infinity where the oracle is finite, a finite "
-                               "value where the oracle is undefined (NaN), or the wrong shape"),
+                               "value where the oracle is undefined (NaN), the wrong shape, or returned where a "
+                               "raise is expected"),
     Verdict.RAISED: _VerdictInfo(6, True, False, False, "R", "R",
-                                 "the framework raised, and the case does not expect it"),
+                                 "the framework raised, and neither the case nor the adapter's conventions "
+                                 "expect it"),
     Verdict.TIMEOUT: _VerdictInfo(7, True, False, False, "T", "T",
                                   "the case exceeded its time limit; the worker was killed and replaced"),
     Verdict.CRASHED: _VerdictInfo(8, True, False, False, "C", "C",

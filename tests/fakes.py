@@ -13,10 +13,11 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions
+from harness.adapters.base import Adapter, Conventions, Raises, Refusal
 
 TORCH_LIKE = Conventions(momentum_style="weight_of_new", running_var_estimator="unbiased", default_eps=1e-5,
                          default_momentum=0.1, native_layout="channels_first")
@@ -188,6 +189,50 @@ class EvalUsesBatchStats(NumpyBN):
         axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
         mean, var = self.stats(x, axes)
         return self._forward_backward(st, x, g, mean, self.invstd(var, st["eps"]), False)
+
+
+# -- declared behaviour: what the conventions and supports() say becomes the expectation --------
+
+SINGLE_VALUE = Raises("ValueError", "Expected more than 1 value per channel", "tests/fakes.py")
+ZERO_EPS = Raises("ValueError", "eps must be positive", "tests/fakes.py")
+
+
+class RefusesLikeTorch(NumpyBN):
+    """Raises, as its conventions declare, where it normalizes with the batch statistics of one value
+    per channel or with eps = 0 (what torch does), and cannot run float16 parameters with float32
+    input, which it declares in ``refuses``."""
+
+    name = "fake-refuses"
+    conventions = replace(TORCH_LIKE, single_value_training=SINGLE_VALUE, zero_eps_training=ZERO_EPS)
+    refuses = (Refusal(frozenset({("float32", "float16")}), "RuntimeError", "no kernel for float16 parameters",
+                       "tests/fakes.py RefusesLikeTorch.build"),)
+
+    def build(self, case, data):
+        if (case.dtype, case.resolved_param_dtype) == ("float32", "float16"):
+            raise RuntimeError("no kernel for float16 parameters with float32 input")
+        return super().build(case, data)
+
+    def _check(self, st, x):
+        if x.size // x.shape[st["axis"]] == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        if st["eps"] <= 0:
+            raise ValueError(f"eps must be positive during training, but got {st['eps']}")
+
+    def train_step(self, st, x, g):
+        self._check(st, x)
+        return super().train_step(st, x, g)
+
+    def eval_step(self, st, x, g):
+        if not st["case"].track_running_stats:  # eval normalizes with the batch statistics too
+            self._check(st, x)
+        return super().eval_step(st, x, g)
+
+
+class DeclaresButComputes(NumpyBN):
+    """Declares torch's raises but computes: a declaration that is wrong must fail the run."""
+
+    name = "fake-declares-but-computes"
+    conventions = RefusesLikeTorch.conventions
 
 
 # -- process faults: each must cost exactly its case ----------------------------

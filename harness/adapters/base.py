@@ -7,7 +7,8 @@ An adapter wraps one framework path. It is a plain object with:
 * ``conventions``: what it declares about its framework (``Conventions``).
 * ``available()``: None, or the reason it cannot run here (never imports).
 * ``versions()``: ``{distribution: version}`` of what it uses (never imports).
-* ``supports(case)``: None, or the reason this case is a skip.
+* ``supports(case)``: None, or the reason this case is a skip (the base class reads
+  ``refuses``: the dtype configurations the framework refuses, with what it says).
 * ``settings(case)``: the settings as passed to the framework (for reports).
 * ``run(case, data) -> Observed``: the real work, called in a worker process.
 
@@ -30,6 +31,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -45,6 +47,22 @@ IN_WORKER = "BNPARITY_IN_WORKER"  # set inside worker processes (harness.workers
 
 
 @dataclass(frozen=True)
+class Raises:
+    """What a framework raises where it refuses a setting: the exception's class name, a regular
+    expression its message matches, and where the framework decides it (a link or source location)."""
+
+    type: str
+    match: str
+    source: str = ""
+
+    def matches(self, type_name: str, message: str) -> bool:
+        return type_name == self.type and re.search(self.match, message) is not None
+
+
+COMPUTES = "computes"
+
+
+@dataclass(frozen=True)
 class Conventions:
     """What a framework does that the case does not decide.
 
@@ -53,6 +71,14 @@ class Conventions:
     (Keras, Flax) receives ``1 - momentum``. ``running_var_estimator`` is one
     of ``reference.ESTIMATORS``. ``default_momentum`` is in the framework's
     own style.
+
+    ``single_value_training`` (one value per channel, N * prod(spatial) == 1) and
+    ``zero_eps_training`` (eps == 0 as passed to the framework) say what the framework does in a
+    call that normalizes with the batch statistics (a training step; eval too when the case keeps
+    no running statistics): ``"computes"``, or ``Raises(type, match, source)``. A declared raise
+    is the expected outcome of every case that triggers it (``raises_on``) unless the case's own
+    ``expect_raise`` names the adapter: the verdict is ``expected-raise``, and ``fail`` if the
+    call returns.
     """
 
     momentum_style: str
@@ -60,8 +86,27 @@ class Conventions:
     default_eps: float
     default_momentum: float
     native_layout: str
-    single_value_training: str = "computes"  # or "raises"
+    single_value_training: str | Raises = COMPUTES
+    zero_eps_training: str | Raises = COMPUTES
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("single_value_training", "zero_eps_training"):
+            value = getattr(self, name)
+            if value != COMPUTES and not isinstance(value, Raises):
+                raise TypeError(f"Conventions.{name} is {COMPUTES!r} or Raises(type, match, source) naming the "
+                                f"exception the framework raises, not {value!r}")
+
+    def raises_on(self, case: Any, eps: float) -> list[tuple[str, Raises]]:
+        """The declared raises that ``case`` triggers, with ``eps`` as the framework gets it: ``[(what, Raises)]``."""
+        if case.steps == 0 and case.track_running_stats:
+            return []  # no call normalizes with the batch statistics
+        out = []
+        if case.count == 1 and isinstance(self.single_value_training, Raises):
+            out.append(("one value per channel in training", self.single_value_training))
+        if eps == 0 and isinstance(self.zero_eps_training, Raises):
+            out.append(("eps = 0 in training", self.zero_eps_training))
+        return out
 
     def framework_momentum(self, case_momentum: float) -> float:
         """Translate a weight-of-new momentum into the framework's argument."""
@@ -77,6 +122,31 @@ class Conventions:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """(input dtype, parameter dtype) pairs a framework refuses, and what it says: the exception's class
+    name and the start of its message, verbatim (a tuple where the framework picks one of several
+    messages, in no fixed order), and where the framework decides it.
+
+    ``only_if`` narrows it to the cases it holds for (None: every case with one of the pairs).
+    An adapter lists its refusals in ``Adapter.refuses``; ``supports`` turns them into skips.
+    """
+
+    pairs: frozenset[tuple[str, str]]
+    type: str
+    says: str | tuple[str, ...]
+    source: str
+    only_if: Callable[[Case], bool] | None = None
+
+    @property
+    def messages(self) -> tuple[str, ...]:
+        return (self.says,) if isinstance(self.says, str) else self.says
+
+    def applies(self, case: Case) -> bool:
+        return ((case.dtype, case.resolved_param_dtype) in self.pairs
+                and (self.only_if is None or self.only_if(case)))
 
 
 @dataclass
@@ -123,6 +193,8 @@ class Adapter:
     worker_env: dict[str, str] = {}
     supports_cumulative: bool = False
     supports_dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+    # what the framework refuses to run (tried on the framework, not assumed): a skip with its words
+    refuses: tuple[Refusal, ...] = ()
 
     # -- cheap, parent-side -------------------------------------------------
     def available(self) -> str | None:
@@ -156,7 +228,16 @@ class Adapter:
             return f"{self.name} does not support dtype {case.dtype}"
         if case.momentum == "cumulative" and not self.supports_cumulative:
             return f"{self.name} has no cumulative-average (momentum=None) mode"
+        refusal = self.refusal(case)
+        if refusal and self.name not in case.expect_raise:  # a case that expects the raise runs to check it
+            return (f"{self.name}: {self.framework or 'the framework'} refuses {case.dtype} input with "
+                    f"{case.resolved_param_dtype} parameters: {refusal.type}: {' | '.join(refusal.messages)} "
+                    f"(source: {refusal.source})")
         return None
+
+    def refusal(self, case: Case) -> Refusal | None:
+        """The first of ``refuses`` that holds for ``case``, or None."""
+        return next((r for r in self.refuses if r.applies(case)), None)
 
     def mapped(self, case: Case) -> Mapped:
         """The settings as passed to the framework: the one place momentum is translated."""

@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -253,8 +253,8 @@ class FlaxAdapter(Adapter):
     def __init__(self, name: str, api: str, fast: bool):
         self.name, self.api, self.fast = name, api, fast
         variance = "one-pass max(0, E[x^2] - E[x]^2)" if fast else "two-pass E[(x - E[x])^2]"
-        self.conventions = Conventions(**{**self.conventions.as_dict(),
-                                          "notes": f"use_fast_variance={fast}: {variance}; {self.conventions.notes}"})
+        self.conventions = replace(self.conventions,
+                                   notes=f"use_fast_variance={fast}: {variance}; {self.conventions.notes}")
 
     def distributions(self) -> tuple[str, ...]:
         return ("flax", "jax", "jaxlib")

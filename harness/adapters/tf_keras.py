@@ -7,7 +7,8 @@ it (``_bessels_correction_test_only = True`` disables the undo); the non-fused p
 
 ``fused=True`` is accepted only for 4D inputs with axis 1 or 3, 5D with axis 1 or 4, and a
 float16 / bfloat16 / float32 compute dtype; elsewhere the layer raises, so the fused adapter
-skips those cases with the reason. ``info["fused"]`` records the path the built layer took.
+skips those cases with the reason (the float64 compute dtype as a declared refusal, with the
+layer's message). ``info["fused"]`` records the path the built layer took.
 
 Dtypes as in the Keras 3 adapters: the case dtype as the layer dtype for float32 / float64,
 the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls, gradients from
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions
+from harness.adapters.base import Adapter, Conventions, Refusal
 from harness.adapters.keras3 import (
     LayerState,
     dtype_policy,
@@ -66,6 +67,16 @@ def keras2():
     return tf.keras
 
 
+# BatchNormalization(fused=True) with a float64 compute dtype: _raise_if_fused_cannot_be_used raises it
+# from the constructor (tf-keras 2.21). The float64 policy is the only one with that compute dtype.
+FUSED_FLOAT64 = Refusal(
+    frozenset({("float64", "float64")}), "ValueError",
+    "Passing `fused=True` is only supported when the compute dtype is float16, bfloat16, or float32. "
+    "Got dtype: float64",
+    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py "
+    "(BatchNormalizationBase._raise_if_fused_cannot_be_used)")
+
+
 class TFKerasAdapter(TFBench, Adapter):
     framework = "tf-keras"
     requires = ("tensorflow",)
@@ -80,6 +91,7 @@ class TFKerasAdapter(TFBench, Adapter):
     def __init__(self, fused: bool):
         self.fused = fused
         self.name = "tf-keras-fused" if fused else "tf-keras-nonfused"
+        self.refuses = (FUSED_FLOAT64,) if fused else ()
         self.conventions = Conventions(
             **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"},
             notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
@@ -107,8 +119,6 @@ class TFKerasAdapter(TFBench, Adapter):
             return reason
         if case.rank not in (4, 5):
             return f"fused=True needs a 4D or 5D input (the layer raises for {case.rank}D)"
-        if case.dtype == "float64":
-            return "fused=True needs a float16/bfloat16/float32 compute dtype (FusedBatchNormV3 has no float64)"
         return None
 
     def settings(self, case: Case) -> dict[str, Any]:

@@ -8,9 +8,12 @@
 * ``tf-fused``: ``tf.compat.v1.nn.fused_batch_norm`` (``FusedBatchNormV3``) with
   ``exponential_avg_factor`` = the weight of the new statistic, so the op itself returns the
   updated running statistics (the Bessel-corrected variance, ``n / max(n - 1, 1)``). It exists
-  for 4D/5D inputs only and has no float64 kernel (attr ``T`` in {half, bfloat16, float}):
-  other ranks are a skip; float64 is run and its ``InvalidArgumentError`` is recorded (the
-  catalogue's float64 4D case expects it), so a TF release that adds float64 is noticed.
+  for 4D/5D inputs only (other ranks are a skip) and runs float16/bfloat16/float32 inputs with
+  float32 parameters only: the op takes ``T`` in {half, bfloat16, float} and ``U`` in {bfloat16,
+  float}, and the CPU kernels exist for ``U`` = float alone. The other dtype pairs are declared
+  in ``refuses`` with TensorFlow's message, so they are skips; a case that lists ``expect_raise``
+  for tf-fused runs anyway (the catalogue's float64 4D case does, so a TF release that adds
+  float64 is noticed).
 
 Both run eagerly, gradients from ``tf.GradientTape`` with the upstream gradient passed as
 ``output_gradients``. Sources: tensorflow/python/ops/nn_impl.py (moments,
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions
+from harness.adapters.base import Adapter, Conventions, Refusal
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
     TF_DISTRIBUTIONS,
@@ -201,6 +204,15 @@ class TFRawAdapter(_TFAdapter):
         info["moments_dtype"] = state.stats_dtype
 
 
+_FUSED_OP = ('https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/core/ops/nn_ops.cc '
+             '(REGISTER_OP("FusedBatchNormV3"): T in {half, bfloat16, float}, U in {bfloat16, float})')
+_U_HALF = "Value for attr 'U' of half is not in the list of allowed values: bfloat16, float"
+_U_DOUBLE = "Value for attr 'U' of double is not in the list of allowed values: bfloat16, float"
+_T_DOUBLE = "Value for attr 'T' of double is not in the list of allowed values: half, bfloat16, float"
+_FUSED_CPU_KERNELS = ('https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/core/kernels/'
+                      'fused_batch_norm_op.cc (the CPU kernels are registered for U = float only)')
+
+
 class TFFusedAdapter(_TFAdapter):
     name = "tf-fused"
     conventions = Conventions(
@@ -210,6 +222,22 @@ class TFFusedAdapter(_TFAdapter):
         notes=("exponential_avg_factor is the weight of the new statistic (default 1.0: replace); the returned "
                "variance is Bessel-corrected with n/max(n-1, 1) on CPU; epsilon default 1e-3 (the wrapper's)"),
     )
+
+    # what FusedBatchNormV3 says for each (input, parameter) dtype pair it refuses, tried on TF 2.21 (CPU);
+    # where both attrs are out of range it names either, in no fixed order
+    refuses = tuple(
+        Refusal(frozenset(pairs), error, says, source)
+        for pairs, error, says, source in (
+            ({("float16", "float16"), ("bfloat16", "float16"), ("float32", "float16")}, "InvalidArgumentError",
+             _U_HALF, _FUSED_OP),
+            ({("float16", "float64"), ("bfloat16", "float64"), ("float32", "float64")}, "InvalidArgumentError",
+             _U_DOUBLE, _FUSED_OP),
+            ({("float64", "float32"), ("float64", "bfloat16")}, "InvalidArgumentError", _T_DOUBLE, _FUSED_OP),
+            ({("float64", "float16")}, "InvalidArgumentError", (_T_DOUBLE, _U_HALF), _FUSED_OP),
+            ({("float64", "float64")}, "InvalidArgumentError", (_T_DOUBLE, _U_DOUBLE), _FUSED_OP),
+            ({("float16", "bfloat16"), ("bfloat16", "bfloat16"), ("float32", "bfloat16")}, "NotFoundError",
+             "Could not find device for node: {{node FusedBatchNormV3}}", _FUSED_CPU_KERNELS),
+        ))
 
     def supports(self, case: Case) -> str | None:
         reason = super().supports(case)

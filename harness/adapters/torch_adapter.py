@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions
+from harness.adapters.base import Adapter, Conventions, Raises, Refusal
 from harness.cases import Case
 from harness.inputs import CaseData
 
@@ -166,12 +166,31 @@ class TorchAdapter(Adapter):
     framework = "torch"
     requires = ("torch",)
     supports_cumulative = True
+    # F.batch_norm checks the batch size, then eps, where it normalizes with the batch statistics
+    # (training, or any call without running statistics): torch 2.13 torch/nn/functional.py l.2840-2894
     conventions = Conventions(
         momentum_style="weight_of_new", running_var_estimator="unbiased",
-        default_eps=1e-5, default_momentum=0.1,
-        native_layout="channels_first", single_value_training="raises",
+        default_eps=1e-5, default_momentum=0.1, native_layout="channels_first",
+        single_value_training=Raises("ValueError", "Expected more than 1 value per channel when training",
+                                     "torch/nn/functional.py _verify_batch_size (called by batch_norm)"),
+        zero_eps_training=Raises("ValueError", "eps must be positive during training",
+                                 "torch/nn/functional.py batch_norm"),
         notes="normalizes with the biased batch variance, stores the unbiased one",
     )
+    # the CPU kernel takes parameters and running statistics in the input dtype, or float32 with a
+    # float16/bfloat16 input; otherwise it raises (tried on torch 2.13 for every pair). A module
+    # with neither affine parameters nor running statistics has no tensor to mismatch.
+    refuses = tuple(
+        Refusal(frozenset(pairs), "RuntimeError", says,
+                "https://github.com/pytorch/pytorch/blob/v2.13.0/aten/src/ATen/native/cpu/mixed_data_type.h "
+                "(check_mixed_data_type)", only_if=lambda case: case.affine or case.track_running_stats)
+        for pairs, says in (
+            ({("float16", "bfloat16"), ("float16", "float64"), ("bfloat16", "float16"), ("bfloat16", "float64"),
+              ("float32", "float16"), ("float32", "bfloat16"), ("float32", "float64"),
+              ("float64", "float16"), ("float64", "bfloat16")},
+             "mixed dtype (CPU): expect parameter to have scalar type of Float"),
+            ({("float64", "float32")}, "mixed dtype (CPU): all inputs must share same datatype."),
+        ))
     worker_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def setup(self) -> None:

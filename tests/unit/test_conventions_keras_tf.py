@@ -116,8 +116,21 @@ def test_fused_paths_skip_what_the_kernel_cannot_take():
         for layout in ("channels_first", "channels_last"):
             assert tf_keras.FUSED.supports(case(shape=shape, layout=layout)) is None
             assert tf_raw.FUSED.supports(case(shape=shape, layout=layout)) is None
-    assert "float64" in tf_keras.FUSED.supports(case(dtype="float64"))
-    assert tf_raw.FUSED.supports(case(dtype="float64")) is None  # runs: its raise is recorded
+    assert "compute dtype is float16, bfloat16, or float32" in tf_keras.FUSED.supports(case(dtype="float64"))
+    assert "attr 'U' of double" in tf_raw.FUSED.supports(case(dtype="float64"))
+    # a case that expects the raise runs, so the raise is checked (and a TF that adds float64 is noticed)
+    expecting = case(dtype="float64", expect_raise={"tf-fused": {"type": "InvalidArgumentError"}})
+    assert tf_raw.FUSED.supports(expecting) is None
+
+
+def test_fused_refusals_are_the_dtype_pairs_tensorflow_refuses():
+    """FusedBatchNormV3 on CPU runs float16/bfloat16/float32 input with float32 parameters, nothing else."""
+    dtypes = ("float16", "bfloat16", "float32", "float64")
+    runs = {(x, p) for x in dtypes for p in dtypes if tf_raw.FUSED.refusal(case(dtype=x, param_dtype=p)) is None}
+    assert runs == {("float16", "float32"), ("bfloat16", "float32"), ("float32", "float32")}
+    assert tf_raw.FUSED.refusal(case(dtype="float32", param_dtype="bfloat16")).type == "NotFoundError"
+    assert "attr 'T' of double" in tf_raw.FUSED.supports(case(dtype="float64", param_dtype="float32"))
+    assert tf_raw.RAW.refuses == () and tf_keras.NONFUSED.refuses == ()
 
 
 @pytest.mark.parametrize("adapter", ALL, ids=lambda a: a.name)

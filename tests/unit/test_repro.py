@@ -61,7 +61,7 @@ for path in sys.argv[2:]:
 # the cumulative average (torch only)
 ADAPTER_CASES = ("affine_off", "conv2d_channels_last", "bfloat16_channels_last", "cumulative_average")
 # the torch script against the torch adapter in-process: large values, a strided input, bfloat16 with
-# channels_last, the cumulative average, and a case where torch raises as the case expects
+# channels_last, the cumulative average, and a case where torch raises as its conventions declare
 TORCH_CASES = ("huge_float32", "noncontiguous", "bfloat16_channels_last", "cumulative_average", "batch1_dense")
 
 
@@ -382,4 +382,4 @@ def test_torch_script_reports_the_expected_raise(torch_runs) -> None:
     for code, out in torch_runs["batch1_dense"]:
         assert code == 1
         assert "raised during train step 0: ValueError: Expected more than 1 value per channel" in out
-        assert "(the case expects ValueError" in out
+        assert "(the adapter declares that one value per channel in training raises ValueError" in out

@@ -109,6 +109,7 @@ function settingsSection(cell, adapter, params) {
       ["framework defaults (momentum, eps)", conv ? fmtParam(conv.default_momentum) + ", " + fmtParam(conv.default_eps) : null],
       ["native layout", conv ? conv.native_layout : null],
       ["one value per channel in training", conv ? conv.single_value_training : null],
+      ["eps = 0 in training", conv ? conv.zero_eps_training : null],
       ["training flags", set.training_flags && Object.keys(set.training_flags).length ? set.training_flags : null],
       ["use_defaults (the case)", params.use_defaults ? "true: each framework's own defaults" : null],
       ["notes", conv ? conv.notes : null]

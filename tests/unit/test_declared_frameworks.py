@@ -1,0 +1,122 @@
+"""What the adapters declare their frameworks refuse or raise, checked on the real frameworks.
+
+A declared refusal (``Adapter.refuses``) turns a configuration into a skip, and a declared raise
+(``Conventions.single_value_training`` / ``zero_eps_training``) into the expected outcome, so a
+declaration that is no longer true would hide what the framework does. Here every declared
+(input dtype, parameter dtype) pair the adapter can express is run through the harness's own
+worker with an ``expect_raise`` built from the declaration (type and message, verbatim): it must
+come out ``expected-raise``. Every pair an adapter runs (declares nothing against) must return.
+Each declared raise is triggered the ways ``Conventions.raises_on`` reads it and must come out
+``expected-raise`` with no ``expect_raise`` in the case. Needs the frameworks (marker
+``frameworks``: tox's ``current`` env runs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from harness import runner
+from harness.adapters.base import discover, load_spec
+from harness.cases import Case
+from harness.schema import Quantity, Verdict
+from harness.workers import Workers
+
+pytestmark = pytest.mark.frameworks
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _installed(name: str):
+    specs = discover()
+    adapter = load_spec(specs[name])
+    reason = adapter.available()
+    if reason:
+        if os.environ.get("BNPARITY_REQUIRE_FRAMEWORKS") == "1":
+            pytest.fail(f"frameworks required here but {name} cannot run: {reason}")
+        pytest.skip(f"{name}: {reason} (tox -e current runs this)")
+    return adapter, specs[name]
+
+
+def _declaring() -> list[str]:
+    try:
+        specs = discover()
+        return sorted(n for n, s in specs.items() if getattr(load_spec(s), "refuses", ()))
+    except Exception:  # a broken BNPARITY_ADAPTERS: the parity suite says so
+        return []
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    w = Workers(log_dir=tmp_path_factory.mktemp("workers"), max_live=1)
+    yield w
+    w.close()
+
+
+def _outcome(case: Case, adapter, spec: str, workers: Workers):
+    res = runner.run_cell(case, adapter, spec, workers, env="selftest", ledger=[], timeout=300, repro="")
+    return next(r for r in res.records if r.quantity == Quantity.OUTCOME)
+
+
+@pytest.mark.parametrize("name", _declaring())
+def test_every_declared_refusal_is_what_the_framework_raises(name: str, workers: Workers) -> None:
+    adapter, spec = _installed(name)
+    checked, runs = [], []
+    for x in DTYPES:
+        for p in DTYPES:
+            body = {"name": f"refusal_{x}_{p}", "shape": [4, 3, 2, 2], "dtype": x, "param_dtype": p, "steps": 1,
+                    "seed": 3}
+            refusal = adapter.refusal(Case.model_validate(body))
+            if refusal:
+                body["expect_raise"] = {name: {"type": refusal.type,
+                                               "match": "|".join(map(re.escape, refusal.messages))}}
+            case = Case.model_validate(body)
+            if adapter.supports(case):  # not expressible through this adapter (a Keras dtype policy, a rank)
+                continue
+            out = _outcome(case, adapter, spec, workers)
+            if refusal:
+                checked.append((x, p))
+                assert out.verdict == Verdict.EXPECTED_RAISE, (x, p, out.message)
+            else:
+                runs.append((x, p))
+                assert out.exception_type is None, (x, p, out.message)
+    assert checked, f"{name} declares refusals but none could be run to check"
+    print(f"{name}: refuses {sorted(checked)}; runs {sorted(runs)}")
+
+
+def _raising() -> list[str]:
+    try:
+        specs = discover()
+        return sorted(n for n, s in specs.items() if load_spec(s).conventions.raises_on(
+            Case.model_validate({"name": "c", "shape": [1, 3], "eps": 0.0}), 0.0))
+    except Exception:
+        return []
+
+
+# cases that trigger each declared raise: in training, 2D and 4D channels-last, and in eval without running
+# statistics; eps = 0 with and without affine parameters
+TRIGGERS = {
+    "single_value_training": [{"shape": [1, 3]}, {"shape": [1, 3, 1, 1], "layout": "channels_last"},
+                              {"shape": [1, 3], "steps": 0, "track_running_stats": False}],
+    "zero_eps_training": [{"shape": [8, 3], "eps": 0.0}, {"shape": [8, 3, 2, 2], "eps": 0.0, "affine": False}],
+}
+
+
+@pytest.mark.parametrize("name", _raising())
+def test_every_declared_raise_is_what_the_framework_raises(name: str, workers: Workers) -> None:
+    adapter, spec = _installed(name)
+    checked = 0
+    for field, bodies in TRIGGERS.items():
+        if getattr(adapter.conventions, field) == "computes":
+            continue
+        for body in bodies:
+            case = Case.model_validate({"name": "declared", "steps": 2, "seed": 5, **body})
+            assert adapter.conventions.raises_on(case, adapter.effective(case)[1]), (field, body)
+            if adapter.supports(case):
+                continue
+            out = _outcome(case, adapter, spec, workers)
+            assert out.verdict == Verdict.EXPECTED_RAISE, (field, body, out.message)
+            checked += 1
+    assert checked
