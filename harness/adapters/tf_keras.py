@@ -35,6 +35,7 @@ from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
     TF_ENV,
     TFBench,
+    fused_rank_refusal,
     setup_tf,
     tape_call,
     tf_distribution,
@@ -115,11 +116,7 @@ class TFKerasAdapter(TFBench, Adapter):
 
     def supports(self, case: Case) -> str | None:
         reason = super().supports(case) or keras_supports(case, "tf-keras")
-        if reason or not self.fused:
-            return reason
-        if case.rank not in (4, 5):
-            return f"fused=True needs a 4D or 5D input (the layer raises for {case.rank}D)"
-        return None
+        return reason or (fused_rank_refusal(case) if self.fused else None)
 
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)

@@ -33,6 +33,7 @@ from harness.adapters.tf_support import (
     TF_DISTRIBUTIONS,
     TF_ENV,
     TFBench,
+    fused_rank_refusal,
     setup_tf,
     tape_call,
     tf_bench_call,
@@ -240,12 +241,7 @@ class TFFusedAdapter(_TFAdapter):
         ))
 
     def supports(self, case: Case) -> str | None:
-        reason = super().supports(case)
-        if reason:
-            return reason
-        if case.rank not in (4, 5):
-            return f"FusedBatchNormV3 takes 4D or 5D inputs only (this case is {case.rank}D)"
-        return None
+        return super().supports(case) or fused_rank_refusal(case)
 
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)

@@ -33,6 +33,13 @@ KERAS_CONVENTIONS = dict(
 )
 
 
+def fused_rank_refusal(case: Case) -> str | None:
+    """Why the fused kernel (FusedBatchNormV3, behind tf-keras fused=True too) cannot take the case, if it cannot."""
+    if case.rank not in (4, 5):
+        return f"FusedBatchNormV3 takes 4D or 5D inputs only (this case is {case.rank}D)"
+    return None
+
+
 def tf_distribution() -> str | None:
     """The installed distribution that provides ``tensorflow`` (tensorflow, tensorflow-cpu, ...)."""
     for dist in TF_DISTRIBUTIONS:
