@@ -7,8 +7,8 @@ nothing imports a framework or the adapter registry. Records that are not parity
 section.
 
     >>> model = load([Path("reports")])          # every reports/*/results.jsonl, merged
-    >>> model.cells[("current", "dense_small", "torch")].verdict
-    <Verdict.PASS: 'pass'>
+    >>> model.cells[("current", "dense_small", "torch")].verdict is Verdict.PASS
+    True
 """
 
 from __future__ import annotations

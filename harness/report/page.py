@@ -77,6 +77,7 @@ def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plo
         "defaults": b.defaults_views(), "plots": sweep_plots(model) if plots else [],
         "partial": [e for e in model.envs if e.partial], "adapters": model.adapters, "tags": model.tags(),
         "quantities": [q for q in Quantity if q is not Quantity.OUTCOME], "verdicts": Verdict.ordered(),
+        "fail_mark": Verdict.FAIL.info.mark,
         "kinds": list(MismatchKind),
         "payload": payload, "encoding": encoding, "ncases": len(model.cases), "ncells": len(model.cells),
         "css": Markup((TEMPLATES / "report.css").read_text()), "js": script(),
