@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness import inputs
-from harness.adapters.base import Adapter, Raises
+from harness.adapters.base import Adapter, Broken, Raises
 from harness.cases import Case
 from harness.compare import compare, describe
 from harness.expected import expected_quantities
@@ -83,6 +83,12 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     ids = dict(env=env, case=case.name, adapter=adapter.name, framework=adapter.framework,
                framework_version=version)
     res = CellResult()
+    if isinstance(adapter, Broken) and adapter.error is not None:
+        err = adapter.error
+        res.records.append(Result(**ids, quantity=Quantity.OUTCOME, verdict=Verdict.RAISED, message=adapter.reason,
+                                  exception_type=err.type, exception_message=err.message, exception_stage=err.stage,
+                                  repro=repro))
+        return res
     reason = adapter.available() or adapter.supports(case)
     if reason:
         res.skip_reason = reason

@@ -73,13 +73,13 @@ class ParitySession:
         return self._specs
 
     def adapter(self, name: str):
-        """The adapter object, or a ``Broken`` stand-in whose every cell is a skip with the load error."""
+        """The adapter object, or a ``Broken`` stand-in whose every cell is a raised outcome with the load error."""
         if name not in self.adapters:
             try:
                 self.adapters[name] = load_spec(self.specs[name])
             except Exception as e:
                 self.adapters[name] = Broken(name, f"adapter {self.specs[name]!r} failed to load: "
-                                                   f"{type(e).__name__}: {e}")
+                                                   f"{type(e).__name__}: {e}", e)
         return self.adapters[name]
 
     def get_workers(self) -> Workers:

@@ -330,12 +330,14 @@ class BenchHooks(Protocol):
 
 
 class Broken(Adapter):
-    """Stands in for an adapter that could not be imported: every cell is a skip with the reason."""
+    """Stands in for an adapter that could not be imported: every cell is a ``raised`` outcome that names
+    the load error (a broken adapter module is a bug to fix, never a quiet column of skips)."""
 
     conventions = Conventions("weight_of_new", "biased", 0.0, 0.0, "channels_first")
 
-    def __init__(self, name: str, reason: str):
+    def __init__(self, name: str, reason: str, error: BaseException | None = None):
         self.name, self.reason = name, reason
+        self.error = Raised.of(error, "loading the adapter") if error is not None else None
 
     def available(self) -> str | None:
         return self.reason

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from harness.adapters.base import Broken, load_spec
+from harness.cases import load_cases
+from harness.runner import run_cell
+from harness.schema import Verdict
+from harness.workers import Workers
 from tests import fakes
 
 CASES = """
@@ -102,3 +107,21 @@ def test_faults_that_escape_an_exception_handler_cost_exactly_their_case(run_par
     assert closed["after"] != closed["fault_target"]
     # the forked process did not outlive the run
     assert not _alive(int(pidfile.read_text()))
+
+
+def test_an_adapter_that_fails_to_load_fails_its_cells(tmp_path):
+    """A registered adapter whose module does not import (a bug in a plugin's or the harness's code) once made
+    every one of its cells a skip: a green run that tested nothing. Each cell is now a raised outcome naming the
+    load error (the session wraps the error in ``Broken``, as here)."""
+    try:
+        load_spec("tests.no_such_module:ADAPTER")
+    except ImportError as e:
+        broken = Broken("plugin-x", f"adapter 'tests.no_such_module:ADAPTER' failed to load: {e}", e)
+    (tmp_path / "c.toml").write_text(CASES)
+    case = load_cases([tmp_path])[0]
+    res = run_cell(case, broken, "tests.no_such_module:ADAPTER", Workers(tmp_path / "logs", in_process=True),
+                   env="t", ledger=[], timeout=10, repro="pytest x")
+    (outcome,) = res.records
+    assert outcome.verdict == Verdict.RAISED and res.failures == [outcome] and res.skip_reason is None
+    assert outcome.exception_type == "ModuleNotFoundError" and "no_such_module" in outcome.message
+    assert outcome.exception_stage == "loading the adapter" and outcome.repro == "pytest x"
