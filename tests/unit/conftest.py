@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from harness.adapters.base import discover, load_spec
 from harness.results import read
 from harness.schema import Cell, Header, Record, Result
 
@@ -68,3 +70,16 @@ def run_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
         return InnerRun(res, rf.header, rf.records, path.read_text().splitlines(), path)
 
     return run
+
+
+def installed_adapter(name: str):
+    """(adapter, spec) of a registered adapter whose framework imports here; else skip, or fail where
+    ``BNPARITY_REQUIRE_FRAMEWORKS=1`` (tox's current env) says the frameworks must be there."""
+    specs = discover()
+    adapter = load_spec(specs[name])
+    reason = adapter.available()
+    if reason:
+        if os.environ.get("BNPARITY_REQUIRE_FRAMEWORKS") == "1":
+            pytest.fail(f"frameworks required here but {name} cannot run: {reason}")
+        pytest.skip(f"{name}: {reason} (tox -e current runs this)")
+    return adapter, specs[name]

@@ -13,7 +13,6 @@ Each declared raise is triggered the ways ``Conventions.raises_on`` reads it and
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -23,21 +22,13 @@ from harness.adapters.base import discover, load_spec
 from harness.cases import Case
 from harness.schema import Quantity, Verdict
 from harness.workers import Workers
+from tests.unit.conftest import installed_adapter
 
 pytestmark = pytest.mark.frameworks
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _installed(name: str):
-    specs = discover()
-    adapter = load_spec(specs[name])
-    reason = adapter.available()
-    if reason:
-        if os.environ.get("BNPARITY_REQUIRE_FRAMEWORKS") == "1":
-            pytest.fail(f"frameworks required here but {name} cannot run: {reason}")
-        pytest.skip(f"{name}: {reason} (tox -e current runs this)")
-    return adapter, specs[name]
 
 
 def _declaring() -> list[str]:
@@ -62,7 +53,7 @@ def _outcome(case: Case, adapter, spec: str, workers: Workers):
 
 @pytest.mark.parametrize("name", _declaring())
 def test_every_declared_refusal_is_what_the_framework_raises(name: str, workers: Workers) -> None:
-    adapter, spec = _installed(name)
+    adapter, spec = installed_adapter(name)
     checked, runs = [], []
     for x in DTYPES:
         for p in DTYPES:
@@ -106,7 +97,7 @@ TRIGGERS = {
 
 @pytest.mark.parametrize("name", _raising())
 def test_every_declared_raise_is_what_the_framework_raises(name: str, workers: Workers) -> None:
-    adapter, spec = _installed(name)
+    adapter, spec = installed_adapter(name)
     checked = 0
     for field, bodies in TRIGGERS.items():
         if getattr(adapter.conventions, field) == "computes":

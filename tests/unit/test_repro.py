@@ -31,11 +31,12 @@ import pytest
 import reference
 from harness import inputs, repro, repro_runtime, runner
 from harness.adapters import base, torch_adapter
-from harness.adapters.base import discover, load_spec
+from harness.adapters.base import discover
 from harness.cases import Case, load_cases
 from harness.expected import expected_quantities
 from harness.schema import Quantity, Result, Verdict
 from harness.workers import Workers
+from tests.unit.conftest import installed_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = {c.name: c for c in load_cases([REPO / "cases"])}
@@ -302,16 +303,6 @@ def test_repro_cli(capsys: pytest.CaptureFixture) -> None:
 
 # -- on the real frameworks -----------------------------------------------------------------------
 
-def _installed(name: str):
-    """The adapter, or skip (fail under BNPARITY_REQUIRE_FRAMEWORKS=1) when its framework is missing."""
-    specs = discover()
-    adapter = load_spec(specs[name])
-    reason = adapter.available()
-    if reason:
-        if os.environ.get("BNPARITY_REQUIRE_FRAMEWORKS") == "1":
-            pytest.fail(f"frameworks required here but {name} cannot run: {reason}")
-        pytest.skip(f"{name}: {reason} (tox -e current runs this)")
-    return adapter, specs[name]
 
 
 def _adapter_names() -> list[str]:
@@ -326,7 +317,7 @@ def _adapter_names() -> list[str]:
 def test_adapter_script_prints_the_harness_digests(name: str, tmp_path: Path) -> None:
     """Each installed adapter's script (standalone for torch, in-process otherwise) prints, per
     quantity, the digest the harness's own worker records for the cell (``runner.run_cell``)."""
-    adapter, spec = _installed(name)
+    adapter, spec = installed_adapter(name)
     cases = [CASES[c] for c in ADAPTER_CASES if CASES[c].applies_to(name) and not adapter.supports(CASES[c])]
     assert cases, f"none of {ADAPTER_CASES} runs on {name}"
     standalone = name in repro.STANDALONE
@@ -356,7 +347,7 @@ def torch_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[tupl
 
     The standalone scripts run where the harness and ``reference`` cannot be imported.
     """
-    _installed("torch")
+    installed_adapter("torch")
     cases = [CASES[n] for n in TORCH_CASES]
     alone = _start([repro.script(c, "torch") for c in cases], tmp_path_factory.mktemp("alone"), standalone=True)
     via = _start([repro.script(c, "torch", standalone=False) for c in cases], tmp_path_factory.mktemp("via"),
