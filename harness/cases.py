@@ -32,6 +32,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Dtype = Literal["float16", "bfloat16", "float32", "float64"]
+LOW_PRECISION = ("float16", "bfloat16")
+# How a layer is set up for its input dtype (mapped per adapter, like momentum):
+#  pure:  parameters and running statistics in the input dtype, computed as the framework does it
+#         (torch .half() / .bfloat16(), Keras dtype="float16", Flax dtype = param_dtype = float16);
+#  mixed: 16-bit inputs with float32 parameters and running statistics (torch autocast, Keras
+#         mixed_float16 / mixed_bfloat16, Flax dtype=float16 with param_dtype=float32).
+Policy = Literal["pure", "mixed"]
 NOT_CASE_FILES = {"known_differences.toml", "bench.toml"}  # the ledger and the benchmark configurations
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
 GENERATOR_KINDS = ("normal", "uniform", "constant", "ramp", "student_t")
@@ -216,6 +223,7 @@ class Case(StrictModel):
     layout: Literal["channels_first", "channels_last"] = "channels_first"
     dtype: Dtype = "float32"
     param_dtype: Dtype | None = None
+    precision: Policy | None = None
     momentum: Annotated[float, Field(ge=0, le=1)] | Literal["cumulative"] = 0.1
     eps: Annotated[float, Field(ge=0)] = 1e-5
     affine: bool = True
@@ -268,6 +276,12 @@ class Case(StrictModel):
         for s in self.specials:
             if len(s.index) != len(self.shape) or any(i >= d for i, d in zip(s.index, self.shape)):
                 raise FieldProblem("specials", f"index {s.index} outside logical shape {list(self.shape)}")
+        if self.precision and self.param_dtype:
+            raise FieldProblem("param_dtype", "give precision (pure or mixed) or param_dtype, not both: the "
+                                              "policy decides the parameter dtype")
+        if self.precision == "mixed" and self.dtype not in LOW_PRECISION:
+            raise FieldProblem("precision", f"mixed precision is 16-bit inputs (float16, bfloat16) with float32 "
+                                            f"parameters, not {self.dtype} inputs: leave precision out, or use pure")
         if self.momentum == "cumulative" and not self.track_running_stats:
             raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
         return self
@@ -297,9 +311,23 @@ class Case(StrictModel):
 
     @property
     def resolved_param_dtype(self) -> str:
+        """The dtype of gamma, beta and the initial running statistics."""
         if self.param_dtype:
             return self.param_dtype
+        if self.precision == "pure":
+            return self.dtype
         return "float64" if self.dtype == "float64" else "float32"
+
+    @property
+    def policy(self) -> str:
+        """``pure``, ``mixed`` (a 16-bit input with float32 parameters, the default for 16-bit inputs), or
+        ``custom`` (a ``param_dtype`` that is neither)."""
+        if self.precision:
+            return self.precision
+        pd = self.resolved_param_dtype
+        if pd == self.dtype:
+            return "pure"
+        return "mixed" if self.dtype in ("float16", "bfloat16") and pd == "float32" else "custom"
 
     def applies_to(self, adapter: str) -> bool:
         return self.adapters is None or any(fnmatch.fnmatchcase(adapter, p) for p in self.adapters)

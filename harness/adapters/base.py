@@ -10,6 +10,7 @@ An adapter wraps one framework path. It is a plain object with:
 * ``supports(case)``: None, or the reason this case is a skip (the base class reads
   ``refuses``: the dtype configurations the framework refuses, with what it says).
 * ``settings(case)``: the settings as passed to the framework (for reports).
+* ``precision(case)``: the dtypes it computes, stores and returns in (``Precision``).
 * ``run(case, data) -> Observed``: the real work, called in a worker process.
 
 Subclass ``Adapter`` and implement ``build``, ``train_step`` and
@@ -149,6 +150,41 @@ class Refusal:
                 and (self.only_if is None or self.only_if(case)))
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The dtypes a framework works in for one case, as the adapter declares them (``Adapter.precision``):
+
+    * ``statistics``: the batch mean and variance are accumulated (reduced) in this dtype;
+    * ``held``: they are rounded to this dtype before the normalization uses them;
+    * ``normalize``: the element-wise normalization ``(x - mean) * invstd * gamma + beta`` and its
+      gradient are computed in this dtype;
+    * ``running``: the running mean and variance are stored in this dtype;
+    * ``params``: gamma and beta are stored in this dtype, and dgamma and dbeta returned in it;
+    * ``output``: y and dx are returned in this dtype.
+
+    The oracle's error bound is built from these (``harness.expected``), and the report shows them.
+    """
+
+    statistics: str
+    held: str
+    normalize: str
+    running: str
+    params: str
+    output: str
+
+    @classmethod
+    def of(cls, case: Case) -> Precision:
+        """What a framework that widens 16-bit math to float32 does: statistics and normalization in float32
+        (float64 where the input or the parameters are float64), parameters and running statistics in the
+        case's parameter dtype, outputs in the input dtype."""
+        pd = case.resolved_param_dtype
+        wide = "float64" if "float64" in (case.dtype, pd) else "float32"
+        return cls(statistics=wide, held=wide, normalize=wide, running=pd, params=pd, output=case.dtype)
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
 @dataclass
 class Raised:
     type: str
@@ -256,6 +292,12 @@ class Adapter:
 
     def settings(self, case: Case) -> dict[str, Any]:
         return asdict(self.mapped(case))
+
+    def precision(self, case: Case) -> Precision:
+        """The dtypes this framework works in for ``case`` (its precision policy mapped): see ``Precision``.
+        The default is what torch, Keras and Flax document for float32 parameters: 16-bit inputs are
+        widened to float32 for the statistics and the normalization."""
+        return Precision.of(case)
 
     # -- worker-side ----------------------------------------------------------
     def setup(self) -> None:
