@@ -11,6 +11,7 @@ from harness.compare import compare, describe
 from harness.expected import expected_quantities
 from harness.ledger import Entry, apply_ledger
 from harness.schema import Cell, Effective, MismatchKind, OutcomeStatus, Quantity, Result, Verdict
+from harness.stable import WEAK_FACTOR, stable_quantities, weak_ratio
 from harness.workers import Outcome, Workers
 
 STDERR_TAIL_LINES = 8  # of a crashed worker's stderr, in the outcome message
@@ -98,8 +99,11 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     data = inputs.build(case)
     wait = workers.submit(adapter.name, spec, adapter.worker_env, case, data, case.timeout or timeout)
     momentum, eps = adapter.effective(case)
-    # the oracle runs while the framework works in its worker
-    expected = expected_quantities(case, data, adapter.conventions.running_var_estimator, momentum, eps)
+    precision = adapter.precision(case) if hasattr(adapter, "precision") else None
+    estimator = adapter.conventions.running_var_estimator
+    # the oracle and the stable baseline run while the framework works in its worker
+    expected = expected_quantities(case, data, estimator, momentum, eps, precision)
+    stable = stable_quantities(case, data, estimator, momentum, eps, precision)
     outcome = wait()
     obs = outcome.observed
     verdict, message = judge_raise(outcome, expected_raises(case, adapter, eps))
@@ -121,9 +125,15 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
                 continue
             arr = obs.arrays[key]
             m = compare(exp, arr)
-            records.append(Result(**ids, quantity=q, step=step, verdict=Verdict.PASS if m.ok else Verdict.FAIL,
-                                  message="" if m.ok else describe(q.label(step), m, exp.dtype),
-                                  digest=inputs.digest(arr), **m.fields()))
+            verdict, message = (Verdict.PASS, "") if m.ok else (Verdict.FAIL, describe(q.label(step), m, exp.dtype))
+            weak = weak_ratio(exp.value, exp.dtype, m.max_abs_err, stable.get(key))
+            if weak and m.ok and weak[1] > WEAK_FACTOR:
+                verdict, message = Verdict.WEAK, describe_weak(q.label(step), m, *weak)
+            fields = m.fields()
+            if weak:
+                fields.update(stable_abs_err=weak[0], weak_ratio=weak[1])
+            records.append(Result(**ids, quantity=q, step=step, verdict=verdict, message=message,
+                                  digest=inputs.digest(arr), **fields))
 
     records += apply_ledger(case, adapter.name, version, ledger, records)
     for r in records:
@@ -131,12 +141,19 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
             r.repro = repro
     cell = Cell(**ids, verdict=Verdict.worst(r.verdict for r in records), case_params=case.summary(),
                 tags=list(case.tags), file=case.file, conventions=adapter.conventions.as_dict(),
-                settings=adapter.settings(case), effective=Effective(momentum=momentum, eps=eps),
+                settings=adapter.settings(case), precision=precision.as_dict() if precision else {},
+                effective=Effective(momentum=momentum, eps=eps),
                 info=({k: v for k, v in obs.info.items() if _jsonable(v)} if obs else {}),
                 worker=outcome.worker, worker_env=dict(adapter.worker_env), status=OutcomeStatus(outcome.status),
                 wall_s=outcome.wall_s, case_s=outcome.case_s, input_digests=data.digests)
     res.records = [*records, cell]
     return res
+
+
+def describe_weak(label: str, m, stable_err: float, ratio: float) -> str:
+    return (f"{label}: within the bound ({m.error_ratio:.3g} of it) but {ratio:.3g}x the error of a stable BN in the "
+            f"same precision: max |diff| {m.max_abs_err:.3g}, stable {stable_err:.3g} (two-pass, pairwise sums, "
+            f"harness.stable); weak above {WEAK_FACTOR:g}x")
 
 
 def _jsonable(v) -> bool:

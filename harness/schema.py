@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, 
 # 2: NaN at the worst element is "nan" (was null); the pytest command is `repro` (was appended to `message`);
 #    a stale record names its entry's quantity globs in `covers` (was "a|b" in `quantity`); cells carry
 #    `worker_env`; the greatest differences over the mismatched elements, each with its own index.
-SCHEMA_VERSION = 2
+# 3: the verdict `weak` and the fields `stable_abs_err` / `weak_ratio` (the stable baseline's error and the
+#    observed error over it); cells carry `precision` (the dtypes the adapter declares it works in).
+SCHEMA_VERSION = 3
 
 
 class SchemaError(ValueError):
@@ -55,6 +57,7 @@ class Verdict(enum.StrEnum):
 
     PASS = "pass"
     SKIP = "skip"
+    WEAK = "weak"
     EXPECTED_RAISE = "expected-raise"
     KNOWN = "known"
     STALE = "stale"
@@ -101,23 +104,27 @@ _VERDICTS = {
     Verdict.SKIP: _VerdictInfo(1, False, False, False, "-", "–",
                                "the adapter is unavailable, does not support the case, or its framework refuses the "
                                "case's configuration (the reason is recorded)"),
-    Verdict.EXPECTED_RAISE: _VerdictInfo(2, False, False, False, "E", "E",
+    Verdict.WEAK: _VerdictInfo(2, False, False, True, "W", "W",
+                               "within the tolerance, but far less accurate than a stable BN in the same declared "
+                               "precision on the same inputs (two-pass, pairwise sums): informational, never fails "
+                               "a run"),
+    Verdict.EXPECTED_RAISE: _VerdictInfo(3, False, False, False, "E", "E",
                                          "the framework raised what the case's `expect_raise` or the adapter's "
                                          "declared conventions expect"),
-    Verdict.KNOWN: _VerdictInfo(3, False, True, True, "K", "K",
+    Verdict.KNOWN: _VerdictInfo(4, False, True, True, "K", "K",
                                 "a failure that matches an entry of the ledger `cases/known_differences.toml`"),
-    Verdict.STALE: _VerdictInfo(4, True, False, True, "S", "S",
+    Verdict.STALE: _VerdictInfo(5, True, False, True, "S", "S",
                                 "a ledger entry that applies here but matched no failure (the framework changed)"),
-    Verdict.FAIL: _VerdictInfo(5, True, True, True, "F", "F",
+    Verdict.FAIL: _VerdictInfo(6, True, True, True, "F", "F",
                                "outside the tolerance, NaN or an infinity where the oracle is finite, a finite "
                                "value where the oracle is undefined (NaN), the wrong shape, or returned where a "
                                "raise is expected"),
-    Verdict.RAISED: _VerdictInfo(6, True, False, False, "R", "R",
+    Verdict.RAISED: _VerdictInfo(7, True, False, False, "R", "R",
                                  "the framework raised, and neither the case nor the adapter's conventions "
                                  "expect it"),
-    Verdict.TIMEOUT: _VerdictInfo(7, True, False, False, "T", "T",
+    Verdict.TIMEOUT: _VerdictInfo(8, True, False, False, "T", "T",
                                   "the case exceeded its time limit; the worker was killed and replaced"),
-    Verdict.CRASHED: _VerdictInfo(8, True, False, False, "C", "C",
+    Verdict.CRASHED: _VerdictInfo(9, True, False, False, "C", "C",
                                   "the framework killed its worker process (segfault, abort, OOM kill)"),
 }
 
@@ -310,6 +317,10 @@ class Comparison(Record):
     nan_observed: int | None = None
     expected_shape: list[int] | None = None
     observed_shape: list[int] | None = None
+    stable_abs_err: Float | None = Field(None, description="largest |stable - expected| of the harness's stable BN "
+                                         "in the adapter's declared precision (harness.stable)")
+    weak_ratio: Float | None = Field(None, description="max_abs_err over (stable_abs_err + one ulp at the "
+                                     "quantity's scale): above harness.stable.WEAK_FACTOR the verdict is weak")
 
 
 class CellKey(Record):
@@ -376,6 +387,8 @@ class Cell(CellKey):
     file: str = ""
     conventions: dict[str, Any] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
+    precision: dict[str, str] = Field(default_factory=dict, description="the dtypes the adapter declares it works "
+                                      "in for this case (harness.adapters.base.Precision)")
     effective: Effective
     info: dict[str, Any] = Field(default_factory=dict)
     worker: dict[str, Any] = Field(default_factory=dict)

@@ -8,6 +8,7 @@ worker processes like the real ones. None of them imports a framework.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import resource
 import signal
@@ -17,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, Raises, Refusal
+from harness.adapters.base import Adapter, Conventions, Precision, Raises, Refusal
 
 TORCH_LIKE = Conventions(momentum_style="weight_of_new", running_var_estimator="unbiased", default_eps=1e-5,
                          default_momentum=0.1, native_layout="channels_first")
@@ -34,6 +35,25 @@ class NumpyBN(Adapter):
     def work_dtype(self, case):
         return np.float64 if case.dtype == "float64" else np.float32
 
+    def precision(self, case):
+        """What this BN means to do (a planted bug that computes otherwise does not change the declaration)."""
+        wd = "float64" if case.dtype == "float64" else "float32"
+        return Precision(statistics=wd, held=wd, normalize=wd, running=wd, params=wd, output=case.dtype)
+
+    @staticmethod
+    def _sum(a, axes):
+        """Each channel's pairwise sum (NumPy's, along a contiguous row), over the values in reverse order: a
+        careful reduction whose rounding differs from the harness's stable baseline (harness.stable)."""
+        keep = [i for i in range(a.ndim) if i not in axes]
+        rows = np.ascontiguousarray(np.moveaxis(a, keep, list(range(len(keep)))).reshape(
+            [a.shape[i] for i in keep] + [-1])[..., ::-1])
+        out_shape = [1 if i in axes else a.shape[i] for i in range(a.ndim)]
+        return rows.sum(axis=-1).reshape(out_shape)
+
+    def _mean(self, a, axes):
+        n = a.size // math.prod(a.shape[i] for i in range(a.ndim) if i not in axes)
+        return self._sum(a, axes) / a.dtype.type(n)
+
     def build(self, case, data):
         wd = self.work_dtype(case)
         m = self.mapped(case)
@@ -44,8 +64,8 @@ class NumpyBN(Adapter):
 
     # the pieces a planted bug overrides -------------------------------------
     def stats(self, x, axes):
-        mean = x.mean(axis=axes, keepdims=True)
-        return mean, ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+        mean = self._mean(x, axes)
+        return mean, self._mean((x - mean) ** 2, axes)
 
     def invstd(self, var, eps):
         return 1.0 / np.sqrt(var + eps)
@@ -57,8 +77,7 @@ class NumpyBN(Adapter):
         return var * (n / (n - 1)) if n > 1 else var * np.nan
 
     def dx_train(self, g, xhat, inv, gamma, axes):
-        return gamma * inv * (g - g.mean(axis=axes, keepdims=True)
-                              - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+        return gamma * inv * (g - self._mean(g, axes) - xhat * self._mean(g * xhat, axes))
 
     # --------------------------------------------------------------------------
     def _shape(self, st, v, ndim):
@@ -77,8 +96,8 @@ class NumpyBN(Adapter):
             dx = g * b(st["gamma"]) * inv
         out = {"y": y.astype(st["out_dtype"]), "dx": dx.astype(st["out_dtype"])}
         if st["case"].affine:
-            out["dgamma"] = (g * xhat).sum(axis=axes)
-            out["dbeta"] = g.sum(axis=axes)
+            out["dgamma"] = self._sum(g * xhat, axes).reshape(-1)
+            out["dbeta"] = self._sum(g, axes).reshape(-1)
         return out
 
     def train_step(self, st, x, g):

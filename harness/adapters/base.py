@@ -175,10 +175,11 @@ class Precision:
     @classmethod
     def of(cls, case: Case) -> Precision:
         """What a framework that widens 16-bit math to float32 does: statistics and normalization in float32
-        (float64 where the input or the parameters are float64), parameters and running statistics in the
-        case's parameter dtype, outputs in the input dtype."""
+        (float64 for a float64 input: the input's precision decides, float64 parameters on a float32 input do
+        not widen the math), parameters and running statistics in the case's parameter dtype, outputs in the
+        input dtype."""
         pd = case.resolved_param_dtype
-        wide = "float64" if "float64" in (case.dtype, pd) else "float32"
+        wide = "float64" if case.dtype == "float64" else "float32"
         return cls(statistics=wide, held=wide, normalize=wide, running=pd, params=pd, output=case.dtype)
 
     def as_dict(self) -> dict[str, str]:

@@ -44,10 +44,11 @@ def test_a_real_results_file_validates_against_the_json_schema(run_parity):
 
 
 def test_verdict_order_and_failing_set():
-    assert [v.value for v in Verdict.ordered()] == ["pass", "skip", "expected-raise", "known", "stale", "fail",
-                                                    "raised", "timeout", "crashed"]
+    assert [v.value for v in Verdict.ordered()] == ["pass", "skip", "weak", "expected-raise", "known", "stale",
+                                                    "fail", "raised", "timeout", "crashed"]
     assert {v for v in Verdict if v.fails_run} == {Verdict.FAIL, Verdict.STALE, Verdict.RAISED, Verdict.TIMEOUT,
                                                    Verdict.CRASHED}
+    assert Verdict.worst(["pass", "weak"]) == Verdict.WEAK and Verdict.worst(["weak", "known"]) == Verdict.KNOWN
     assert Verdict.worst([]) == Verdict.PASS and Verdict.worst(["known", "stale", "skip"]) == Verdict.STALE
     with pytest.raises(ValueError):
         Verdict.worst(["pass", "mystery"])  # an unknown verdict is an error, never silently a pass

@@ -1,0 +1,147 @@
+"""The weak tier: what a stable BN in the adapter's declared precision gets on the same inputs.
+
+The conformance bound (``harness.expected``) admits every algorithm a correct framework may use, so
+it is wide where the input is ill-conditioned: ``A = max|x|`` makes it enormous on a constant input at
+a large offset, and it admits sequential sums at large ``n``. Inside that bound an implementation can
+still lose digits that a careful one keeps. This module computes the careful one, in the dtypes the
+adapter declares (``Precision``), and the runner compares the two errors:
+
+* batch statistics two-pass (the mean, then the mean of squared deviations), each a pairwise sum
+  (NumPy's pairwise summation along a contiguous axis), in ``statistics``; rounded to ``held``;
+* the normalization unfolded, ``(x - mean) * invstd * gamma + beta``, and its gradient
+  ``gamma * invstd * (g - mean(g) - xhat * mean(g xhat))``, in ``normalize``;
+* running statistics updated in ``statistics`` and stored in ``running``; outputs rounded to
+  ``output``, parameter gradients to ``params``.
+
+A quantity whose error exceeds ``WEAK_FACTOR`` times the stable error (plus one ulp at the quantity's
+scale, so that two answers that are both exact to the last place never compare as a ratio of
+roundings) is ``weak``: informational, with the ratio, never failing a run by itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import reference as ref
+from harness.adapters.base import Precision
+from harness.cases import Case
+from harness.inputs import CaseData, np_dtype
+
+# How much worse than the stable baseline an error may be before it is called weak. Two careful
+# implementations differ by their rounding order only, but the baseline's realized error can be lucky (a
+# pairwise mean that happens to be exact): a careful float32 BN that sums in another order (fake-good, pairwise
+# over the values reversed) reaches 8.4x on the catalogue (tests/unit/test_margins.py prints and checks it).
+# 32x leaves a factor 4 above that; the mechanisms the tier exists for sit far above it: the folded affine
+# form on a batch of one (~450x), fast or one-pass variance at an offset of 100 (~200-600x), constant inputs
+# at an offset (1e3x and more), float32 sequential sums over 400k+ values (~1e3x).
+WEAK_FACTOR = 32.0
+
+
+def _cn(a: np.ndarray, axis: int) -> np.ndarray:
+    """(C, n), contiguous: each channel's values in one row, so a sum along axis 1 is NumPy's pairwise sum."""
+    return np.ascontiguousarray(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1))
+
+
+def _back(a_cn: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(like, axis, 0).shape
+    return np.moveaxis(a_cn.reshape(moved), 0, axis)
+
+
+def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str, eps: float,
+                      precision: Precision | None = None) -> dict[tuple[str, int | None], np.ndarray]:
+    """The stable BN's value of every quantity the oracle has (float64 arrays of the stored values)."""
+    p = precision or Precision.of(case)
+    ws, wh, wn = np_dtype(p.statistics), np_dtype(p.held), np_dtype(p.normalize)
+    wr, wp, wo = np_dtype(p.running), np_dtype(p.params), np_dtype(p.output)
+    ax = data.channel_axis % len(case.shape)
+    n = case.count
+    gamma = data.gamma.astype(wn)[:, None]
+    beta = data.beta.astype(wn)[:, None]
+    rm = data.running_mean.astype(wr)
+    rv = data.running_var.astype(wr)
+    out: dict[tuple[str, int | None], np.ndarray] = {}
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+
+    def stats(x):
+        xs = x.astype(ws)
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean = xs.sum(axis=1) / ws.type(n)
+            d = xs - mean[:, None]
+            var = (d * d).sum(axis=1) / ws.type(n)
+        return mean, var
+
+    def normalize(x, g, mean, var):
+        """y, dx (through the statistics when ``mean``/``var`` are the batch's), dgamma, dbeta."""
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            m = mean.astype(wh).astype(wn)[:, None]
+            inv = (wn.type(1) / np.sqrt(var.astype(wh).astype(wn) + wn.type(eps)))[:, None]
+            xhat = (x.astype(wn) - m) * inv
+            y = xhat * gamma + beta
+            gs = g.astype(ws)
+            sum_g = gs.sum(axis=1)
+            sum_gx = (gs * xhat.astype(ws)).sum(axis=1)
+        return y, xhat, inv, sum_g, sum_gx
+
+    def train(x, g):
+        mean, var = stats(x)
+        y, xhat, inv, sum_g, sum_gx = normalize(x, g, mean, var)
+        with np.errstate(invalid="ignore", over="ignore"):
+            mg = (sum_g / ws.type(n)).astype(wn)[:, None]
+            mgx = (sum_gx / ws.type(n)).astype(wn)[:, None]
+            dx = gamma * inv * (g.astype(wn) - mg - xhat * mgx)
+        return mean, var, {"y": y, "dx": dx, "dgamma": sum_gx, "dbeta": sum_g}
+
+    def store(q, vals, step, x_like):
+        for name, v in vals.items():
+            if name in ("dgamma", "dbeta"):
+                if case.affine:
+                    out[(f"{name}{q}", step)] = f64(v.astype(wp))
+            else:
+                out[(f"{name}{q}", step)] = f64(_back(v.astype(wo), x_like, ax))
+
+    for step in range(case.steps):
+        x, g = _cn(data.x[step], ax), _cn(data.g[step], ax)
+        mean, var, vals = train(x, g)
+        store("", vals, step, data.x[step])
+        if case.track_running_stats:
+            w = 1.0 / (step + 1) if momentum == "cumulative" else float(momentum)
+            f = ref.bessel_factor(n, estimator)
+            with np.errstate(invalid="ignore", over="ignore"):
+                rm = (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr)
+                rv = (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)
+            out[("running_mean", step)] = f64(rm)
+            out[("running_var", step)] = f64(rv)
+
+    x, g = _cn(data.x_eval, ax), _cn(data.g_eval, ax)
+    if not case.track_running_stats:
+        store("_eval", train(x, g)[2], None, data.x_eval)
+        return out
+    y, xhat, inv, sum_g, sum_gx = normalize(x, g, rm, rv)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dx = g.astype(wn) * gamma * inv
+    store("_eval", {"y": y, "dx": dx, "dgamma": sum_gx, "dbeta": sum_g}, None, data.x_eval)
+    return out
+
+
+def stable_error(expected: np.ndarray, stable: np.ndarray) -> float:
+    """max |stable - expected| over the elements finite in both (0 when there are none)."""
+    e, s = np.broadcast_arrays(np.asarray(expected, dtype=np.float64), np.asarray(stable, dtype=np.float64))
+    both = np.isfinite(e) & np.isfinite(s)
+    if not both.any():
+        return 0.0
+    return float(np.abs(s[both] - e[both]).max())
+
+
+def weak_ratio(expected: np.ndarray, dtype: str, observed_err: float | None,
+               stable: np.ndarray | None) -> tuple[float, float] | None:
+    """(the stable BN's error, the observed error over it plus one ulp of ``dtype`` at the quantity's scale),
+    or None where there is nothing to compare (no stable value, or no finite observed error)."""
+    if stable is None or observed_err is None or not np.isfinite(observed_err):
+        return None
+    from harness.compare import ulp
+
+    e = np.asarray(expected, dtype=np.float64)
+    fin = np.isfinite(e)
+    scale = float(np.abs(e[fin]).max()) if fin.any() else 0.0
+    s_err = stable_error(e, stable)
+    return s_err, float(observed_err) / (s_err + ulp(scale, dtype))
