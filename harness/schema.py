@@ -50,6 +50,7 @@ class _VerdictInfo:
     letter: str  # terminal matrix
     mark: str  # report matrix, where no error is shown
     meaning: str
+    shows_weak_ratio: bool = False  # the matrix shows the mark and the worst weak_ratio ('W450')
 
 
 class Verdict(enum.StrEnum):
@@ -95,7 +96,8 @@ class Verdict(enum.StrEnum):
     def table(cls) -> list[dict[str, Any]]:
         """Every verdict with its properties, in severity order (what the report's JavaScript reads)."""
         return [{"name": v.value, "severity": v.severity, "fails_run": v.fails_run, "differs": v.differs,
-                 "shows_error": v.info.shows_error, "letter": v.info.letter, "mark": v.info.mark,
+                 "shows_error": v.info.shows_error, "shows_weak_ratio": v.info.shows_weak_ratio,
+                 "letter": v.info.letter, "mark": v.info.mark,
                  "meaning": v.info.meaning} for v in cls.ordered()]
 
 
@@ -107,7 +109,7 @@ _VERDICTS = {
     Verdict.WEAK: _VerdictInfo(2, False, False, True, "W", "W",
                                "within the tolerance, but far less accurate than a stable BN in the same declared "
                                "precision on the same inputs (two-pass, pairwise sums): informational, never fails "
-                               "a run"),
+                               "a run", shows_weak_ratio=True),
     Verdict.EXPECTED_RAISE: _VerdictInfo(3, False, False, False, "E", "E",
                                          "the framework raised what the case's `expect_raise` or the adapter's "
                                          "declared conventions expect"),

@@ -28,6 +28,7 @@ from harness import __version__, repro
 from harness.report.model import Model, ReportCell
 from harness.report.text import safe_link
 from harness.schema import Cell, LedgerRef, MismatchKind, OutcomeStatus, Quantity, Result, Verdict
+from harness.stable import WEAK_FACTOR
 
 if TYPE_CHECKING:
     from harness.report.views import Builder
@@ -100,7 +101,7 @@ class Blob:
             ("step", None),
             ("verdict", lambda v, r: _VERDICT_INDEX[v]),
             ("max_abs_err", _metric), ("max_rel_err", _metric), ("max_ulp_err", _metric),
-            ("threshold", _metric), ("error_ratio", _metric),
+            ("threshold", _metric), ("error_ratio", _metric), ("weak_ratio", _metric), ("stable_abs_err", _metric),
             ("worst_index", None), ("expected", _value), ("observed", _value),
             ("total", None),
             ("mismatched", lambda n, r: n or None),
@@ -177,6 +178,8 @@ class Blob:
         d = {"conventions": self.conventions(rec.conventions, conv_key), "settings": rec.settings,
              "effective": {"momentum": rounded(rec.effective.momentum, 17), "eps": rounded(rec.effective.eps, 17)},
              "info": info}
+        if rec.precision:
+            d["precision"] = rec.precision
         if rec.status is not OutcomeStatus.RETURNED:
             d["status"] = rec.status.value  # how the worker's call ended, when it did not return
         return d
@@ -211,5 +214,5 @@ class Blob:
                            "mark": k.mark} for k in MismatchKind],
                 "conventions": self.conventions.items, "ledger": self.ledger, "cols": cols,
                 "envs": [e.key for e in m.envs], "cases": cases, "cells": cells, "gaps": gaps,
-                "templates": templates.items, "placeholder": repro.CASE_PLACEHOLDER}
+                "templates": templates.items, "placeholder": repro.CASE_PLACEHOLDER, "weak_factor": WEAK_FACTOR}
 

@@ -49,10 +49,18 @@ class Headline:
     kind: MismatchKind | None = None  # a difference without a ratio: shown instead of the ratio
     over: bool = False  # a record at the largest ratio differs from the oracle (so it reads '>1', never '1')
     record: Result | None = None  # the record the ratio (or the kind) comes from
+    weak: float | None = None  # the largest weak_ratio over the weak records (how much worse than a stable BN)
 
     @property
     def text(self) -> str:
         return self.kind.mark if self.kind is not None else fmt_ratio(self.ratio, self.over)
+
+    def matrix_text(self, verdict: Verdict) -> str:
+        """What a matrix cell of ``verdict`` reads: the headline where it explains the verdict, else the verdict's
+        mark; a weak cell its mark and how many times a stable BN's error it is ('W450')."""
+        if verdict.info.shows_weak_ratio and self.weak is not None:
+            return verdict.info.mark + fmt_ratio(self.weak)
+        return self.text if verdict.info.shows_error and self.explains(verdict) else verdict.info.mark
 
     @property
     def sort_value(self) -> float:
@@ -77,7 +85,10 @@ def headline(results: Iterable[Result]) -> Headline:
     rec: Result | None = None
     kind: MismatchKind | None = None
     krec: Result | None = None
+    weak: float | None = None
     for r in results:
+        if r.verdict.info.shows_weak_ratio and r.weak_ratio is not None:
+            weak = r.weak_ratio if weak is None else max(weak, r.weak_ratio)
         k = r.mismatch_kind
         if k is not None and not k.bounded:
             if kind is None or _KIND_RANK[k] > _KIND_RANK[kind]:
@@ -92,8 +103,8 @@ def headline(results: Iterable[Result]) -> Headline:
         elif kv == key:
             over = over or r.verdict.differs
     if kind is not None:
-        return Headline(ratio, kind, over, krec)
-    return Headline(ratio, None, over, rec)
+        return Headline(ratio, kind, over, krec, weak)
+    return Headline(ratio, None, over, rec, weak)
 
 
 @dataclass

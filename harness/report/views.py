@@ -72,8 +72,7 @@ class Builder:
                         tds.append({"c": c, "cls": "none", "text": "", "title": f"{adapter} @ {env}: not run"})
                         continue
                     verdict, hl = cell.verdict, cell.headline()
-                    shown = verdict.info.shows_error and hl.explains(verdict)
-                    text = hl.text if shown else verdict.info.mark
+                    text = hl.matrix_text(verdict)
                     title = f"{name} × {adapter} @ {env}: {verdict}" + headline_title(hl, cell.max_ulp())
                     out = cell.outcome
                     if out is not None and out.verdict is not Verdict.PASS:

@@ -40,8 +40,10 @@ function needsAttention(name) { return V[name].fails_run || V[name].differs; }
    error/bound (as the blob rounds it); k: the worst kind of difference without a ratio (an index into
    D.kinds), shown instead; over: a row at the largest ratio differs from the oracle; sort: larger is worse */
 function headline(rows) {
-  var ratio = null, key = null, over = false, kind = null;
+  var ratio = null, key = null, over = false, kind = null, weak = null;
   rows.forEach(function (r) {
+    var w = toNum(r[F.weak_ratio]);
+    if (w !== null && verdictAt(r[F.verdict]).shows_weak_ratio) weak = weak === null ? w : Math.max(weak, w);
     var ki = r[F.mismatch_kind];
     if (ki != null && !D.kinds[ki].bounded) {
       if (kind === null || ki > kind) kind = ki;
@@ -54,12 +56,13 @@ function headline(rows) {
     if (key === null || kx > key) { ratio = x; key = kx; over = differs; }
     else if (kx === key) over = over || differs;
   });
-  return {r: ratio, k: kind, over: over, sort: kind !== null ? Infinity : key === null ? -1 : key};
+  return {r: ratio, k: kind, over: over, w: weak, sort: kind !== null ? Infinity : key === null ? -1 : key};
 }
 
 /* the matrix text of a view: mirrors the matrix in harness.report.views (Headline.text and .explains) */
 function matrixText(view) {
   var info = V[view.v];
+  if (info.shows_weak_ratio && view.w !== null && view.w !== undefined) return info.mark + fmtRatio(view.w, false);
   var text = view.k !== null ? D.kinds[view.k].mark : fmtRatio(view.r, view.over);
   var explains = text !== "" && (!info.differs || view.over || view.k !== null);
   return info.shows_error && explains ? text : info.mark;

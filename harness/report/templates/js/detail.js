@@ -26,7 +26,7 @@ function outcomeSection(o) {
   return out;
 }
 
-var QUANTITY_HEAD = ["step", "quantity", "verdict", "err/bound", "ULP", "max abs", "max rel", "threshold", "worst index", "expected", "observed", "mismatched"];
+var QUANTITY_HEAD = ["step", "quantity", "verdict", "err/bound", "vs stable", "ULP", "max abs", "max rel", "threshold", "worst index", "expected", "observed", "mismatched"];
 
 /* a row's error over its bound, or the kind of a difference without a ratio */
 function ratioCell(r, kind) {
@@ -47,7 +47,10 @@ function quantityRows(r) {
     h("td", {text: step}),
     h("td", {text: qname, title: q ? q.stage : "the quantities this ledger entry covers"}),
     h("td", {cls: "v-" + v.name, title: kind ? kind.headline : v.meaning, text: v.name + (kind && kind.note ? " (" + kind.name + ")" : "")}),
-    ratioCell(r, kind), h("td", {cls: "num", text: fmtUlp(toNum(r[F.max_ulp_err]))}),
+    ratioCell(r, kind),
+    h("td", {cls: "num", title: r[F.weak_ratio] == null ? null : "max |diff| over a stable BN's in the same precision (" +
+      fmt(r[F.stable_abs_err], 3) + ", harness.stable) plus one ulp: weak above " + D.weak_factor, text: fmt(r[F.weak_ratio], 3)}),
+    h("td", {cls: "num", text: fmtUlp(toNum(r[F.max_ulp_err]))}),
     h("td", {cls: "num", text: fmt(r[F.max_abs_err], 3)}), h("td", {cls: "num", text: fmt(r[F.max_rel_err], 3)}),
     h("td", {cls: "num", text: fmt(r[F.threshold], 3)}), h("td", {cls: "num", text: fmtIndex(r[F.worst_index])}),
     h("td", {cls: "num", text: fmt(r[F.expected], bad ? 9 : 6)}), h("td", {cls: "num", text: fmt(r[F.observed], bad ? 9 : 6)}),
@@ -110,6 +113,7 @@ function settingsSection(cell, adapter, params) {
       ["native layout", conv ? conv.native_layout : null],
       ["one value per channel in training", conv ? conv.single_value_training : null],
       ["eps = 0 in training", conv ? conv.zero_eps_training : null],
+      ["precision (declared dtypes)", cell.precision && Object.keys(cell.precision).length ? cell.precision : null],
       ["training flags", set.training_flags && Object.keys(set.training_flags).length ? set.training_flags : null],
       ["use_defaults (the case)", params.use_defaults ? "true: each framework's own defaults" : null],
       ["notes", conv ? conv.notes : null]
