@@ -132,7 +132,8 @@ def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.rando
             r.repro = repro
     records.append(Cell(**ids, verdict=Verdict.worst(r.verdict for r in records), case_params=case.summary(),
                         tags=list(case.tags), file=case.file, conventions=real.conventions.as_dict(),
-                        settings=real.settings(case), precision=real.precision(case).as_dict(), effective=Effective(momentum=momentum, eps=eps),
+                        settings=real.settings(case), precision=real.precision(case).as_dict(),
+                        effective=Effective(momentum=momentum, eps=eps),
                         info={"compute_s": float(rng.uniform(0.001, 0.02))}, worker={"pid": 1000},
                         worker_env=dict(real.worker_env),
                         status=OutcomeStatus.RETURNED if fate not in ("crashed", "timeout") else OutcomeStatus(fate),
