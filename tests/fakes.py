@@ -210,6 +210,46 @@ class EvalUsesBatchStats(NumpyBN):
         return self._forward_backward(st, x, g, mean, self.invstd(var, st["eps"]), False)
 
 
+# -- correct but careless: within the bound, digits lost that a stable BN keeps (the weak tier) ----------
+
+class FoldedAffine(NumpyBN):
+    """y = x * a + (beta - mean * a), a = gamma * invstd: the folded form Keras, tf-keras and raw TF use. It is
+    algebraically the same; where |mean| * a is large (a constant input, eps alone under the root) the two
+    products cancel and y loses its digits."""
+
+    name = "weak-folded-affine"
+
+    def _forward_backward(self, st, x, g, mean, inv, train):
+        out = super()._forward_backward(st, x, g, mean, inv, train)
+        b = lambda v: self._shape(st, v, x.ndim)  # noqa: E731
+        a = b(st["gamma"]) * inv
+        out["y"] = (x * a + (b(st["beta"]) - mean * a)).astype(st["out_dtype"])
+        return out
+
+
+class SequentialSums(NumpyBN):
+    """Two-pass, but every sum is a running (sequential) float32 sum: np.cumsum accumulates in order."""
+
+    name = "weak-sequential-sums"
+
+    @staticmethod
+    def _sum(a, axes):
+        keep = [i for i in range(a.ndim) if i not in axes]
+        rows = np.moveaxis(a, keep, list(range(len(keep)))).reshape([a.shape[i] for i in keep] + [-1])
+        out_shape = [1 if i in axes else a.shape[i] for i in range(a.ndim)]
+        return np.cumsum(rows, axis=-1, dtype=a.dtype)[..., -1].reshape(out_shape)
+
+
+class FastVariance(NumpyBN):
+    """The one-pass variance max(0, E[x^2] - E[x]^2) (Flax's use_fast_variance, Keras on torch)."""
+
+    name = "weak-fast-variance"
+
+    def stats(self, x, axes):
+        mean = self._mean(x, axes)
+        return mean, np.maximum(self._mean(x * x, axes) - mean * mean, 0)
+
+
 # -- declared behaviour: what the conventions and supports() say becomes the expectation --------
 
 SINGLE_VALUE = Raises("ValueError", "Expected more than 1 value per channel", "tests/fakes.py")
