@@ -125,7 +125,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
                                   message="" if m.ok else describe(q.label(step), m, exp.dtype),
                                   digest=inputs.digest(arr), **m.fields()))
 
-    records += apply_ledger(case, adapter.name, version, ledger, records)
+    records += apply_ledger(case, adapter.name, version, ledger, records, data)
     for r in records:
         if r.verdict.fails_run:
             r.repro = repro
