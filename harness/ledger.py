@@ -1,22 +1,33 @@
-"""The ledger of known differences (``cases/known_differences.toml``).
+"""The ledger of known differences (``cases/known_differences.toml``), keyed by mechanism.
 
-Each ``[[difference]]`` scopes one real, understood discrepancy:
+Each ``[[difference]]`` names one real, understood mechanism and the conditions under which it occurs:
 
     [[difference]]
     id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # adapter: glob or list; PEP 440 versions
-    cases = "batch1_*"      # name glob (or a list); or tags = ["..."]; not_cases = [...] excludes
-    quantity = "running_var*"   # glob (or list of globs) over quantity names; "outcome" = raise/crash/timeout
+    quantity = ["y", "dx"]      # glob(s) over quantity names, only those the mechanism explains; "outcome"
     kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
     observed = "what was measured"; reason = "why"; link = "https://..."
+    cases = "batch1_*"          # optional name glob(s); tags = [...]; not_cases = [...] excludes
+    [difference.when]           # optional conditions (class ``When``), all must hold:
+    dtype = ["float32"]; policy = "mixed"; layout = "channels_last"; affine = true
+    track_running_stats = true; nonfinite = "none"           # "none" | "nan" | "inf", or a list
+    count = { min = 3 }; steps = { min = 1 }; eps = { max = 1e-3 }; momentum = { not_in = [0.0, 0.5] }
+    offset_ratio = { min = 10.0, max = 1e12 }; max_abs = { min = 1.85e19 }
+
+The conditions are evaluated on ``Facts``, measured once per case from the case and the inputs every
+adapter is fed (``case_facts``): ``offset_ratio`` is the largest |mean| / std over channels and training
+steps (inf for a constant non-zero channel), ``max_abs`` the largest |x| of the training batches. A range
+(``Range``) is ``{min, max, not_in}``, each optional, one required.
 
 An entry is validated like a case (the pydantic model ``Entry``, errors naming the file, the entry and
-the field): no unknown field, no coercion, ``kind`` one of the three, ``link`` an https:// address,
-``versions`` a PEP 440 specifier, every ``quantity`` glob matching some quantity (one that matches
-none would never be judged, not even as stale), and a scope (``cases`` or ``tags``).
+the field, ``when.<condition>.<part>`` inside the conditions): no unknown field, no coercion, ``kind`` one
+of the three, ``link`` an https:// address, ``versions`` a PEP 440 specifier, every ``quantity`` glob
+matching some quantity (one that matches none would never be judged, not even as stale), and a scope
+(``cases``, ``tags`` or ``when``); every scope given must hold.
 
-Strict both ways: a failing quantity that no entry covers fails; an entry
-that applies to a (case, adapter) cell but covers no failure there is stale
-and fails too (``apply_ledger``).
+Strict both ways: a failing quantity that no entry covers fails; an entry that applies to a (case,
+adapter) cell, its conditions holding there, but covers no failure there is stale and fails too
+(``apply_ledger``). Where the conditions do not hold the entry is not judged.
 """
 
 from __future__ import annotations
