@@ -33,7 +33,6 @@ adapter) cell, its conditions holding there, but covers no failure there is stal
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -115,18 +114,17 @@ def _channel_stats(x, axis: int) -> tuple[float, float, set[str]]:
     nan, inf = np.isnan(a), np.isinf(a)
     kinds = {k for k, m in (("nan", nan), ("inf", inf)) if m.any()}
     top = float(np.max(np.abs(a[~nan]))) if (~nan).any() else 0.0
-    ratio = 0.0
-    for row, ok in zip(a, ~(nan | inf)):
-        v = row[ok]
-        if v.size == 0:
-            continue
-        mean = float(np.mean(v))
-        std = float(np.sqrt(np.mean((v - mean) ** 2)))
-        if std > 0:
-            ratio = max(ratio, abs(mean) / std)
-        elif mean != 0:
-            ratio = math.inf
-    return ratio, top, kinds
+    ok = ~(nan | inf)
+    cnt = ok.sum(axis=1)
+    seen = cnt > 0
+    if not seen.any():
+        return 0.0, top, kinds
+    mean = np.where(ok, a, 0.0).sum(axis=1)[seen] / cnt[seen]
+    dev = np.where(ok[seen], a[seen] - mean[:, None], 0.0)
+    std = np.sqrt((dev * dev).sum(axis=1) / cnt[seen])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(std > 0, np.abs(mean) / std, np.where(mean != 0, np.inf, 0.0))
+    return float(ratio.max()), top, kinds
 
 
 _FACTS: dict[tuple, Facts] = {}
