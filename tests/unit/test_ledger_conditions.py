@@ -215,3 +215,11 @@ def test_the_case_data_given_is_what_is_measured():
     c = case(name="measured_once", input={"kind": "normal", "loc": 1e3, "scale": 1.0})
     data = inputs.build(c)
     assert case_facts(c, data) is case_facts(c)  # computed once per case
+
+
+def test_every_catalogue_entry_states_the_conditions_of_its_mechanism():
+    from pathlib import Path
+
+    ledger = load_ledger(Path(__file__).resolve().parents[2] / "cases" / "known_differences.toml")
+    assert ledger and all(e.when is not None for e in ledger), [e.id for e in ledger if e.when is None]
+    assert not [e.id for e in ledger if e.tags]  # a tag covered every quantity of every tagged case
