@@ -1,29 +1,41 @@
-"""The ledger of known differences (``cases/known_differences.toml``).
+"""The ledger of known differences (``cases/known_differences.toml``), keyed by mechanism.
 
-Each ``[[difference]]`` scopes one real, understood discrepancy:
+Each ``[[difference]]`` names one real, understood mechanism and the conditions under which it occurs:
 
     [[difference]]
     id = "torch-...";  adapter = "torch";  versions = ">=2.0"   # adapter: glob or list; PEP 440 versions
-    cases = "batch1_*"      # name glob (or a list); or tags = ["..."]; not_cases = [...] excludes
-    quantity = "running_var*"   # glob (or list of globs) over quantity names; "outcome" = raise/crash/timeout
+    quantity = ["y", "dx"]      # glob(s) over quantity names, only those the mechanism explains; "outcome"
     kind = "framework bug" | "numerical weakness" | "undocumented behaviour"
     observed = "what was measured"; reason = "why"; link = "https://..."
+    cases = "batch1_*"          # optional name glob(s); tags = [...]; not_cases = [...] excludes
+    [difference.when]           # optional conditions (class ``When``), all must hold:
+    dtype = ["float32"]; policy = "mixed"; layout = "channels_last"; affine = true
+    track_running_stats = true; nonfinite = "none"           # "none" | "nan" | "inf", or a list
+    count = { min = 3 }; steps = { min = 1 }; eps = { max = 1e-3 }; momentum = { not_in = [0.0, 0.5] }
+    offset_ratio = { min = 10.0, max = 1e12 }; max_abs = { min = 1.85e19 }
+
+The conditions are evaluated on ``Facts``, measured once per case from the case and the inputs every
+adapter is fed (``case_facts``): ``offset_ratio`` is the largest |mean| / std over channels and training
+steps (inf for a constant non-zero channel), ``max_abs`` the largest |x| of the training batches. A range
+(``Range``) is ``{min, max, not_in}``, each optional, one required.
 
 An entry is validated like a case (the pydantic model ``Entry``, errors naming the file, the entry and
-the field): no unknown field, no coercion, ``kind`` one of the three, ``link`` an https:// address,
-``versions`` a PEP 440 specifier, every ``quantity`` glob matching some quantity (one that matches
-none would never be judged, not even as stale), and a scope (``cases`` or ``tags``).
+the field, ``when.<condition>.<part>`` inside the conditions): no unknown field, no coercion, ``kind`` one
+of the three, ``link`` an https:// address, ``versions`` a PEP 440 specifier, every ``quantity`` glob
+matching some quantity (one that matches none would never be judged, not even as stale), and a scope
+(``cases``, ``tags`` or ``when``); every scope given must hold.
 
-Strict both ways: a failing quantity that no entry covers fails; an entry
-that applies to a (case, adapter) cell but covers no failure there is stale
-and fails too (``apply_ledger``).
+Strict both ways: a failing quantity that no entry covers fails; an entry that applies to a (case,
+adapter) cell, its conditions holding there, but covers no failure there is stale and fails too
+(``apply_ledger``). Where the conditions do not hold the entry is not judged.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -33,6 +45,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, fi
 from harness.cases import (
     Case,
     CaseError,
+    Dtype,
     FieldProblem,
     StrictModel,
     Text,
@@ -42,6 +55,9 @@ from harness.cases import (
     toml_type,
 )
 from harness.schema import LedgerRef, Quantity, Result, Verdict
+
+if TYPE_CHECKING:
+    from harness.inputs import CaseData
 
 Kind = Literal["framework bug", "numerical weakness", "undocumented behaviour"]
 KINDS: tuple[str, ...] = Kind.__args__
@@ -62,6 +78,169 @@ Glob = Annotated[str, AfterValidator(_glob)]
 Globs = Annotated[tuple[Glob, ...], BeforeValidator(_listed), Field(strict=False)]
 
 
+# -- conditions: what a case is, measured once, and the ranges an entry's mechanism needs ----------------
+
+@dataclass(frozen=True)
+class Facts:
+    """What the ledger's conditions (``[difference.when]``) are evaluated on, computed once per case from the
+    case and its inputs (the arrays every adapter is fed, in the case dtype).
+
+    ``offset_ratio``: |mean| / std per channel (population std, over the finite values of one training
+    batch), the largest over channels and training steps; ``inf`` for a constant non-zero channel, 0 for a
+    constant zero one and with no training step. ``max_abs``: the largest |x| of the training batches, NaN
+    left out (``inf`` when a batch holds inf; 0 with no training step). ``nonfinite``: the kinds of non-finite
+    value the training batches hold, ``("nan",)``, ``("inf",)``, ``("inf", "nan")``, or ``("none",)``
+    (planted by ``specials``, or a value beyond the dtype's range). ``momentum`` is None for "cumulative"."""
+
+    dtype: str
+    policy: str
+    layout: str
+    affine: bool
+    track_running_stats: bool
+    count: int
+    steps: int
+    eps: float
+    momentum: float | None
+    offset_ratio: float
+    max_abs: float
+    nonfinite: tuple[str, ...]
+
+
+def _channel_stats(x, axis: int) -> tuple[float, float, set[str]]:
+    """(largest |mean|/std over channels, largest |x| but NaN, the kinds of non-finite value) of one batch."""
+    import numpy as np
+
+    a = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0).reshape(x.shape[axis], -1)
+    nan, inf = np.isnan(a), np.isinf(a)
+    kinds = {k for k, m in (("nan", nan), ("inf", inf)) if m.any()}
+    top = float(np.max(np.abs(a[~nan]))) if (~nan).any() else 0.0
+    ok = ~(nan | inf)
+    cnt = ok.sum(axis=1)
+    seen = cnt > 0
+    if not seen.any():
+        return 0.0, top, kinds
+    mean = np.where(ok, a, 0.0).sum(axis=1)[seen] / cnt[seen]
+    dev = np.where(ok[seen], a[seen] - mean[:, None], 0.0)
+    std = np.sqrt((dev * dev).sum(axis=1) / cnt[seen])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(std > 0, np.abs(mean) / std, np.where(mean != 0, np.inf, 0.0))
+    return float(ratio.max()), top, kinds
+
+
+_FACTS: dict[tuple, Facts] = {}
+
+
+def case_facts(case: Case, data: CaseData | None = None) -> Facts:
+    """The facts of ``case`` (its inputs built from the seed unless ``data`` is given); cached per case."""
+    key = (case.name, case.file, case.model_dump_json())
+    if key in _FACTS:
+        return _FACTS[key]
+    if data is None:
+        from harness import inputs
+
+        data = inputs.build(case)
+    ratio, top, kinds = 0.0, 0.0, set()
+    for x in data.x:
+        r, t, k = _channel_stats(x, data.channel_axis)
+        ratio, top, kinds = max(ratio, r), max(top, t), kinds | k
+    facts = Facts(dtype=case.dtype, policy=case.policy, layout=case.layout, affine=case.affine,
+                  track_running_stats=case.track_running_stats, count=case.count, steps=case.steps,
+                  eps=case.eps, momentum=None if case.momentum == "cumulative" else float(case.momentum),
+                  offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",))
+    if len(_FACTS) > 4096:
+        _FACTS.clear()
+    _FACTS[key] = facts
+    return facts
+
+
+Bound = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Range(StrictModel):
+    """``{min = a, max = b, not_in = [...]}``: a <= value <= b, and the value none of ``not_in``. Each part
+    may be left out; one must be there. ``max`` cannot be inf (TOML's inf is refused like everywhere): a
+    value that may be infinite (``offset_ratio`` of a constant channel) is inside a range with no ``max``."""
+
+    min: Bound | None = None
+    max: Bound | None = None
+    not_in: Annotated[tuple[Bound, ...], Field(strict=False)] = ()
+
+    @model_validator(mode="after")
+    def _sane(self):
+        if self.min is None and self.max is None and not self.not_in:
+            raise FieldProblem("min", "give min, max or not_in (an empty range holds everywhere)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise FieldProblem("max", f"max ({self.max:g}) must be >= min ({self.min:g})")
+        return self
+
+    def holds(self, v: float | None) -> bool:
+        if v is None:
+            return False
+        return ((self.min is None or v >= self.min) and (self.max is None or v <= self.max)
+                and v not in self.not_in)
+
+    def __str__(self) -> str:
+        parts = ([f">= {self.min:g}"] if self.min is not None else []) + (
+            [f"<= {self.max:g}"] if self.max is not None else []) + (
+            [f"not {', '.join(f'{v:g}' for v in self.not_in)}"] if self.not_in else [])
+        return " and ".join(parts)
+
+
+Policy = Literal["pure", "mixed", "custom"]
+Layout = Literal["channels_first", "channels_last"]
+
+
+class When(StrictModel):
+    """``[difference.when]``: the conditions under which the entry's mechanism occurs; all given must hold.
+    A list field holds when the case's value is one of the list (``nonfinite``: when the case holds one of the
+    kinds listed); a range as ``Range``; a boolean when equal. See ``Facts`` for what each measures."""
+
+    dtype: Annotated[tuple[Dtype, ...], BeforeValidator(_listed), Field(strict=False, min_length=1)] | None = None
+    policy: Annotated[tuple[Policy, ...], BeforeValidator(_listed), Field(strict=False, min_length=1)] | None = None
+    layout: Annotated[tuple[Layout, ...], BeforeValidator(_listed), Field(strict=False, min_length=1)] | None = None
+    affine: bool | None = None
+    track_running_stats: bool | None = None
+    nonfinite: Annotated[tuple[Literal["none", "nan", "inf"], ...], BeforeValidator(_listed),
+                         Field(strict=False, min_length=1)] | None = None
+    count: Range | None = None
+    steps: Range | None = None
+    eps: Range | None = None
+    momentum: Range | None = None
+    offset_ratio: Range | None = None
+    max_abs: Range | None = None
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.model_fields_set:
+            raise ValueError("empty: give at least one condition (" + ", ".join(When.model_fields) + ")")
+        return self
+
+    def holds(self, f: Facts) -> bool:
+        for name in self.model_fields_set:
+            want = getattr(self, name)
+            have = getattr(f, name)
+            if isinstance(want, Range):
+                ok = want.holds(have)
+            elif isinstance(have, tuple):
+                ok = bool(set(have) & set(want))
+            elif isinstance(want, tuple):
+                ok = have in want
+            else:
+                ok = have == want
+            if not ok:
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The conditions in words: ``dtype float32; offset_ratio >= 10``."""
+        out = []
+        for name in When.model_fields:
+            if name in self.model_fields_set:
+                v = getattr(self, name)
+                out.append(f"{name} {'|'.join(v) if isinstance(v, tuple) else v}")
+        return "; ".join(out)
+
+
 class Entry(StrictModel):
     """One ``[[difference]]``: strict like a case (no unknown field, no coercion)."""
 
@@ -76,6 +255,7 @@ class Entry(StrictModel):
     cases: Globs = ()
     tags: Globs = ()
     not_cases: Globs = ()
+    when: When | None = None
 
     @field_validator("quantity")
     @classmethod
@@ -107,12 +287,15 @@ class Entry(StrictModel):
 
     @model_validator(mode="after")
     def _scoped(self):
-        if not (self.cases or self.tags):
-            raise FieldProblem("cases", "give a case glob or tags (an entry must be scoped)")
+        if not (self.cases or self.tags or self.when):
+            raise FieldProblem("cases", "give a case glob, tags or [difference.when] conditions (an entry must be "
+                                        "scoped)")
         return self
 
-    def applies(self, case: Case, adapter: str, version: str | None) -> bool:
-        """Does this entry scope the (case, adapter) cell at this framework version?"""
+    def applies(self, case: Case, adapter: str, version: str | None, facts: Facts | None = None) -> bool:
+        """Does this entry scope the (case, adapter) cell at this framework version? Every scope given must hold:
+        adapter, versions, cases, tags, not_cases and the ``when`` conditions (on ``facts``, computed from the
+        case's inputs when not given)."""
         if not any(fnmatch.fnmatchcase(adapter, a) for a in self.adapter):
             return False
         if self.versions:
@@ -127,7 +310,9 @@ class Entry(StrictModel):
             return False
         if self.tags and not set(self.tags) & set(case.tags):
             return False
-        return not any(fnmatch.fnmatchcase(case.name, p) for p in self.not_cases)
+        if any(fnmatch.fnmatchcase(case.name, p) for p in self.not_cases):
+            return False
+        return self.when is None or self.when.holds(facts or case_facts(case))
 
     def covers(self, quantity: str) -> bool:
         return any(fnmatch.fnmatchcase(quantity, q) for q in self.quantity)
@@ -169,10 +354,13 @@ def load_ledger(path: Path | None) -> list[Entry]:
 
 
 def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Entry],
-                 records: list[Result]) -> list[Result]:
+                 records: list[Result], data: CaseData | None = None) -> list[Result]:
     """Mark every failing record an applicable entry covers ``known``; return a ``stale`` record for each
-    applicable entry that covered nothing where what it covers was compared."""
-    entries = [e for e in ledger if e.applies(case, adapter, version)]
+    applicable entry that covered nothing where what it covers was compared. An entry with conditions is
+    applicable only where they hold (``data``: the case's inputs, to measure them on), so it is judged stale
+    only there."""
+    facts = case_facts(case, data) if any(e.when for e in ledger) else None
+    entries = [e for e in ledger if e.applies(case, adapter, version, facts)]
     used: set[str] = set()
     for r in records:
         if r.verdict.fails_run and r.verdict != Verdict.STALE:
@@ -192,6 +380,8 @@ def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Ent
             stale.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
                                 framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
                                 verdict=Verdict.STALE, ledger=e.as_record(),
-                                message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here, but nothing "
-                                         "differed: the framework changed or the entry is too wide")))
+                                message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here"
+                                         + (f" (its conditions hold: {e.when.describe()})" if e.when else "")
+                                         + ", but nothing differed: the framework changed or the entry is too "
+                                           "wide")))
     return stale

@@ -135,7 +135,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
             records.append(Result(**ids, quantity=q, step=step, verdict=verdict, message=message,
                                   digest=inputs.digest(arr), **fields))
 
-    records += apply_ledger(case, adapter.name, version, ledger, records)
+    records += apply_ledger(case, adapter.name, version, ledger, records, data)
     for r in records:
         if r.verdict.fails_run:
             r.repro = repro

@@ -1,0 +1,170 @@
+"""The ledger is keyed by mechanism: a FRESH case (in no catalogue file: another name, shape, seed, offset or
+size, still inside an entry's ``[difference.when]``) that shows a documented mechanism comes out ``known``
+on the real adapter, with the ledger as it is, and no entry goes stale on it.
+
+One cell per (entry, adapter) that the installed framework versions make applicable, run through
+``harness.runner.run_cell`` in worker processes like the parity suite. Marker ``frameworks``: tox's
+``current`` env runs it, ``unit`` skips it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cases import load_cases, load_file
+from harness.ledger import load_ledger
+from harness.runner import run_cell
+from harness.schema import Result, Verdict
+from harness.workers import Workers
+from tests.unit.conftest import installed_adapter
+
+REPO = Path(__file__).resolve().parents[2]
+LEDGER = load_ledger(REPO / "cases" / "known_differences.toml")
+pytestmark = pytest.mark.frameworks
+
+FRESH = """
+[[case]]
+name = "fresh_overflow_3e25"
+shape = [12, 3, 2]
+input = { kind = "normal", loc = 0.0, scale = 3e25 }
+seed = 901
+
+[[case]]
+name = "fresh_constant_3e7"
+shape = [512, 3]
+input = { kind = "normal", loc = 3e7, scale = 0.01 }
+seed = 902
+
+[[case]]
+name = "fresh_offset_300"
+shape = [48, 5]
+input = { kind = "normal", loc = 300.0, scale = 0.5 }
+seed = 903
+
+[[case]]
+name = "fresh_float64_offset_5e4"
+dtype = "float64"
+shape = [24, 3, 2]
+input = { kind = "normal", loc = 5e4, scale = 2.0 }
+seed = 904
+
+[[case]]
+name = "fresh_pair_offset_50"
+shape = [2, 6]
+input = { kind = "normal", loc = 50.0, scale = 1.0 }
+seed = 905
+
+[[case]]
+name = "fresh_constant_channel"
+shape = [6, 3, 4]
+channel_overrides = [{ channels = [2], input = { kind = "constant", value = 3.0 } }]
+seed = 906
+
+[[case]]
+name = "fresh_float64_momentum_0.2"
+dtype = "float64"
+shape = [10, 3, 3]
+momentum = 0.2
+seed = 907
+
+[[case]]
+name = "fresh_float16"
+dtype = "float16"
+shape = [6, 5, 2, 2]
+seed = 908
+
+[[case]]
+name = "fresh_bfloat16"
+dtype = "bfloat16"
+shape = [6, 5, 3]
+layout = "channels_last"
+seed = 909
+
+[[case]]
+name = "fresh_inf_input"
+shape = [6, 3]
+specials = [{ value = "inf", index = [2, 1] }]
+seed = 910
+"""
+
+# entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
+CELLS: dict[str, list[tuple[str, str]]] = {
+    "torch-float32-variance-overflow": [("torch", "fresh_overflow_3e25")],
+    "torch-float32-mean-sum-at-1e7": [("torch", "fresh_constant_3e7")],
+    "keras3-jax-float64-computed-in-float32": [("keras3-jax", "fresh_float64_momentum_0.2")],
+    "keras3-torch-float64-computed-in-float32": [("keras3-torch", "fresh_float64_momentum_0.2")],
+    "keras3-torch-one-pass-variance": [("keras3-torch", "fresh_offset_300")],
+    "keras3-torch-one-pass-variance-two-values": [("keras3-torch", "fresh_pair_offset_50")],
+    "keras3-float32-variance-overflow": [("keras3-tensorflow", "fresh_overflow_3e25"),
+                                         ("keras3-jax", "fresh_overflow_3e25")],
+    "keras3-torch-one-pass-variance-overflow-nan": [("keras3-torch", "fresh_overflow_3e25")],
+    "keras3-tensorflow-float32-mean-sum-at-1e7": [("keras3-tensorflow", "fresh_constant_3e7")],
+    "tf-keras-nonfused-float64-decay-in-float32": [("tf-keras-nonfused", "fresh_float64_momentum_0.2")],
+    "tf-keras-nonfused-assign-sub-inf": [("tf-keras-nonfused", "fresh_inf_input"),
+                                         ("tf-keras-nonfused", "fresh_overflow_3e25")],
+    "tf-keras-nonfused-float32-variance-overflow": [("tf-keras-nonfused", "fresh_overflow_3e25")],
+    "tf-keras-nonfused-float32-mean-sum-at-1e7": [("tf-keras-nonfused", "fresh_constant_3e7")],
+    "tf-raw-float16-math-in-half": [("tf-raw", "fresh_float16")],
+    "tf-raw-bfloat16-stats-in-bfloat16": [("tf-raw", "fresh_bfloat16")],
+    "tf-raw-float32-variance-overflow": [("tf-raw", "fresh_overflow_3e25")],
+    "tf-raw-float32-mean-sum-at-1e7": [("tf-raw", "fresh_constant_3e7")],
+    "flax-fast-variance-mean-offset": [("flax-linen", "fresh_offset_300"), ("flax-nnx", "fresh_float64_offset_5e4"),
+                                       ("flax-nnx", "fresh_pair_offset_50")],
+    "flax-fast-variance-constant-channel": [("flax-linen", "fresh_constant_channel")],
+    "flax-fast-variance-overflow-nan": [("flax-nnx", "fresh_overflow_3e25")],
+    "flax-twopass-float32-variance-overflow": [("flax-linen-twopass", "fresh_overflow_3e25")],
+    "flax-linen-low-precision-dx-rounded-twice": [("flax-linen-twopass", "fresh_float16")],
+    "flax-linen-low-precision-dx-rounded-twice-bfloat16": [("flax-linen", "fresh_bfloat16")],
+}
+# entries no fresh case can show: the mechanism is one case's exact rounding (scoped by its name)
+BY_NAME = {"keras3-torch-one-pass-variance-constant-channel"}
+ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fresh")
+    (folder / "fresh.toml").write_text(FRESH)
+    return {c.name: c for c in load_file(folder / "fresh.toml")}
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    w = Workers(tmp_path_factory.mktemp("logs"))
+    yield w
+    w.close()
+
+
+def test_fresh_cases_are_not_in_the_catalogue(fresh):
+    catalogue = load_cases([REPO / "cases"])
+    shapes = {(c.shape, c.seed) for c in catalogue}
+    assert not set(fresh) & {c.name for c in catalogue}
+    assert not {(c.shape, c.seed) for c in fresh.values()} & shapes
+
+
+def test_every_mechanism_entry_has_a_fresh_case():
+    ids = {e.id for e in LEDGER}
+    assert set(CELLS) <= ids and BY_NAME <= ids, sorted((set(CELLS) | BY_NAME) - ids)
+    # the entries of older version sets are checked by their own env's parity run (versions exclude today's)
+    older = {e.id for e in LEDGER if e.versions.startswith(("<", "==3.0"))}
+    assert ids - set(CELLS) - BY_NAME == older, sorted(ids - set(CELLS) - BY_NAME - older)
+
+
+@pytest.mark.parametrize("entry_id,adapter_name,case_name", ROWS, ids=[f"{e}:{a}:{c}" for e, a, c in ROWS])
+def test_fresh_case_of_a_mechanism_is_known(fresh, workers, entry_id, adapter_name, case_name):
+    adapter, spec = installed_adapter(adapter_name)
+    entry = next(e for e in LEDGER if e.id == entry_id)
+    case = fresh[case_name]
+    version = adapter.framework_version()
+    if not entry.applies(case, adapter_name, version):
+        pytest.fail(f"{entry_id} does not apply to {case_name} on {adapter_name} {version}: its conditions "
+                    f"({entry.when.describe() if entry.when else '-'}) or versions ({entry.versions}) miss it")
+    res = run_cell(case, adapter, spec, workers, env="selftest", ledger=LEDGER, timeout=300, repro="")
+    results = [r for r in res.records if isinstance(r, Result)]
+    bad = [(r.quantity, r.step, r.verdict, r.message[:200]) for r in results if r.verdict.fails_run]
+    assert not bad, bad
+    known = [r for r in results if r.verdict == Verdict.KNOWN and entry_id in r.ledger_ids]
+    assert known, f"{entry_id} explains nothing on {case_name} / {adapter_name}: " + str(
+        sorted({(r.quantity, r.verdict) for r in results}))
