@@ -38,6 +38,12 @@ over ``n`` values in whatever order a correct framework sums, see below):
 Declared precision beyond the statistics' dtype (each term is zero when the dtype is the statistics'
 own, whose few roundings the reduction terms above already cover, ``k >= 3``):
 
+Where a channel's spread is below the spacing of its partial sums (``sqrt(var) <= 2 u n |mean|``: a
+constant or nearly constant channel at an offset), every addition of a sequential sum rounds the same
+way and the probabilistic bound does not hold: ``k`` there is the deterministic ``(n - 1) / SAFETY``
+(``SAFETY k u = (n - 1) u``, the bound of recursive summation). Such a channel's ``y`` bound is already
+dominated by ``A / s``; what this adds is room in the running statistics.
+
 * ``held``: the batch mean and variance are rounded to it before use (``uh``): ``y`` gains
   ``uh (|gamma| |mean| / s + |gamma xhat|)`` (the rounded mean shifts ``x - mean``, the rounded
   variance scales ``xhat``), ``dx`` and ``dgamma`` the same relative errors of ``xhat`` and ``1 / s``;
@@ -111,13 +117,17 @@ def rounding_error(value: np.ndarray, dtype: str) -> np.ndarray:
         return np.abs(value - np.asarray(value).astype(np_dtype(dtype)).astype(np.float64))
 
 
-def reduction_growth(n: int) -> float:
+def reduction_growth(n: int, biased: np.ndarray | bool = False) -> np.ndarray | float:
     """The error growth of a sum over ``n`` values, in units of ``u sum|x_i|``, for any order a correct
     framework may use: ``2 + log2 n`` for a pairwise (tree) reduction, and ``LAMBDA sqrt(n) / SAFETY`` for a
     recursive (sequential) one, whichever is larger (the ``SAFETY`` factor applied to every term is part of
-    the probabilistic bound's ``lambda`` already)."""
+    the probabilistic bound's ``lambda`` already). Where the rounding is ``biased`` (per channel: the values
+    vary by less than the spacing of the partial sums, so every addition rounds the same way and the errors
+    do not cancel), the deterministic bound of recursive summation, ``(n - 1) u sum|x_i|``, holds instead."""
     n = max(n, 1)
-    return max(2.0 + math.log2(n), LAMBDA * math.sqrt(n) / SAFETY)
+    k = max(2.0 + math.log2(n), LAMBDA * math.sqrt(n) / SAFETY)
+    return np.where(biased, max(k, (n - 1) / SAFETY), k) if np.ndim(biased) else (
+        max(k, (n - 1) / SAFETY) if biased else k)
 
 
 def extra_roundoff(dtype: str, wide: str) -> float:
@@ -155,8 +165,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     nd = len(case.shape)
     b = lambda v: ref._bcast(v, nd, ax)  # noqa: E731
     n = case.count
-    k = reduction_growth(n)
     uc = unit_roundoff(p.statistics)
+    k0 = reduction_growth(n)
     uh = extra_roundoff(p.held, p.statistics)  # batch statistics rounded before they are used
     un = extra_roundoff(p.normalize, p.statistics)  # element-wise normalization in a narrower dtype
     ue = max(uc, unit_roundoff(p.normalize))  # eval mode is element-wise only
@@ -175,18 +185,21 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         y, mean, var = ref.train_forward(x, gamma, beta, eps, ax)
         dx, dgamma, dbeta = ref.train_backward(x, g, gamma, eps, ax)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # a channel whose spread is below the spacing of its partial sums (2 u n |mean|) rounds every
+            # addition the same way: the deterministic bound of recursive summation holds there
+            k = reduction_growth(n, np.sqrt(var) <= 2 * uc * n * np.abs(mean))
             s = np.sqrt(var + eps)
             A, G = absmax(x), absmax(g)
             xhat = (x - b(mean)) / b(s)
             xmax = absmax(xhat)
             M = np.abs(mean) / s  # the held mean's rounding, relative to the spread
             gx = np.abs(b(gamma) * xhat)
-            tol_y = C * (uc * (k * b(np.abs(gamma) * A / s) + k * gx + b(np.abs(beta)))
+            tol_y = C * (uc * (b(k * np.abs(gamma) * A / s) + b(k) * gx + b(np.abs(beta)))
                          + uh * (b(np.abs(gamma) * M) + gx) + un * (3 * gx + b(np.abs(beta))))
             tol_dx = C * b(np.abs(gamma) / s * G * (uc * k * (2 + A / s + xmax**2)
                                                     + uh * (2 + xmax**2 + 2 * xmax * M) + un * (4 + 2 * xmax**2)))
             tol_dg = C * abssum(g) * (uc * k * (A / s + xmax) + uh * (M + xmax) + un * xmax)
-            tol_db = C * uc * k * abssum(g)
+            tol_db = C * uc * k0 * abssum(g)
             tol_mean = C * (uc * k * A + uh * np.abs(mean))
             tol_var = C * (uc * k * var + (uc * k * A) ** 2 + uh * var)
         q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
@@ -224,14 +237,14 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         xhat = (x - b(rm)) / b(s)
         A = absmax(x)
         # compute error + what the running statistics' own error does to the output
-        tol_y = (C * ue * (k * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
+        tol_y = (C * ue * (k0 * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
                  + b(np.abs(gamma) * tol_rm / s) + np.abs(b(gamma) * xhat) * b(tol_rv / (2 * (rv + eps))))
         tol_dx = C * ue * 3 * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
         # dgamma = sum(g * (x - rm) / s): a k-term reduction of g * xhat, each term with the error of
         # (x - rm) / s, plus what the running statistics' own error does (d/d rm: sum|g| / s; d/d rv: via 1/s)
-        tol_dg = (C * abssum(g) * (uc * k * ((A + np.abs(rm)) / s + absmax(xhat)) + un * 3 * absmax(xhat))
+        tol_dg = (C * abssum(g) * (uc * k0 * ((A + np.abs(rm)) / s + absmax(xhat)) + un * 3 * absmax(xhat))
                   + abssum(g) * tol_rm / s + np.abs(dgamma) * tol_rv / (2 * (rv + eps)))
-        tol_db = C * uc * k * abssum(g)
+        tol_db = C * uc * k0 * abssum(g)
     out[("y_eval", None)] = Expected(y, tol_y + ulp_of(y, p.output), p.output)
     out[("dx_eval", None)] = Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)
     if case.affine:

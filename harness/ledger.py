@@ -54,7 +54,7 @@ from harness.cases import (
     table_label,
     toml_type,
 )
-from harness.schema import LedgerRef, Quantity, Result, Verdict
+from harness.schema import Cell, LedgerRef, Quantity, Result, Verdict
 
 if TYPE_CHECKING:
     from harness.inputs import CaseData
@@ -354,11 +354,17 @@ def load_ledger(path: Path | None) -> list[Entry]:
 
 
 def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Entry],
-                 records: list[Result], data: CaseData | None = None) -> list[Result]:
-    """Mark every failing record an applicable entry covers ``known``; return a ``stale`` record for each
-    applicable entry that covered nothing where what it covers was compared. An entry with conditions is
-    applicable only where they hold (``data``: the case's inputs, to measure them on), so it is judged stale
-    only there."""
+                 records: list[Result], data: CaseData | None = None) -> tuple[list[Result], list[str]]:
+    """Mark every failing record an applicable entry covers ``known``.
+
+    Returns the ``stale`` records of this cell and the ids of the mechanism entries that applied here without
+    explaining anything (judged over the whole run, ``stale_mechanisms``). An entry that names its cases
+    (``cases``) says "these cases show it", and is stale in a cell of those cases where it covered nothing.
+    An entry keyed by its mechanism's conditions (``when``, no ``cases``) says "where these conditions hold,
+    this mechanism explains what differs": a numerical mechanism need not push every such case past the
+    bound (a one-pass variance at a modest offset loses digits within it, shown as ``weak``), so it is stale
+    only when it explains nothing in any cell of the run where its conditions hold (the framework changed,
+    or the conditions are too wide). ``data``: the case's inputs, to measure the conditions on."""
     facts = case_facts(case, data) if any(e.when for e in ledger) else None
     entries = [e for e in ledger if e.applies(case, adapter, version, facts)]
     used: set[str] = set()
@@ -372,16 +378,45 @@ def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Ent
                 used.update(e.id for e in explaining)
     compared = {r.quantity for r in records if r.verdict != Verdict.SKIP and r.quantity != "outcome"}
     head = records[0]
-    stale = []
+    stale, pending = [], []
     for e in entries:
         # an entry is judged only where what it covers was compared (not when the call raised or crashed)
-        if e.id not in used and (any(e.covers(q) for q in compared) or e.covers("outcome")):
-            covers = "|".join(e.quantity)
-            stale.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
-                                framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
-                                verdict=Verdict.STALE, ledger=e.as_record(),
-                                message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here"
-                                         + (f" (its conditions hold: {e.when.describe()})" if e.when else "")
-                                         + ", but nothing differed: the framework changed or the entry is too "
-                                           "wide")))
-    return stale
+        if e.id in used or not (any(e.covers(q) for q in compared) or e.covers("outcome")):
+            continue
+        if not e.cases:
+            pending.append(e.id)
+            continue
+        covers = "|".join(e.quantity)
+        stale.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
+                            framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
+                            verdict=Verdict.STALE, ledger=e.as_record(),
+                            message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here"
+                                     + (f" (its conditions hold: {e.when.describe()})" if e.when else "")
+                                     + ", but nothing differed: the framework changed or the entry is too wide")))
+    return stale, pending
+
+
+def stale_mechanisms(ledger: list[Entry], cells: list[Cell], results: list[Result]) -> list[Result]:
+    """One ``stale`` record for each mechanism entry that applied in some cell of the run (``Cell.ledger_pending``)
+    and explained no failure in any (no ``known`` record names it), on the first cell it applied to."""
+    used = {i for r in results if r.verdict == Verdict.KNOWN for i in (r.ledger_ids or [])}
+    by_id = {e.id: e for e in ledger}
+    where: dict[str, list[Cell]] = {}
+    for c in cells:
+        for i in c.ledger_pending:
+            where.setdefault(i, []).append(c)
+    out = []
+    for i, cs in where.items():
+        e = by_id.get(i)
+        if e is None or i in used:
+            continue
+        head = cs[0]
+        names = ", ".join(f"{c.case} ({c.adapter})" for c in cs[:5]) + (f" and {len(cs) - 5} more" if len(cs) > 5
+                                                                          else "")
+        out.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
+                          framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
+                          verdict=Verdict.STALE, ledger=e.as_record(),
+                          message=(f"ledger entry {i!r} applied to {len(cs)} cell(s) of this run (its conditions "
+                                   f"hold: {e.when.describe() if e.when else 'scope'}: {names}) but explained no "
+                                   "difference in any: the framework changed or the conditions are too wide")))
+    return out
