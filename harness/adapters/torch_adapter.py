@@ -14,7 +14,7 @@ standalone torch reproducer (``harness/repro.py``). They use NumPy, torch
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -202,12 +202,12 @@ class TorchAdapter(Adapter):
         from those rounded values; mixed (a float32 module fed 16-bit input) keeps them in float32. Probed on
         torch 2.13: native_batch_norm's save_mean is float16 for half input with half weight, equal to the
         float32 mean rounded, and y matches float32 math from the rounded mean/invstd bit for bit."""
-        p = super().precision(case)
+        p = Precision.of(case)  # not super(): bnparity repro copies this method into a class with no base
         if case.dtype in ("float16", "bfloat16") and case.resolved_param_dtype == case.dtype:
             # https://github.com/pytorch/pytorch/blob/v2.13.0/aten/src/ATen/native/cpu/batch_norm_kernel.cpp
             # (batch_norm_cpu_collect_stats_contiguous_internal<scalar_t, param_t>: opmath sums, mean/var_sum
             # written as param_t; batch_norm_cpu_contiguous_impl builds alpha/beta from those)
-            p = replace(p, held=case.dtype)
+            p = Precision(p.statistics, case.dtype, p.normalize, p.running, p.params, p.output)  # held
         return p
 
     def build(self, case: Case, data: CaseData) -> TorchState:
