@@ -292,7 +292,9 @@ class Adapter:
         return self.conventions.case_momentum(m.momentum), m.eps
 
     def settings(self, case: Case) -> dict[str, Any]:
-        return asdict(self.mapped(case))
+        """The settings as passed to the framework, and under ``precision`` the dtypes it works in (every cell
+        record carries what the adapter declared, so a report reader sees which bound the oracle built)."""
+        return {**asdict(self.mapped(case)), "precision": self.precision(case).as_dict()}
 
     def precision(self, case: Case) -> Precision:
         """The dtypes this framework works in for ``case`` (its precision policy mapped): see ``Precision``.

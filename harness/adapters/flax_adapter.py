@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from harness.adapters import jax_support
-from harness.adapters.base import Adapter, Conventions, Mapped
+from harness.adapters.base import Adapter, Conventions, Mapped, Precision
 from harness.adapters.devices import gpu_visible
 from harness.cases import Case
 from harness.inputs import CaseData
@@ -66,12 +66,14 @@ _PROGRAMS: dict[tuple, Any] = {}
 _F64_CHECKED: dict[tuple, bool] = {}
 
 
-def _linen_module(axis: int, fast: bool, affine: bool, param_dtype: str, momentum, eps, use_running_average: bool):
+def _linen_module(axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str, momentum, eps,
+                  use_running_average: bool):
     """A linen BatchNorm with momentum and eps as given (traced values inside the programs)."""
     import flax.linen as nn
 
     return nn.BatchNorm(use_running_average=use_running_average, axis=axis, momentum=momentum, epsilon=eps,
-                        use_scale=affine, use_bias=affine, use_fast_variance=fast, param_dtype=param_dtype)
+                        use_scale=affine, use_bias=affine, use_fast_variance=fast, dtype=dtype,
+                        param_dtype=param_dtype)
 
 
 def _linen_train_apply(bn, params, stats, x):
@@ -116,20 +118,20 @@ def _eval_vjp(f, x, g, params):
     return y, dx, dparams
 
 
-def _linen_program(mode: str, axis: int, fast: bool, affine: bool, param_dtype: str):
+def _linen_program(mode: str, axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str):
     """A jitted linen train or eval step: (x, g, params, stats, momentum, eps) -> outputs."""
-    key = ("linen", mode, axis, fast, affine, param_dtype)
+    key = ("linen", mode, axis, fast, affine, dtype, param_dtype)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     import jax
 
     def train(x, g, params, stats, momentum, eps):
-        bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, False)
+        bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, False)
         return _train_vjp(lambda x, params: _linen_train_apply(bn, params, stats, x), x, g, params)
 
     def evaluate(x, g, params, stats, momentum, eps):
         # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
-        bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, mode == "eval")
+        bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, mode == "eval")
 
         def f(x, params):
             if mode == "eval":
@@ -143,15 +145,16 @@ def _linen_program(mode: str, axis: int, fast: bool, affine: bool, param_dtype: 
     return fn
 
 
-def _nnx_graphdef(channels: int, axis: int, fast: bool, affine: bool, param_dtype: str):
+def _nnx_graphdef(channels: int, axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str):
     """The static structure of an nnx.BatchNorm (built abstractly: no arrays, no compilation)."""
-    key = ("nnx-graphdef", channels, axis, fast, affine, param_dtype)
+    key = ("nnx-graphdef", channels, axis, fast, affine, dtype, param_dtype)
     if key not in _PROGRAMS:
         from flax import nnx
 
         # momentum and epsilon here are placeholders: the programs set the traced values
         abstract = nnx.eval_shape(lambda: nnx.BatchNorm(channels, axis=axis, use_scale=affine, use_bias=affine,
-                                                        use_fast_variance=fast, param_dtype=param_dtype,
+                                                        use_fast_variance=fast, dtype=dtype,
+                                                        param_dtype=param_dtype,
                                                         rngs=nnx.Rngs(0)))
         _PROGRAMS[key] = nnx.graphdef(abstract)
     return _PROGRAMS[key]
@@ -180,20 +183,20 @@ def _nnx_program(mode: str, graphdef):
     return fn
 
 
-def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, affine: bool, param_dtype: str,
-                           graphdef=None):
+def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, affine: bool, dtype: str | None,
+                           param_dtype: str, graphdef=None):
     """A jitted forward-only call for ``bnparity bench``: (x, params, stats, momentum, eps) -> y (, new stats).
 
     The module is built as in the parity programs above; fwd+bwd reuses the parity train program itself.
     """
-    key = ("bench", api, train, axis, fast, affine, param_dtype, graphdef)
+    key = ("bench", api, train, axis, fast, affine, dtype, param_dtype, graphdef)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     import jax
 
     if api == "linen":
         def forward(x, params, stats, momentum, eps):
-            bn = _linen_module(axis, fast, affine, param_dtype, momentum, eps, not train)
+            bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, not train)
             if not train:
                 return bn.apply({"params": params, "batch_stats": stats}, x)
             return _linen_train_apply(bn, params, stats, x)
@@ -219,6 +222,38 @@ def _enable_x64(jax):
 
 
 NNX_MIN_FLAX = "0.10"
+_WIDTH = {"bfloat16": 16, "float16": 16, "float32": 32, "float64": 64}
+
+
+def _promote(*dtypes: str) -> str:
+    """JAX's type promotion among the float dtypes a case has (float16 with bfloat16 is float32)."""
+    out = dtypes[0]
+    for dt in dtypes[1:]:
+        if dt != out:
+            out = "float32" if {dt, out} == {"float16", "bfloat16"} else max(dt, out, key=_WIDTH.__getitem__)
+    return out
+
+
+def flax_dtype(case: Case) -> str | None:
+    """The ``dtype`` argument a Flax user passes for the case's precision policy: the 16-bit input dtype for
+    pure (``dtype = param_dtype = float16``) and mixed (``dtype = float16, param_dtype = float32``) cases; None
+    (inferred from the input and the parameters) for float32 / float64 and other parameter dtypes."""
+    if case.dtype in ("float16", "bfloat16") and case.policy in ("pure", "mixed"):
+        return case.dtype
+    return None
+
+
+def batch_stats_dtype(api: str, case: Case) -> str:
+    """The dtype Flax holds ``batch_stats`` in. Both APIs create them in float32 whatever param_dtype is
+    (linen: ``force_float32_reductions=True``, the default; nnx: ``jnp.float32`` in ``__init__``). nnx keeps its
+    BatchStat variables' dtype when it writes the update (a float64 update is cast back to float32, with a JAX
+    FutureWarning); linen replaces the collection with the update, which float64 statistics promote to float64 on
+    the first training call, so a float64 case starts from the float64 state it holds from then on."""
+    # flax/linen/normalization.py:358-373 (batch_stats in float32), :400-403 (the update)
+    # flax/nnx/nn/normalization.py:312-313 (BatchStat float32), :404-409 (update written into the variables)
+    if api == "linen" and case.dtype == "float64":
+        return "float64"
+    return "float32"
 
 
 @dataclass
@@ -273,9 +308,40 @@ class FlaxAdapter(Adapter):
     def mapped(self, case: Case) -> Mapped:
         m = super().mapped(case)
         m.training_flags = {"api": f"flax.{self.api}.BatchNorm", "use_fast_variance": self.fast,
-                            "use_scale": case.affine, "use_bias": case.affine, "dtype": None,
-                            "param_dtype": case.resolved_param_dtype, "jit": True}
+                            "use_scale": case.affine, "use_bias": case.affine, "dtype": flax_dtype(case),
+                            "param_dtype": case.resolved_param_dtype,
+                            "batch_stats_dtype": batch_stats_dtype(self.api, case), "jit": True}
         return m
+
+    def precision(self, case: Case) -> Precision:
+        """What Flax 0.12.8 computes in, read from the source and probed (see ``flax_dtype`` for the mapping):
+
+        * statistics: ``_compute_stats`` promotes ``dtype`` (or x's dtype) to at least float32; nnx first casts x,
+          the running statistics, scale and bias to ``dtype`` (or to their common type: ``promote_dtype``);
+        * held, normalize: the statistics' dtype (``x - mean`` promotes to it);
+        * running: ``batch_stats_dtype``;
+        * params: param_dtype; but nnx with ``dtype`` set computes with scale and bias cast to ``dtype`` (stored in
+          param_dtype), so they are rounded to it before use and dgamma / dbeta are rounded to it on the way back
+          (returned in param_dtype, holding 16-bit values): ``dtype`` is declared;
+        * output: ``dtype``; without it, x's dtype: dx comes back in it, and y in the result type of x and the
+          parameters (nnx: and the float32 running statistics), which is wider only for float64 parameters on
+          float32 input, where y's centering ran in float32 all the same.
+
+        Not expressible here: nnx with ``dtype`` set also casts the running statistics to it in eval, so its eval
+        normalization runs in 16-bit (probed: y_eval bit-equal to float16 math), while its training call
+        normalizes in float32; linen's eval stays in float32. ``normalize`` declares the training call.
+        """
+        dt, pd, fdt = case.dtype, case.resolved_param_dtype, flax_dtype(case)
+        if self.api == "linen":
+            # flax/linen/normalization.py:107-114 (_compute_stats: promote_types(dtype, float32)),
+            # :206-226 (_normalize: y = x - mean, ..., asarray(y, canonicalize_dtype(x, scale, bias, dtype=dtype)))
+            common = dt
+        else:
+            # flax/nnx/nn/normalization.py:385-387 (promote_dtype of x, mean, var, scale, bias to dtype)
+            common = fdt or _promote(dt, "float32", *((pd,) if case.affine else ()))
+        stats = _promote(fdt or common, "float32")
+        return Precision(statistics=stats, held=stats, normalize=stats, running=batch_stats_dtype(self.api, case),
+                         params=pd if self.api == "linen" else (fdt or pd), output=fdt or dt)
 
     # -- worker side ------------------------------------------------------------------
     def setup(self) -> None:
@@ -296,17 +362,20 @@ class FlaxAdapter(Adapter):
 
     def build(self, case: Case, data: CaseData) -> FlaxState:
         m = self.mapped(case)
-        pdt = case.resolved_param_dtype
+        pdt, fdt = case.resolved_param_dtype, flax_dtype(case)
         if self.api == "linen":
-            train = _linen_program("train", m.axis, self.fast, case.affine, pdt)
+            train = _linen_program("train", m.axis, self.fast, case.affine, fdt, pdt)
             evaluate = _linen_program("eval" if case.track_running_stats else "eval_batch_stats", m.axis, self.fast,
-                                      case.affine, pdt)
+                                      case.affine, fdt, pdt)
         else:
-            gd = _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, pdt)
+            gd = _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, fdt, pdt)
             train = _nnx_program("train", gd)
             evaluate = _nnx_program("eval" if case.track_running_stats else "eval_batch_stats", gd)
         params = {"scale": data.gamma, "bias": data.beta} if case.affine else {}
-        stats = {"mean": data.running_mean, "var": data.running_var}
+        # in the dtype Flax keeps them in, not the parameters' (a user's initial values land in Flax's float32
+        # variables); the oracle starts from the same values where that dtype holds them exactly
+        sdt = np.dtype(batch_stats_dtype(self.api, case))
+        stats = {"mean": data.running_mean.astype(sdt), "var": data.running_var.astype(sdt)}
         # Python floats: traced as weakly typed scalars (see the module docstring)
         return FlaxState(case, train, evaluate, params, stats, (float(m.momentum), float(m.eps)))
 
@@ -381,9 +450,10 @@ class FlaxAdapter(Adapter):
                 return jax.block_until_ready((y, dx, dparams, new_stats))
 
             return train_fwd_bwd
+        fdt = flax_dtype(case)
         graphdef = (None if self.api == "linen" else
-                    _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, case.resolved_param_dtype))
-        fwd = _bench_forward_program(self.api, mode == "train_fwd", m.axis, self.fast, case.affine,
+                    _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, fdt, case.resolved_param_dtype))
+        fwd = _bench_forward_program(self.api, mode == "train_fwd", m.axis, self.fast, case.affine, fdt,
                                      case.resolved_param_dtype, graphdef)
         if mode == "eval_fwd":
             return lambda: fwd(x, params, held["stats"], momentum, eps).block_until_ready()

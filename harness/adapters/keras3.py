@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from harness.adapters import jax_support
-from harness.adapters.base import Adapter, Conventions, Mapped
+from harness.adapters.base import Adapter, Conventions, Mapped, Precision
 from harness.adapters.devices import gpu_visible, thread_count
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
@@ -164,6 +164,15 @@ class Keras3Adapter(Adapter):
         out["dtype_policy"] = dtype_policy(case)
         out["backend"] = self.backend
         return out
+
+    def precision(self, case: Case) -> Precision:
+        """The default, on every backend: call() casts the input to result_type(x, float32) and the variables to
+        that dtype before the moments and the normalization, and casts y back to the compute dtype; the variables
+        keep the policy's variable dtype (float16 under "float16", float32 under "mixed_float16"), assign()
+        casting the float32 update to it."""
+        # keras/src/layers/normalization/batch_normalization.py:345-359 (upcast), :405 (cast to compute_dtype);
+        # keras/src/backend/common/variables.py:283 (assign converts to the variable's dtype)
+        return super().precision(case)
 
     # -- worker side ------------------------------------------------------------------
     def setup(self) -> None:

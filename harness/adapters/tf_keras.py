@@ -18,11 +18,12 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, Refusal
+from harness.adapters.base import Adapter, Conventions, Precision, Refusal
 from harness.adapters.keras3 import (
     LayerState,
     dtype_policy,
@@ -122,6 +123,18 @@ class TFKerasAdapter(TFBench, Adapter):
         out = super().settings(case)
         out.update(axis=keras_axis(case), dtype_policy=dtype_policy(case), fused=self.fused)
         return out
+
+    def precision(self, case: Case) -> Precision:
+        """Both paths compute in float32 for 16-bit inputs (non-fused: call casts them; fused: FusedBatchNormV3
+        with U = float), and tf-keras raises the variables of a float16 / bfloat16 layer to float32: under the
+        pure policy ("float16") gamma, beta and the moving statistics are float32 all the same (probed on tf-keras
+        2.21, fused and non-fused: gamma, moving_mean and dgamma float32, y float16)."""
+        p = super().precision(case)
+        if case.dtype in ("float16", "bfloat16"):
+            # tf_keras/src/layers/normalization/batch_normalization.py:319-324 (_param_dtype: fp16 -> fp32),
+            # :607-612 (non-fused: 16-bit inputs cast to float32 for all the math)
+            p = replace(p, running="float32", params="float32")
+        return p
 
     def setup(self) -> None:
         setup_tf()

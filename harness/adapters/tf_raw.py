@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, Refusal
+from harness.adapters.base import Adapter, Conventions, Precision, Refusal
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
     TF_DISTRIBUTIONS,
@@ -161,6 +161,22 @@ class TFRawAdapter(_TFAdapter):
                "defaults cases use Keras' (epsilon 1e-3, decay 0.99), the moving average is Keras' decay form"),
     )
 
+    def precision(self, case: Case) -> Precision:
+        """The ops run in the input dtype (the parameters are cast to it, TF ops do not promote):
+
+        * statistics: ``tf.nn.moments`` casts float16 (only) to float32 and the result back to float16; a
+          bfloat16 input stays bfloat16 (reduce_mean accumulates wider and rounds once, probed on TF 2.21: 20 of
+          20 means equal the float32 sum rounded, but each squared deviation is a bfloat16 product of the
+          bfloat16-rounded mean), so bfloat16 is declared for its statistics;
+        * held, normalize, output: the input dtype (``tf.nn.batch_normalization`` on casts to x.dtype);
+        * running, params: the parameter dtype (the variables; the moving average is written in their dtype).
+        """
+        dt, pd = case.dtype, case.resolved_param_dtype
+        # tensorflow/python/ops/nn_impl.py:1268 (moments: float16 -> float32) and :1283-1285 (cast back)
+        stats = "float32" if dt == "float16" else dt
+        # tensorflow/python/ops/nn_impl.py:1491-1497 (batch_normalization: x * cast(inv, x.dtype) + cast(...))
+        return Precision(statistics=stats, held=dt, normalize=dt, running=pd, params=pd, output=dt)
+
     def build(self, case: Case, data: CaseData) -> RawState:
         import tensorflow as tf
 
@@ -242,6 +258,14 @@ class TFFusedAdapter(_TFAdapter):
 
     def supports(self, case: Case) -> str | None:
         return super().supports(case) or fused_rank_refusal(case)
+
+    def precision(self, case: Case) -> Precision:
+        """The default: FusedBatchNormV3 runs only with U = float on CPU (``refuses`` has the rest), and its CPU
+        kernel casts x to U for the statistics and the normalization, returns mean/variance in U and y in T.
+        Not established from the C++ source (not installed): from the op's attrs and the returned dtypes."""
+        # https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/core/kernels/fused_batch_norm_op.cc
+        # (FusedBatchNorm<CPUDevice, T, U>: x.template cast<U>(), y cast back to T)
+        return super().precision(case)
 
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)

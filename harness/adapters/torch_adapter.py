@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, Raises, Refusal
+from harness.adapters.base import Adapter, Conventions, Precision, Raises, Refusal
 from harness.cases import Case
 from harness.inputs import CaseData
 
@@ -195,6 +195,20 @@ class TorchAdapter(Adapter):
 
     def setup(self) -> None:
         torch_setup(int(os.environ.get("BNPARITY_THREADS", "1")))
+
+    def precision(self, case: Case) -> Precision:
+        """Pure 16-bit (``.half()`` / ``.bfloat16()``): the CPU kernel accumulates the statistics in float32
+        (opmath) but stores save_mean / save_invstd in the parameter dtype, and normalizes (forward and backward)
+        from those rounded values; mixed (a float32 module fed 16-bit input) keeps them in float32. Probed on
+        torch 2.13: native_batch_norm's save_mean is float16 for half input with half weight, equal to the
+        float32 mean rounded, and y matches float32 math from the rounded mean/invstd bit for bit."""
+        p = Precision.of(case)  # not super(): bnparity repro copies this method into a class with no base
+        if case.dtype in ("float16", "bfloat16") and case.resolved_param_dtype == case.dtype:
+            # https://github.com/pytorch/pytorch/blob/v2.13.0/aten/src/ATen/native/cpu/batch_norm_kernel.cpp
+            # (batch_norm_cpu_collect_stats_contiguous_internal<scalar_t, param_t>: opmath sums, mean/var_sum
+            # written as param_t; batch_norm_cpu_contiguous_impl builds alpha/beta from those)
+            p = Precision(p.statistics, case.dtype, p.normalize, p.running, p.params, p.output)  # held
+        return p
 
     def build(self, case: Case, data: CaseData) -> TorchState:
         m = self.mapped(case)
