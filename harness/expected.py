@@ -50,6 +50,10 @@ dominated by ``A / s``; what this adds is room in the running statistics.
 * ``normalize``: the element-wise normalization runs in it (``un``): a subtraction, two
   multiplications and an addition, ``un (3 |gamma xhat| + |beta|)`` on ``y``; ``dx``'s three
   terms and their two products ``un |gamma| / s G (4 + 2 max|xhat|^2)``;
+* ``params``: where the framework uses gamma and beta in a narrower dtype than the case gives them
+  (``up``), ``y`` gains ``up (|gamma xhat| + |beta|)`` and ``dx`` the same relative error;
+* ``eval_held``, ``eval_normalize``: the eval call's own (``uhe``: the running statistics rounded
+  before use, ``|gamma| uhe |rm| / s + uhe |gamma xhat|`` on ``y``);
 * ``running``, ``params``, ``output``: one rounding to the stored dtype (the ulp terms), and the
   initial running statistics are rounded to ``running`` exactly as the framework holds them.
 
@@ -169,7 +173,9 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     k0 = reduction_growth(n)
     uh = extra_roundoff(p.held, p.statistics)  # batch statistics rounded before they are used
     un = extra_roundoff(p.normalize, p.statistics)  # element-wise normalization in a narrower dtype
-    ue = max(uc, unit_roundoff(p.normalize))  # eval mode is element-wise only
+    ue = max(uc, unit_roundoff(p.eval_normalize or p.normalize))  # eval mode is element-wise only
+    uhe = extra_roundoff(p.eval_held or p.held, p.statistics)  # the running statistics rounded before use in eval
+    up = extra_roundoff(p.params, case.resolved_param_dtype)  # gamma and beta rounded before use
     C = SAFETY * (case.tolerance.factor if case.tolerance else 1.0)
     gamma, beta = data.f64("gamma"), data.f64("beta")
     rm, rv = data.f64("running_mean"), data.f64("running_var")
@@ -195,9 +201,11 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             M = np.abs(mean) / s  # the held mean's rounding, relative to the spread
             gx = np.abs(b(gamma) * xhat)
             tol_y = C * (uc * (b(k * np.abs(gamma) * A / s) + b(k) * gx + b(np.abs(beta)))
-                         + uh * (b(np.abs(gamma) * M) + gx) + un * (3 * gx + b(np.abs(beta))))
+                         + uh * (b(np.abs(gamma) * M) + gx) + un * (3 * gx + b(np.abs(beta)))
+                         + up * (gx + b(np.abs(beta))))
             tol_dx = C * b(np.abs(gamma) / s * G * (uc * k * (2 + A / s + xmax**2)
-                                                    + uh * (2 + xmax**2 + 2 * xmax * M) + un * (4 + 2 * xmax**2)))
+                                                    + uh * (2 + xmax**2 + 2 * xmax * M) + un * (4 + 2 * xmax**2)
+                                                    + up * (2 + xmax**2)))
             tol_dg = C * abssum(g) * (uc * k * (A / s + xmax) + uh * (M + xmax) + un * xmax)
             tol_db = C * uc * k0 * abssum(g)
             tol_mean = C * (uc * k * A + uh * np.abs(mean))
@@ -237,14 +245,18 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         xhat = (x - b(rm)) / b(s)
         A = absmax(x)
         # compute error + what the running statistics' own error does to the output
-        tol_y = (C * ue * (k0 * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * np.abs(b(gamma) * xhat) + b(np.abs(beta)))
-                 + b(np.abs(gamma) * tol_rm / s) + np.abs(b(gamma) * xhat) * b(tol_rv / (2 * (rv + eps))))
-        tol_dx = C * ue * 3 * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
+        gx = np.abs(b(gamma) * xhat)
+        tol_y = (C * (ue * (k0 * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * gx + b(np.abs(beta)))
+                      + uhe * (b(np.abs(gamma) * np.abs(rm) / s) + gx) + up * (gx + b(np.abs(beta))))
+                 + b(np.abs(gamma) * tol_rm / s) + gx * b(tol_rv / (2 * (rv + eps))))
+        tol_dx = C * (ue * 3 + uhe + up) * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
         # dgamma = sum(g * (x - rm) / s): a k-term reduction of g * xhat, each term with the error of
         # (x - rm) / s, plus what the running statistics' own error does (d/d rm: sum|g| / s; d/d rv: via 1/s)
-        tol_dg = (C * abssum(g) * (uc * k0 * ((A + np.abs(rm)) / s + absmax(xhat)) + un * 3 * absmax(xhat))
+        # the eval call's gradient reductions run in its own precision (ue: nnx in 16-bit)
+        tol_dg = (C * abssum(g) * (ue * k0 * ((A + np.abs(rm)) / s + absmax(xhat)) + (un + uhe) * 3 * absmax(xhat)
+                                   + uhe * np.abs(rm) / s)
                   + abssum(g) * tol_rm / s + np.abs(dgamma) * tol_rv / (2 * (rv + eps)))
-        tol_db = C * uc * k0 * abssum(g)
+        tol_db = C * ue * k0 * abssum(g)
     out[("y_eval", None)] = Expected(y, tol_y + ulp_of(y, p.output), p.output)
     out[("dx_eval", None)] = Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)
     if case.affine:

@@ -55,8 +55,8 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
     wr, wp, wo = np_dtype(p.running), np_dtype(p.params), np_dtype(p.output)
     ax = data.channel_axis % len(case.shape)
     n = case.count
-    gamma = data.gamma.astype(wn)[:, None]
-    beta = data.beta.astype(wn)[:, None]
+    gamma = data.gamma.astype(wp).astype(wn)[:, None]  # used in the declared parameter dtype
+    beta = data.beta.astype(wp).astype(wn)[:, None]
     rm = data.running_mean.astype(wr)
     rv = data.running_var.astype(wr)
     out: dict[tuple[str, int | None], np.ndarray] = {}
@@ -70,13 +70,13 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             var = (d * d).sum(axis=1) / ws.type(n)
         return mean, var
 
-    def normalize(x, g, mean, var):
+    def normalize(x, g, mean, var, wh=wh, wn=wn):
         """y, dx (through the statistics when ``mean``/``var`` are the batch's), dgamma, dbeta."""
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             m = mean.astype(wh).astype(wn)[:, None]
             inv = (wn.type(1) / np.sqrt(var.astype(wh).astype(wn) + wn.type(eps)))[:, None]
             xhat = (x.astype(wn) - m) * inv
-            y = xhat * gamma + beta
+            y = xhat * gamma.astype(wn) + beta.astype(wn)
             gs = g.astype(ws)
             sum_g = gs.sum(axis=1)
             sum_gx = (gs * xhat.astype(ws)).sum(axis=1)
@@ -116,9 +116,10 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
     if not case.track_running_stats:
         store("_eval", train(x, g)[2], None, data.x_eval)
         return out
-    y, xhat, inv, sum_g, sum_gx = normalize(x, g, rm, rv)
+    we = np_dtype(p.eval_normalize or p.normalize)
+    y, xhat, inv, sum_g, sum_gx = normalize(x, g, rm, rv, wh=np_dtype(p.eval_held or p.held), wn=we)
     with np.errstate(invalid="ignore", over="ignore"):
-        dx = g.astype(wn) * gamma * inv
+        dx = g.astype(we) * gamma.astype(we) * inv
     store("_eval", {"y": y, "dx": dx, "dgamma": sum_gx, "dbeta": sum_g}, None, data.x_eval)
     return out
 

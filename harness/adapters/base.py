@@ -159,8 +159,12 @@ class Precision:
     * ``normalize``: the element-wise normalization ``(x - mean) * invstd * gamma + beta`` and its
       gradient are computed in this dtype;
     * ``running``: the running mean and variance are stored in this dtype;
-    * ``params``: gamma and beta are stored in this dtype, and dgamma and dbeta returned in it;
-    * ``output``: y and dx are returned in this dtype.
+    * ``params``: gamma and beta are used in this dtype (rounded to it before use where the case gives them
+      wider), and dgamma and dbeta returned in it;
+    * ``output``: y and dx are returned in this dtype;
+    * ``eval_held``, ``eval_normalize``: where the eval call differs from training (Flax nnx with ``dtype``
+      set casts the running statistics to it and normalizes in it), the dtype the running statistics are
+      rounded to before use and the one the eval normalization runs in; empty: as in training.
 
     The oracle's error bound is built from these (``harness.expected``), and the report shows them.
     """
@@ -171,6 +175,8 @@ class Precision:
     running: str
     params: str
     output: str
+    eval_held: str = ""
+    eval_normalize: str = ""
 
     @classmethod
     def of(cls, case: Case) -> Precision:

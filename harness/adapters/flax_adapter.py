@@ -327,9 +327,9 @@ class FlaxAdapter(Adapter):
           parameters (nnx: and the float32 running statistics), which is wider only for float64 parameters on
           float32 input, where y's centering ran in float32 all the same.
 
-        Not expressible here: nnx with ``dtype`` set also casts the running statistics to it in eval, so its eval
-        normalization runs in 16-bit (probed: y_eval bit-equal to float16 math), while its training call
-        normalizes in float32; linen's eval stays in float32. ``normalize`` declares the training call.
+        * eval: nnx with ``dtype`` set also casts the running statistics to it in eval, so its eval
+          normalization runs in 16-bit (probed: y_eval bit-equal to float16 math), while its training call
+          normalizes in float32: ``eval_held`` and ``eval_normalize``; linen's eval stays in float32.
         """
         dt, pd, fdt = case.dtype, case.resolved_param_dtype, flax_dtype(case)
         if self.api == "linen":
@@ -340,8 +340,10 @@ class FlaxAdapter(Adapter):
             # flax/nnx/nn/normalization.py:385-387 (promote_dtype of x, mean, var, scale, bias to dtype)
             common = fdt or _promote(dt, "float32", *((pd,) if case.affine else ()))
         stats = _promote(fdt or common, "float32")
+        eval_dt = fdt if self.api == "nnx" and fdt else ""
         return Precision(statistics=stats, held=stats, normalize=stats, running=batch_stats_dtype(self.api, case),
-                         params=pd if self.api == "linen" else (fdt or pd), output=fdt or dt)
+                         params=pd if self.api == "linen" else (fdt or pd), output=fdt or dt,
+                         eval_held=eval_dt, eval_normalize=eval_dt)
 
     # -- worker side ------------------------------------------------------------------
     def setup(self) -> None:
