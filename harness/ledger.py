@@ -54,7 +54,7 @@ from harness.cases import (
     table_label,
     toml_type,
 )
-from harness.schema import Cell, LedgerRef, Quantity, Result, Verdict
+from harness.schema import LedgerRef, Quantity, Result, Verdict
 
 if TYPE_CHECKING:
     from harness.inputs import CaseData
@@ -256,6 +256,7 @@ class Entry(StrictModel):
     tags: Globs = ()
     not_cases: Globs = ()
     when: When | None = None
+    evidence: Globs = ()
 
     @field_validator("quantity")
     @classmethod
@@ -290,7 +291,15 @@ class Entry(StrictModel):
         if not (self.cases or self.tags or self.when):
             raise FieldProblem("cases", "give a case glob, tags or [difference.when] conditions (an entry must be "
                                         "scoped)")
+        if not (self.cases or self.evidence):
+            raise FieldProblem("evidence", "name the cases where the mechanism shows (case globs): the entry is "
+                                           "judged stale there, so a release that changes it is noticed")
         return self
+
+    def judged_in(self, case: Case) -> bool:
+        """Is a cell of ``case`` where this entry applies one where it must explain a difference? Its named
+        cases, or its evidence cases."""
+        return bool(self.cases) or any(fnmatch.fnmatchcase(case.name, p) for p in self.evidence)
 
     def applies(self, case: Case, adapter: str, version: str | None, facts: Facts | None = None) -> bool:
         """Does this entry scope the (case, adapter) cell at this framework version? Every scope given must hold:
@@ -354,17 +363,16 @@ def load_ledger(path: Path | None) -> list[Entry]:
 
 
 def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Entry],
-                 records: list[Result], data: CaseData | None = None) -> tuple[list[Result], list[str]]:
-    """Mark every failing record an applicable entry covers ``known``.
+                 records: list[Result], data: CaseData | None = None) -> list[Result]:
+    """Mark every failing record an applicable entry covers ``known``; return a ``stale`` record for each
+    applicable entry that is judged in this case (``Entry.judged_in``) and covered nothing where what it covers
+    was compared.
 
-    Returns the ``stale`` records of this cell and the ids of the mechanism entries that applied here without
-    explaining anything (judged over the whole run, ``stale_mechanisms``). An entry that names its cases
-    (``cases``) says "these cases show it", and is stale in a cell of those cases where it covered nothing.
-    An entry keyed by its mechanism's conditions (``when``, no ``cases``) says "where these conditions hold,
-    this mechanism explains what differs": a numerical mechanism need not push every such case past the
-    bound (a one-pass variance at a modest offset loses digits within it, shown as ``weak``), so it is stale
-    only when it explains nothing in any cell of the run where its conditions hold (the framework changed,
-    or the conditions are too wide). ``data``: the case's inputs, to measure the conditions on."""
+    An entry applies where its scope and conditions hold (``data``: the case's inputs, to measure them on). A
+    numerical mechanism need not push every case where it can occur past the bound (a one-pass variance at a
+    modest offset loses digits within it, which the weak tier shows), so an entry is judged only in the cases
+    it names, or in its ``evidence`` cases: where the mechanism is known to show. A run that holds none of them
+    (a user's own cases, a subset) judges nothing, and never reports a stale entry it cannot vouch for."""
     facts = case_facts(case, data) if any(e.when for e in ledger) else None
     entries = [e for e in ledger if e.applies(case, adapter, version, facts)]
     used: set[str] = set()
@@ -378,45 +386,17 @@ def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Ent
                 used.update(e.id for e in explaining)
     compared = {r.quantity for r in records if r.verdict != Verdict.SKIP and r.quantity != "outcome"}
     head = records[0]
-    stale, pending = [], []
+    stale = []
     for e in entries:
         # an entry is judged only where what it covers was compared (not when the call raised or crashed)
-        if e.id in used or not (any(e.covers(q) for q in compared) or e.covers("outcome")):
-            continue
-        if not e.cases:
-            pending.append(e.id)
+        if e.id in used or not e.judged_in(case) or not (any(e.covers(q) for q in compared) or e.covers("outcome")):
             continue
         covers = "|".join(e.quantity)
+        where = "a case it names" if e.cases else "one of its evidence cases"
         stale.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
                             framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
                             verdict=Verdict.STALE, ledger=e.as_record(),
-                            message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here"
-                                     + (f" (its conditions hold: {e.when.describe()})" if e.when else "")
-                                     + ", but nothing differed: the framework changed or the entry is too wide")))
-    return stale, pending
-
-
-def stale_mechanisms(ledger: list[Entry], cells: list[Cell], results: list[Result]) -> list[Result]:
-    """One ``stale`` record for each mechanism entry that applied in some cell of the run (``Cell.ledger_pending``)
-    and explained no failure in any (no ``known`` record names it), on the first cell it applied to."""
-    used = {i for r in results if r.verdict == Verdict.KNOWN for i in (r.ledger_ids or [])}
-    by_id = {e.id: e for e in ledger}
-    where: dict[str, list[Cell]] = {}
-    for c in cells:
-        for i in c.ledger_pending:
-            where.setdefault(i, []).append(c)
-    out = []
-    for i, cs in where.items():
-        e = by_id.get(i)
-        if e is None or i in used:
-            continue
-        head = cs[0]
-        names = ", ".join(f"{c.case} ({c.adapter})" for c in cs[:5]) + (f" and {len(cs) - 5} more" if len(cs) > 5
-                                                                          else "")
-        out.append(Result(env=head.env, case=head.case, adapter=head.adapter, framework=head.framework,
-                          framework_version=head.framework_version, quantity=None, covers=list(e.quantity),
-                          verdict=Verdict.STALE, ledger=e.as_record(),
-                          message=(f"ledger entry {i!r} applied to {len(cs)} cell(s) of this run (its conditions "
-                                   f"hold: {e.when.describe() if e.when else 'scope'}: {names}) but explained no "
-                                   "difference in any: the framework changed or the conditions are too wide")))
-    return out
+                            message=(f"ledger entry {e.id!r} expects a difference in {covers!r} here ({where}"
+                                     + (f"; its conditions hold: {e.when.describe()}" if e.when else "")
+                                     + "), but nothing differed: the framework changed or the entry is too wide")))
+    return stale

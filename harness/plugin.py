@@ -17,7 +17,6 @@ import pytest
 
 from harness import __version__
 from harness.cases import CaseError, cases_hash
-from harness.ledger import stale_mechanisms
 from harness.results import ResultsWriter, header
 from harness.schema import Cell, Result, parse
 from harness.session import RECORD_KEY, SESSION, CellUnderTest, ParitySession
@@ -167,23 +166,12 @@ class Controller:
             for r in records:
                 if isinstance(r, Result):
                     st.matrix[(r.case, r.adapter)][r.verdict] += 1
-                    if r.ledger_ids:
-                        st.results.append(r)
                 elif isinstance(r, Cell):
                     st.cells.append(r)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         st = self.state
-        if st.writer is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
-            # mechanism entries are judged over the run: stale where they explained nothing in any cell
-            stale = stale_mechanisms(st.ledger, st.cells, st.results)
-            if stale:
-                st.writer.write(stale)
-                st.stale_mechanisms = stale
-                for r in stale:
-                    st.matrix[(r.case, r.adapter)][r.verdict] += 1
-                session.exitstatus = exitstatus = pytest.ExitCode.TESTS_FAILED
         if st.writer is not None:
             status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
             st.writer.finish(status, exit_status=int(exitstatus), timings=timings(st))

@@ -135,8 +135,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
             records.append(Result(**ids, quantity=q, step=step, verdict=verdict, message=message,
                                   digest=inputs.digest(arr), **fields))
 
-    stale, pending = apply_ledger(case, adapter.name, version, ledger, records, data)
-    records += stale
+    records += apply_ledger(case, adapter.name, version, ledger, records, data)
     for r in records:
         if r.verdict.fails_run:
             r.repro = repro
@@ -146,7 +145,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
                 effective=Effective(momentum=momentum, eps=eps),
                 info=({k: v for k, v in obs.info.items() if _jsonable(v)} if obs else {}),
                 worker=outcome.worker, worker_env=dict(adapter.worker_env), status=OutcomeStatus(outcome.status),
-                wall_s=outcome.wall_s, case_s=outcome.case_s, input_digests=data.digests, ledger_pending=pending)
+                wall_s=outcome.wall_s, case_s=outcome.case_s, input_digests=data.digests)
     res.records = [*records, cell]
     return res
 

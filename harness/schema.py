@@ -31,8 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, 
 #    a stale record names its entry's quantity globs in `covers` (was "a|b" in `quantity`); cells carry
 #    `worker_env`; the greatest differences over the mismatched elements, each with its own index.
 # 3: the verdict `weak` and the fields `stable_abs_err` / `weak_ratio` (the stable baseline's error and the
-#    observed error over it); cells carry `precision` (the dtypes the adapter declares it works in) and
-#    `ledger_pending` (mechanism entries judged over the whole run).
+#    observed error over it); cells carry `precision` (the dtypes the adapter declares it works in).
 SCHEMA_VERSION = 3
 
 
@@ -404,9 +403,6 @@ class Cell(CellKey):
                                  "eval), without starting the worker or importing the framework; absent when the "
                                  "case did not run to an answer (crashed, timed out, or the adapter failed to set up)")
     input_digests: dict[str, str] = Field(default_factory=dict)
-    ledger_pending: list[str] = Field(default_factory=list, description="mechanism entries of the ledger whose "
-                                      "conditions hold here but that explained nothing in this cell: judged over "
-                                      "the run (stale where they explain nothing in any cell)")
 
 
 class Bandwidth(Record):

@@ -17,7 +17,7 @@ from harness.cases import load_cases
 from harness.ledger import load_ledger
 from harness.results import ResultsWriter
 from harness.runner import run_cell
-from harness.schema import Cell, Result, dumps
+from harness.schema import Cell, dumps
 from harness.workers import Workers
 
 RECORD_KEY = "bnparity_records"  # a cell's records travel to the controller in the test report's user_properties
@@ -45,8 +45,6 @@ class ParitySession:
         self.html: Path | None = None
         self.html_error: str | None = None
         self.cells: list[Cell] = []
-        self.results: list[Result] = []  # the records the ledger explained (what mechanism entries are judged on)
-        self.stale_mechanisms: list[Result] = []
 
     @property
     def cases(self):

@@ -84,8 +84,6 @@ def summary(state: ParitySession, tr) -> None:
         tr.write_line("time per adapter:")
         for a, v in sorted(t.items()):
             tr.write_line("  " + timing_line(a, v))
-    for r in state.stale_mechanisms:
-        tr.write_line(f"STALE {r.message}")
     if state.writer is not None:
         tr.write_line(f"results: {state.writer.path}")
     if state.html is not None:

@@ -11,8 +11,8 @@ import math
 import pytest
 
 from harness.cases import Case, CaseError
-from harness.ledger import Entry, When, apply_ledger, case_facts, load_ledger, stale_mechanisms
-from harness.schema import Cell, Effective, Result, Verdict
+from harness.ledger import Entry, When, apply_ledger, case_facts, load_ledger
+from harness.schema import Result, Verdict
 
 ENTRY = """[[difference]]
 id = "d1"
@@ -22,6 +22,7 @@ kind = "numerical weakness"
 observed = "what was measured"
 reason = "why it happens"
 link = "https://github.com/pytorch/pytorch/issues/1"
+evidence = ["c"]
 """
 
 
@@ -32,7 +33,8 @@ def case(**kw) -> Case:
 def entry(when: dict, **kw) -> Entry:
     return Entry.model_validate({"id": "d1", "adapter": "torch", "quantity": ["y", "running_var", "y_eval"],
                                  "kind": "numerical weakness", "observed": "o", "reason": "r",
-                                 "link": "https://github.com/pytorch/pytorch/issues/1", "when": when, **kw})
+                                 "link": "https://github.com/pytorch/pytorch/issues/1", "when": when,
+                                 **({"evidence": ["c"]} | kw)})
 
 
 # -- what is measured ----------------------------------------------------------------------------------
@@ -178,47 +180,52 @@ def records(c: Case, verdicts: dict[str, Verdict]) -> list[Result]:
 PASSING = {"y": Verdict.PASS, "running_var": Verdict.PASS, "y_eval": Verdict.PASS}
 
 
-def _cell(c: Case, pending: list[str]) -> Cell:
-    return Cell(env="e", case=c.name, adapter="torch", framework="torch", verdict=Verdict.PASS, case_params={},
-                effective=Effective(momentum=0.1, eps=1e-5), status="returned", ledger_pending=pending)
+def test_a_mechanism_entry_is_judged_in_its_evidence_cases_only():
+    """Where its conditions hold and nothing differs, a mechanism entry is stale in the cases where the mechanism
+    is known to show (``evidence``) and not judged elsewhere: a numerical mechanism need not exceed the bound on
+    every case where it can occur, and a run of other cases cannot vouch for it either way."""
+    e = entry({"dtype": "float64", "steps": {"min": 1}}, evidence=["c", "witness_*"])
+    for name in ("c", "witness_1"):
+        c = case(name=name, dtype="float64")
+        (stale,) = apply_ledger(c, "torch", "2.13.0", [e], records(c, PASSING))
+        assert stale.verdict == Verdict.STALE and "one of its evidence cases" in stale.message
+        assert "its conditions hold: dtype float64; steps >= 1" in stale.message
+    other = case(name="someone_elses", dtype="float64")
+    assert apply_ledger(other, "torch", "2.13.0", [e], records(other, PASSING)) == []
+    # where it explains a failure, in an evidence case or not, it is known and never stale
+    for c in (case(name="c", dtype="float64"), other):
+        recs = records(c, {**PASSING, "y": Verdict.FAIL})
+        assert apply_ledger(c, "torch", "2.13.0", [e], recs) == []
+        assert [r.verdict for r in recs if r.quantity == "y"] == [Verdict.KNOWN]
 
 
-def test_a_mechanism_entry_is_judged_over_the_run_not_per_cell():
-    """Where its conditions hold and nothing differs, a mechanism entry is pending in that cell (a numerical
-    mechanism need not exceed the bound on every case); over the run it is stale only if it explained nothing
-    anywhere."""
-    e = entry({"dtype": "float64", "steps": {"min": 1}})
-    c = case(dtype="float64")
-    stale, pending = apply_ledger(c, "torch", "2.13.0", [e], records(c, PASSING))
-    assert stale == [] and pending == ["d1"]
-    (run_stale,) = stale_mechanisms([e], [_cell(c, pending), _cell(case(name="c2", dtype="float64"), ["d1"])], [])
-    assert run_stale.verdict == Verdict.STALE and run_stale.case == "c"
-    assert "applied to 2 cell(s)" in run_stale.message and "dtype float64; steps >= 1" in run_stale.message
-    # one cell where it explains a failure is enough
-    failing = records(case(name="c3", dtype="float64"), {**PASSING, "y": Verdict.FAIL})
-    assert apply_ledger(case(name="c3", dtype="float64"), "torch", "2.13.0", [e], failing) == ([], [])
-    assert stale_mechanisms([e], [_cell(c, pending)], failing) == []
-
-
-def test_an_entry_that_names_its_cases_is_stale_in_the_cell():
+def test_an_entry_that_names_its_cases_is_judged_in_them():
     e = entry({"dtype": "float64"}, cases="c")
     c = case(dtype="float64")
-    (stale,), pending = apply_ledger(c, "torch", "2.13.0", [e], records(c, PASSING))
-    assert pending == [] and stale.verdict == Verdict.STALE and "conditions hold: dtype float64" in stale.message
+    (stale,) = apply_ledger(c, "torch", "2.13.0", [e], records(c, PASSING))
+    assert stale.verdict == Verdict.STALE and "a case it names" in stale.message
+
+
+def test_a_mechanism_entry_must_name_its_evidence(tmp_path):
+    f = tmp_path / "l.toml"
+    f.write_text(ENTRY.replace('evidence = ["c"]\n', "") + "[difference.when]\ndtype = \"float64\"\n")
+    with pytest.raises(CaseError) as ei:
+        load_ledger(f)
+    assert "field 'evidence': name the cases where the mechanism shows" in str(ei.value)
 
 
 def test_an_entry_is_not_judged_where_its_conditions_do_not_hold():
     e = entry({"dtype": "float64", "steps": {"min": 1}, "momentum": {"not_in": [0.0, 0.5]}})
     for c in (case(), case(dtype="float64", steps=0), case(dtype="float64", momentum=0.5)):
         # eval-only (y_eval compared, nothing differs), another dtype, a momentum where the mechanism is exact
-        assert apply_ledger(c, "torch", "2.13.0", [e], records(c, PASSING)) == ([], []), c
+        assert apply_ledger(c, "torch", "2.13.0", [e], records(c, PASSING)) == [], c
 
 
 def test_a_failure_outside_the_conditions_stays_a_fail():
     e = entry({"dtype": "float64"})
     c = case()
     recs = records(c, {**PASSING, "y": Verdict.FAIL})
-    assert apply_ledger(c, "torch", "2.13.0", [e], recs) == ([], [])
+    assert apply_ledger(c, "torch", "2.13.0", [e], recs) == []
     assert [r.verdict for r in recs if r.quantity == "y"] == [Verdict.FAIL]
 
 
@@ -226,7 +233,7 @@ def test_a_failure_inside_the_conditions_is_known_and_only_in_the_quantities_lis
     e = entry({"dtype": "float64"})
     c = case(dtype="float64")
     recs = records(c, {**PASSING, "y": Verdict.FAIL, "dx": Verdict.FAIL})
-    assert apply_ledger(c, "torch", "2.13.0", [e], recs) == ([], [])
+    assert apply_ledger(c, "torch", "2.13.0", [e], recs) == []
     got = {r.quantity: r.verdict for r in recs}
     assert got["y"] == Verdict.KNOWN and got["dx"] == Verdict.FAIL  # dx: not a quantity the entry explains
 

@@ -3,6 +3,7 @@ field; the catalogue's ledger loads unchanged."""
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,24 @@ def test_catalogue_ledger_loads():
 
 def test_no_ledger_file_is_an_empty_ledger(tmp_path):
     assert load_ledger(tmp_path / "absent.toml") == [] and load_ledger(None) == []
+
+
+def test_every_evidence_case_is_in_the_catalogue_and_inside_its_entry():
+    """An entry is judged stale in its evidence cases: each must exist, and lie inside the entry's scope and
+    conditions (measured on the case's inputs), or the entry could never be judged and would rot unnoticed."""
+    from harness import inputs
+    from harness.cases import load_cases
+    from harness.ledger import case_facts
+
+    cases = {c.name: c for c in load_cases([REPO / "cases"])}
+    for e in load_ledger(REPO / "cases" / "known_differences.toml"):
+        for glob in e.evidence:
+            names = [n for n in cases if fnmatch.fnmatchcase(n, glob)]
+            assert names, f"{e.id}: evidence {glob!r} names no catalogue case"
+            for n in names:
+                c = cases[n]
+                assert not e.cases or any(fnmatch.fnmatchcase(n, p) for p in e.cases), (e.id, n)
+                assert not any(fnmatch.fnmatchcase(n, p) for p in e.not_cases), (e.id, n)
+                assert not e.tags or set(e.tags) & set(c.tags), (e.id, n)
+                assert not e.when or e.when.holds(case_facts(c, inputs.build(c))), \
+                    f"{e.id}: its conditions do not hold on its evidence case {n}"
