@@ -19,8 +19,11 @@ over ``n`` values in whatever order a correct framework sums, see below):
   a unit spread costs four digits in any precision, and the bound says so;
 * running statistics: ``r_t = (1 - w) r_(t-1) + w f b_t`` (``w`` the weight of the new
   statistic, ``f`` the Bessel factor of the declared estimator) is linear in its inputs, so
-  its error obeys the same recurrence: ``e_t = (1 - w) e_(t-1) + w f e(b_t)``, plus one
-  rounding to the stored dtype per step (``ulp_of(r_t)``);
+  its error obeys the same recurrence: ``e_t = (1 - w) e_(t-1) + w f e(b_t)``, plus the
+  update's own roundings and one rounding to the stored dtype per step (``ulp_of(r_t)``). The
+  update's roundings cover every standard form of it: ``(1 - w) r + w b`` costs
+  ``u ((1 - w) |r| + w |b|)``, Keras's ``r - (r - b) w`` also ``2 u w |r - b|`` (at ``w = 1`` it
+  returns ``b`` through ``r - (r - b)``: a cancellation of ``|r|``);
 * ``dx = gamma / s (g - mean(g) - xhat mean(g xhat))``: each of the three terms in the
   bracket is a reduction or a product over ``n`` values bounded by ``G``, ``G`` and
   ``G max|xhat|^2``; ``xhat`` itself carries the error of ``x - mean`` (``A / s`` relative to
@@ -223,12 +226,18 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         out.update({(name, step): e for name, e in q.items()})
         if case.track_running_stats:
             m = momentum if momentum != "cumulative" else None
+            rm0, rv0 = rm, rv
             rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=step + 1)
             w = 1.0 / (step + 1) if m is None else m
             f = ref.bessel_factor(n, estimator)
-            with np.errstate(invalid="ignore"):
-                tol_rm = (1 - w) * tol_rm + w * tmean + ulp_of(rm, p.running)
-                tol_rv = (1 - w) * tol_rv + w * f * tvar + ulp_of(rv, p.running)
+            ur = unit_roundoff(p.running)
+            with np.errstate(invalid="ignore", over="ignore"):
+                # the update's own roundings, for any of its standard forms: (1 - w) r + w b, r + w (b - r), and
+                # Keras's r - (r - b) w (assign_sub), whose subtraction costs u |r - b| even where w = 1
+                upd_m = ur * (2 * w * np.abs(rm0 - mean) + (1 - w) * np.abs(rm0) + w * np.abs(mean))
+                upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
+                tol_rm = (1 - w) * tol_rm + w * tmean + upd_m + ulp_of(rm, p.running)
+                tol_rv = (1 - w) * tol_rv + w * f * tvar + upd_v + ulp_of(rv, p.running)
             out[("running_mean", step)] = Expected(rm, tol_rm, p.running)
             out[("running_var", step)] = Expected(rv, tol_rv, p.running)
 

@@ -77,6 +77,28 @@ layout = "channels_last"
 seed = 909
 
 [[case]]
+name = "fresh_bfloat16_channels_last_offset"
+dtype = "bfloat16"
+shape = [12, 3, 5]
+layout = "channels_last"
+input = { kind = "uniform", low = 4990.0, high = 5010.0 }
+seed = 911
+
+[[case]]
+name = "fresh_float16_pure"
+dtype = "float16"
+precision = "pure"
+shape = [24, 6]
+seed = 912
+
+[[case]]
+name = "fresh_float16_wide"
+dtype = "float16"
+shape = [16, 3, 3]
+input = { kind = "normal", loc = 0.0, scale = 2000.0 }
+seed = 913
+
+[[case]]
 name = "fresh_inf_input"
 shape = [6, 3]
 specials = [{ value = "inf", index = [2, 1] }]
@@ -97,7 +119,6 @@ CELLS: dict[str, list[tuple[str, str]]] = {
                                          ("tf-keras-nonfused", "fresh_overflow_3e25")],
     "tf-keras-nonfused-float32-variance-overflow": [("tf-keras-nonfused", "fresh_overflow_3e25")],
     "tf-raw-float16-math-in-half": [("tf-raw", "fresh_float16")],
-    "tf-raw-bfloat16-stats-in-bfloat16": [("tf-raw", "fresh_bfloat16")],
     "tf-raw-float32-variance-overflow": [("tf-raw", "fresh_overflow_3e25")],
     "flax-fast-variance-mean-offset": [("flax-linen", "fresh_offset_300"), ("flax-nnx", "fresh_float64_offset_5e4"),
                                        ("flax-nnx", "fresh_pair_offset_50"), ("flax-linen", "fresh_constant_channel")],
@@ -105,6 +126,9 @@ CELLS: dict[str, list[tuple[str, str]]] = {
     "flax-twopass-float32-variance-overflow": [("flax-linen-twopass", "fresh_overflow_3e25")],
     "flax-linen-low-precision-dx-rounded-twice": [("flax-linen-twopass", "fresh_float16")],
     "flax-linen-low-precision-dx-rounded-twice-bfloat16": [("flax-linen", "fresh_bfloat16")],
+    "torch-bfloat16-channels-last-param-grads-in-bfloat16": [("torch", "fresh_bfloat16_channels_last_offset")],
+    "flax-nnx-low-precision-dx-rounded-twice": [("flax-nnx", "fresh_float16_pure")],
+    "flax-nnx-eval-running-var-overflows-float16": [("flax-nnx-twopass", "fresh_float16_wide")],
 }
 # entries no fresh case can show: the mechanism is one case's exact rounding (scoped by its name)
 BY_NAME: set[str] = set()
