@@ -44,6 +44,7 @@ COMMANDS = {
     "repro": ("print a standalone reproducer script for CASE ADAPTER", None),
     "cases": ("validate and list the case catalogue", _cases),
     "bench": ("benchmark BN speed per adapter", None),
+    "fuzz": ("search the case space for unexplained differences; shrink each to a case", None),
 }
 
 
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from harness import repro
 
         return int(repro.main(rest) or 0)
+    if cmd == "fuzz":
+        from harness import fuzz
+
+        return int(fuzz.main(rest) or 0)
     if cmd == "bench":
         from harness import bench
 

@@ -81,3 +81,24 @@ def test_quoted_error_message_is_the_loaders(tmp_path, monkeypatch):
     with pytest.raises(CaseError) as ei:
         load_file(Path("cases/x.toml"))
     assert str(ei.value) == quoted
+
+
+def test_every_tox_command_shown_names_an_environment_and_valid_arguments():
+    """`tox -e ENV [-- ARGS]` lines in the README: ENV is in tox.ini, and ARGS of `tox -e fuzz` parse as
+    bnparity fuzz's own (the fuzz self-test runs the command itself)."""
+    import shlex
+
+    from harness import fuzz
+
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(REPO / "tox.ini")
+    envs = {s.split(":", 1)[1] for s in ini.sections() if s.startswith("testenv:")} | {"unit"}
+    shown = [ln.split("#")[0].strip() for _, lang, text in blocks() if lang in ("", "sh", "bash")
+             for ln in text.splitlines() if ln.strip().startswith("tox -e ")]
+    assert any(ln.startswith("tox -e fuzz") for ln in shown)
+    for ln in shown:
+        words = shlex.split(ln)
+        assert all(e in envs for e in words[2].split(",")), ln
+        if words[2] == "fuzz" and "--" in words:
+            args = words[words.index("--") + 1:]
+            fuzz.parser().parse_args(args)  # exits (SystemExit) on an argument it does not take
