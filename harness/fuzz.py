@@ -153,6 +153,7 @@ class Search:
         self.name, self.adapter, self.spec = name, adapter, spec
         self.workers, self.ledger, self.timeout = workers, ledger, timeout
         self.findings: dict[str, Finding] = {}
+        self.shrunk: set[str] = set()  # signatures already shrunk in an earlier round: counted, not searched again
         self.examples = 0
         self.deadline = math.inf
 
@@ -181,6 +182,9 @@ class Search:
             return
         first = root(failing)
         sig = signature(first)
+        if sig in self.shrunk:  # found and shrunk before: the search goes on for other mechanisms
+            self.findings[sig].seen += 1
+            return
         size = math.prod(body["shape"]) * max(body.get("steps", 1), 1)
         old = self.findings.get(sig)
         if old is None or size <= old.size:  # the last of equal size is Hypothesis's shrunk example
@@ -212,6 +216,7 @@ class Search:
         except BaseException as e:  # the findings (one exception, or a group of them) are kept in self.findings
             if isinstance(e, KeyboardInterrupt):
                 raise
+        self.shrunk |= set(self.findings)
 
 
 _CLASSES: dict[str, type] = {}
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.minutes is not None:
                 deadline = t0 + 60 * args.minutes
                 chunk = 0
-                while time.monotonic() < deadline:  # rounds of fresh seeds until the budget is spent
+                while time.monotonic() < deadline:  # rounds of fresh seeds until the budget is spent; a round
+                    # shrinks what it finds, later rounds count those signatures and search for others
                     s.run(200, args.seed + chunk, db, deadline)
                     chunk += 1
             else:

@@ -113,6 +113,15 @@ class CaseData:
         return np.asarray(a, dtype=np.float64)
 
 
+def as_stored(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` (float64) where it fits ``dtype``, and the infinity it is stored as where it is beyond its range: a
+    running statistic kept in ``dtype`` that overflows is inf, and what follows (eval) uses that."""
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        stored = a.astype(np_dtype(dtype)).astype(np.float64)
+    return np.where(np.isinf(stored) & np.isfinite(a), stored, a)
+
+
 def digest(a: np.ndarray) -> str:
     """Short content hash of an array (dtype, shape and bytes)."""
     a = np.ascontiguousarray(a)

@@ -85,10 +85,12 @@ class Facts:
     """What the ledger's conditions (``[difference.when]``) are evaluated on, computed once per case from the
     case and its inputs (the arrays every adapter is fed, in the case dtype).
 
-    ``offset_ratio``: |mean| / std per channel (population std, over the finite values of one training
-    batch), the largest over channels and training steps; ``inf`` for a constant non-zero channel, 0 for a
-    constant zero one and with no training step. ``max_abs``: the largest |x| of the training batches, NaN
-    left out (``inf`` when a batch holds inf; 0 with no training step). ``nonfinite``: the kinds of non-finite
+    ``offset_ratio``: |mean| / std per channel (population std, over the finite values of one batch), the
+    largest over channels and the batches normalized with their own statistics (every training batch, and the
+    eval batch of a case without running statistics); ``inf`` for a constant non-zero channel, 0 for a
+    constant zero one and with no training step. ``max_abs``: the largest |value| the layer is fed, NaN left
+    out: the training batches, the eval batch and the initial running statistics (``inf`` where one of them
+    holds inf, e.g. a running mean beyond the parameter dtype's range). ``nonfinite``: the kinds of non-finite
     value the training batches hold, ``("nan",)``, ``("inf",)``, ``("inf", "nan")``, or ``("none",)``
     (planted by ``specials``, or a value beyond the dtype's range). ``momentum`` is None for "cumulative"."""
 
@@ -139,10 +141,19 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
         from harness import inputs
 
         data = inputs.build(case)
+    import numpy as np
+
     ratio, top, kinds = 0.0, 0.0, set()
-    for x in data.x:
+    # the batches normalized with their own statistics: every training batch, and the eval batch of a case that
+    # keeps no running statistics (its eval call normalizes with the batch's)
+    own = [*data.x, *([] if case.track_running_stats else [data.x_eval])]
+    for x in own:
         r, t, k = _channel_stats(x, data.channel_axis)
         ratio, top, kinds = max(ratio, r), max(top, t), kinds | k
+    for a in (data.x_eval, data.running_mean, data.running_var):  # what else the layer is fed
+        a = np.abs(np.asarray(a, dtype=np.float64))
+        if (~np.isnan(a)).any():
+            top = max(top, float(a[~np.isnan(a)].max()))
     facts = Facts(dtype=case.dtype, policy=case.policy, layout=case.layout, affine=case.affine,
                   track_running_stats=case.track_running_stats, count=case.count, steps=case.steps,
                   eps=case.eps, momentum=None if case.momentum == "cumulative" else float(case.momentum),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.compare import ulp
-from harness.inputs import build, digest, np_dtype
+from harness.inputs import as_stored, build, digest, np_dtype
 from reference import eval_backward, eval_forward, train_backward, train_forward, update_running
 
 ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval", "dgamma_eval",
@@ -66,6 +66,8 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dic
             out["running_mean", step], out["running_var", step] = rm, rv
     x, g = data.f64("x_eval"), data.f64("g_eval")
     if case.track_running_stats:
+        # stored in the parameter dtype: a running statistic beyond its range is inf, and eval uses that
+        rm, rv = as_stored(rm, case.resolved_param_dtype), as_stored(rv, case.resolved_param_dtype)
         out["y_eval", None] = eval_forward(x, gamma, beta, rm, rv, eps, ax)
         dx, dgamma, dbeta = eval_backward(x, g, gamma, rm, rv, eps, ax)
     else:  # nothing stored: eval normalizes with the batch statistics

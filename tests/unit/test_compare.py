@@ -93,3 +93,14 @@ def test_a_match_has_no_mismatch_fields():
     m = compare(_exp([1.0, -2.0], [1e-3, 1e-3]), np.array([1.0005, -2.0]))
     assert m.ok and m.mismatch_kind == MismatchKind.MATCH and m.greatest_abs_diff is None
     assert m.worst_index == [0] and np.isclose(m.max_abs_err, 5e-4) and 0 < m.error_ratio < 1
+
+
+def test_a_value_beyond_the_dtype_range_accepts_its_infinity_or_a_finite_value_within_the_bound():
+    """The exact value 70000 is beyond float16's range: its stored form is inf, and a computation whose bound
+    reaches back inside the range may also round to a large finite value (bnparity fuzz found both on TF's fused
+    kernel); a finite value outside the bound, NaN or the other infinity still differ."""
+    exp = Expected(np.array([-70000.0, 1.0]), np.array([1e4, 1e-3]), "float16")
+    for obs, ok in (([-np.inf, 1.0], True), ([-63104.0, 1.0], True), ([-65504.0, 1.0], True),
+                    ([-50000.0, 1.0], False), ([np.inf, 1.0], False), ([np.nan, 1.0], False)):
+        m = compare(exp, np.array(obs, dtype=np.float16))
+        assert m.ok == ok, (obs, m.mismatch_kind)

@@ -55,9 +55,16 @@ def test_a_constant_non_zero_channel_is_an_infinite_offset_ratio_a_zero_one_none
     assert case_facts(case(input={"kind": "normal", "loc": 1e7, "scale": 0.01})).offset_ratio == math.inf
 
 
-def test_no_training_step_measures_nothing():
+def test_no_training_step_measures_only_what_the_eval_call_is_fed():
+    """No batch is normalized with its own statistics (offset_ratio 0), but the eval batch and the initial
+    running statistics are fed to the layer (max_abs)."""
     f = case_facts(case(steps=0, input={"kind": "normal", "loc": 1e4, "scale": 1.0}))
-    assert f.offset_ratio == 0.0 and f.max_abs == 0.0 and f.steps == 0 and f.nonfinite == ("none",)
+    assert f.offset_ratio == 0.0 and 9e3 < f.max_abs < 1.1e4 and f.steps == 0 and f.nonfinite == ("none",)
+    untracked = case_facts(case(steps=1, track_running_stats=False, input={"kind": "constant", "value": 2.0},
+                                eval_input={"kind": "normal", "loc": 0.0, "scale": 1.0}))
+    assert untracked.offset_ratio == math.inf  # the training batch is constant (the eval batch is not)
+    big_rm = case_facts(case(steps=0, running_mean={"kind": "constant", "value": 5e5}))
+    assert big_rm.max_abs == 5e5
 
 
 def test_max_abs_and_nonfinite():
