@@ -27,7 +27,10 @@ over ``n`` values in whatever order a correct framework sums, see below):
 * ``dx = gamma / s (g - mean(g) - xhat mean(g xhat))``: each of the three terms in the
   bracket is a reduction or a product over ``n`` values bounded by ``G``, ``G`` and
   ``G max|xhat|^2``; ``xhat`` itself carries the error of ``x - mean`` (``A / s`` relative to
-  ``s``), giving ``k u |gamma| / s * G * (2 + A / s + max|xhat|^2)``; ``dgamma = sum(g xhat)``:
+  ``s``), which enters the last term twice, through ``xhat`` and through ``mean(g xhat)``
+  (each up to ``G max|xhat|``), giving ``k u |gamma| / s * G * (2 + (1 + 2 max|xhat|) A / s +
+  max|xhat|^2)`` (the ``2 max|xhat|`` factor was missing until bnparity fuzz found a heavy-tailed
+  input at an offset with a large mean gradient, where a two-pass BN's dx exceeded the bound); ``dgamma = sum(g xhat)``:
   ``k u sum|g| (A / s + max|xhat|)``; ``dbeta = sum(g)``: ``k u sum|g|``;
 * eval mode uses the stored statistics: ``y = gamma (x - rm) / sqrt(rv + eps) + beta`` is a
   subtraction, a multiplication and an addition (three roundings of ``|gamma xhat|``, hence the
@@ -206,7 +209,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             tol_y = C * (uc * (b(k * np.abs(gamma) * A / s) + b(k) * gx + b(np.abs(beta)))
                          + uh * (b(np.abs(gamma) * M) + gx) + un * (3 * gx + b(np.abs(beta)))
                          + up * (gx + b(np.abs(beta))))
-            tol_dx = C * b(np.abs(gamma) / s * G * (uc * k * (2 + A / s + xmax**2)
+            tol_dx = C * b(np.abs(gamma) / s * G * (uc * k * (2 + (1 + 2 * xmax) * A / s + xmax**2)
                                                     + uh * (2 + xmax**2 + 2 * xmax * M) + un * (4 + 2 * xmax**2)
                                                     + up * (2 + xmax**2)))
             tol_dg = C * abssum(g) * (uc * k * (A / s + xmax) + uh * (M + xmax) + un * xmax)
