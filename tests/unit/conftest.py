@@ -83,3 +83,13 @@ def installed_adapter(name: str):
             pytest.fail(f"frameworks required here but {name} cannot run: {reason}")
         pytest.skip(f"{name}: {reason} (tox -e current runs this)")
     return adapter, specs[name]
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """Framework worker processes shared by one test module's cells (started on first use, closed after)."""
+    from harness.workers import Workers
+
+    w = Workers(log_dir=tmp_path_factory.mktemp("workers"))
+    yield w
+    w.close()

@@ -39,13 +39,6 @@ def _declaring() -> list[str]:
         return []
 
 
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    w = Workers(log_dir=tmp_path_factory.mktemp("workers"), max_live=1)
-    yield w
-    w.close()
-
-
 def _outcome(case: Case, adapter, spec: str, workers: Workers):
     res = runner.run_cell(case, adapter, spec, workers, env="selftest", ledger=[], timeout=300, repro="")
     return next(r for r in res.records if r.quantity == Quantity.OUTCOME)

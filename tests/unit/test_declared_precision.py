@@ -34,13 +34,6 @@ def _names() -> list[str]:
         return []
 
 
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    w = Workers(log_dir=tmp_path_factory.mktemp("workers"), max_live=1)
-    yield w
-    w.close()
-
-
 @pytest.mark.parametrize("name", _names())
 def test_returned_dtypes_are_the_declared_ones(name: str, workers: Workers) -> None:
     adapter, spec = installed_adapter(name)

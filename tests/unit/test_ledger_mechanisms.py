@@ -17,7 +17,6 @@ from harness.cases import load_cases, load_file
 from harness.ledger import load_ledger
 from harness.runner import run_cell
 from harness.schema import Result, Verdict
-from harness.workers import Workers
 from tests.unit.conftest import installed_adapter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,13 +183,6 @@ def fresh(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fresh")
     (folder / "fresh.toml").write_text(FRESH)
     return {c.name: c for c in load_file(folder / "fresh.toml")}
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    w = Workers(tmp_path_factory.mktemp("logs"))
-    yield w
-    w.close()
 
 
 def test_fresh_cases_are_not_in_the_catalogue(fresh):
