@@ -39,6 +39,7 @@ LOW_PRECISION = ("float16", "bfloat16")
 #  mixed: 16-bit inputs with float32 parameters and running statistics (torch autocast, Keras
 #         mixed_float16 / mixed_bfloat16, Flax dtype=float16 with param_dtype=float32).
 Policy = Literal["pure", "mixed"]
+Call = Literal["train", "eval"]  # one call of the layer in a case's sequence (``calls``)
 NOT_CASE_FILES = {"known_differences.toml", "bench.toml"}  # the ledger and the benchmark configurations
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
 GENERATOR_KINDS = ("normal", "uniform", "constant", "ramp", "student_t")
@@ -230,6 +231,9 @@ class Case(StrictModel):
     track_running_stats: bool = True
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
+    # the calls in order ("train": forward and backward in training mode; "eval": in inference mode); when
+    # given, ``steps`` is the number of "train" calls in it. Without it: ``steps`` train calls, then one eval
+    calls: Annotated[tuple[Call, ...], Field(strict=False, min_length=1, max_length=10_000)] | None = None
     seed: Annotated[int, Field(ge=0)] = 0
     input: Generator = Normal(kind="normal")
     eval_input: Generator | None = None
@@ -247,6 +251,18 @@ class Case(StrictModel):
     tolerance: ToleranceOverride | None = None
     sweep: dict[str, Any] | None = None  # set by the loader for a swept case: {name, param, value}
     file: str = ""  # set by the loader
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_of_calls(cls, data: Any) -> Any:
+        """With ``calls``, ``steps`` counts its train calls (and may be given only as that number)."""
+        if isinstance(data, dict) and isinstance(data.get("calls"), list | tuple):
+            trains = sum(c == "train" for c in data["calls"])
+            if "steps" in data and data["steps"] != trains:
+                raise FieldProblem("steps", f"steps is {data['steps']!r} but calls has {trains} train call(s): give "
+                                            f"one of them (with calls, steps is the number of its train calls)")
+            data = {**data, "steps": trains}
+        return data
 
     @field_validator("shape")
     @classmethod
@@ -285,6 +301,13 @@ class Case(StrictModel):
         if self.momentum == "cumulative" and not self.track_running_stats:
             raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
         return self
+
+    @property
+    def schedule(self) -> tuple[str, ...]:
+        """The calls in order: ``calls`` as given, else the short form, ``steps`` train calls and one eval call.
+        Records name a call by its index here (``step``); train call ``i`` is fed training batch ``i`` of the
+        train calls, every eval call the one held-out eval batch (validation on the same data each epoch)."""
+        return tuple(self.calls) if self.calls is not None else ("train",) * self.steps + ("eval",)
 
     @property
     def rank(self) -> int:
@@ -752,6 +775,10 @@ def load_file(path: Path) -> list[Case]:
     cases = []
     for where, body, from_defaults in bodies:
         body["file"] = str(path)
+        # steps and calls say one thing in two ways: the case's own one replaces the other from [defaults]
+        for own, other in (("calls", "steps"), ("steps", "calls")):
+            if own in body and own not in from_defaults and other in from_defaults:
+                del body[other]
 
         def note(field: str, from_defaults=from_defaults) -> str:
             return " (set in [defaults])" if field.split(".")[0] in from_defaults else ""

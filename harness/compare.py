@@ -138,8 +138,8 @@ def _g(v: float | None) -> str:
 def describe(label: str, m: Metrics, dtype: str) -> str:
     """A mismatch message a person can act on (after torch.testing.assert_close).
 
-    >>> print(describe("y after train step 0", metrics, "float32"))
-    y after train step 0: values differ
+    >>> print(describe("y of call 0 (train)", metrics, "float32"))
+    y of call 0 (train): values differ
       Mismatched elements: 1 / 2 (50.0%)
       Worst element (largest error over its bound) at index (1,): expected 1, observed 1.01 (|diff| 0.01, ...
       ...

@@ -225,15 +225,61 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
         return q, mean, var, tol_mean, tol_var
 
-    for step in range(case.steps):
-        x, g = data.f64("x", step), data.f64("g", step)
+    def eval_like(x, g, rm, rv, tol_rm, tol_rv):
+        """Eval-mode y and grads with bounds, normalized with the running statistics as stored."""
+        # a running statistic beyond its storage dtype's range is stored as inf, and eval uses what is stored
+        rm, rv = as_stored(rm, p.running), as_stored(rv, p.running)
+        tol_rm = np.where(np.isinf(rm), 0.0, tol_rm)  # exact where stored as inf: eval's answer follows from inf
+        tol_rv = np.where(np.isinf(rv), 0.0, tol_rv)
+        y = ref.eval_forward(x, gamma, beta, rm, rv, eps, ax)
+        dx, dgamma, dbeta = ref.eval_backward(x, g, gamma, rm, rv, eps, ax)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            s = np.sqrt(rv + eps)
+            xhat = (x - b(rm)) / b(s)
+            A = absmax(x)
+            # compute error + what the running statistics' own error does to the output
+            gx = np.abs(b(gamma) * xhat)
+            tol_y = (C * (ue * (k0 * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * gx + b(np.abs(beta)))
+                          + uhe * (b(np.abs(gamma) * np.abs(rm) / s) + gx) + up * (gx + b(np.abs(beta))))
+                     + b(np.abs(gamma) * tol_rm / s) + gx * b(tol_rv / (2 * (rv + eps))))
+            tol_dx = C * (ue * 3 + uhe + up) * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
+            # dgamma = sum(g * (x - rm) / s): a k-term reduction of g * xhat, each term with the error of
+            # (x - rm) / s, plus what the running statistics' own error does (d/d rm: sum|g| / s; d/d rv: via 1/s)
+            # the eval call's gradient reductions run in its own precision (ue: nnx in 16-bit)
+            tol_dg = (C * abssum(g) * (ue * k0 * ((A + np.abs(rm)) / s + absmax(xhat))
+                                       + (un + uhe) * 3 * absmax(xhat) + uhe * np.abs(rm) / s)
+                      + abssum(g) * tol_rm / s + np.abs(dgamma) * tol_rv / (2 * (rv + eps)))
+            tol_db = C * ue * k0 * abssum(g)
+        q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
+             "dx": Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)}
+        if case.affine:
+            q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
+            q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
+        return q
+
+    # the calls in order (``case.schedule``), each recorded under its index; eval ones as <quantity>_eval
+    trained = 0
+    for i, kind in enumerate(case.schedule):
+        if kind == "eval":
+            x, g = data.f64("x_eval"), data.f64("g_eval")
+            if not case.track_running_stats:
+                # nothing stored: eval normalizes with the batch statistics (PyTorch semantics)
+                out.update({(f"{name}_eval", i): e for name, e in train_like(x, g)[0].items()})
+                continue
+            out.update({(f"{name}_eval", i): e for name, e in eval_like(x, g, rm, rv, tol_rm, tol_rv).items()})
+            # an eval call leaves the state as it was: the same values, the same bound
+            out[("running_mean_eval", i)] = Expected(rm, tol_rm, p.running)
+            out[("running_var_eval", i)] = Expected(rv, tol_rv, p.running)
+            continue
+        x, g = data.f64("x", trained), data.f64("g", trained)
+        trained += 1
         q, mean, var, tmean, tvar = train_like(x, g)
-        out.update({(name, step): e for name, e in q.items()})
+        out.update({(name, i): e for name, e in q.items()})
         if case.track_running_stats:
             m = momentum if momentum != "cumulative" else None
             rm0, rv0 = rm, rv
-            rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=step + 1)
-            w = 1.0 / (step + 1) if m is None else m
+            rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=trained)
+            w = 1.0 / trained if m is None else m
             f = ref.bessel_factor(n, estimator)
             ur = unit_roundoff(p.running)
             with np.errstate(invalid="ignore", over="ignore"):
@@ -243,41 +289,6 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                 upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
                 tol_rm = (1 - w) * tol_rm + w * tmean + upd_m + ulp_of(rm, p.running)
                 tol_rv = (1 - w) * tol_rv + w * f * tvar + upd_v + ulp_of(rv, p.running)
-            out[("running_mean", step)] = Expected(rm, tol_rm, p.running)
-            out[("running_var", step)] = Expected(rv, tol_rv, p.running)
-
-    x, g = data.f64("x_eval"), data.f64("g_eval")
-    if not case.track_running_stats:
-        # nothing stored: eval normalizes with the batch statistics (PyTorch semantics)
-        q = train_like(x, g)[0]
-        out.update({(f"{name}_eval", None): e for name, e in q.items()})
-        return out
-    # a running statistic beyond its storage dtype's range is stored as inf, and eval uses what is stored
-    rm, rv = as_stored(rm, p.running), as_stored(rv, p.running)
-    tol_rm = np.where(np.isinf(rm), 0.0, tol_rm)  # exact where stored as inf: eval's answer follows from inf
-    tol_rv = np.where(np.isinf(rv), 0.0, tol_rv)
-    y = ref.eval_forward(x, gamma, beta, rm, rv, eps, ax)
-    dx, dgamma, dbeta = ref.eval_backward(x, g, gamma, rm, rv, eps, ax)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        s = np.sqrt(rv + eps)
-        xhat = (x - b(rm)) / b(s)
-        A = absmax(x)
-        # compute error + what the running statistics' own error does to the output
-        gx = np.abs(b(gamma) * xhat)
-        tol_y = (C * (ue * (k0 * b(np.abs(gamma) * (A + np.abs(rm)) / s) + 3 * gx + b(np.abs(beta)))
-                      + uhe * (b(np.abs(gamma) * np.abs(rm) / s) + gx) + up * (gx + b(np.abs(beta))))
-                 + b(np.abs(gamma) * tol_rm / s) + gx * b(tol_rv / (2 * (rv + eps))))
-        tol_dx = C * (ue * 3 + uhe + up) * np.abs(dx) + np.abs(dx) * b(tol_rv / (2 * (rv + eps)))
-        # dgamma = sum(g * (x - rm) / s): a k-term reduction of g * xhat, each term with the error of
-        # (x - rm) / s, plus what the running statistics' own error does (d/d rm: sum|g| / s; d/d rv: via 1/s)
-        # the eval call's gradient reductions run in its own precision (ue: nnx in 16-bit)
-        tol_dg = (C * abssum(g) * (ue * k0 * ((A + np.abs(rm)) / s + absmax(xhat)) + (un + uhe) * 3 * absmax(xhat)
-                                   + uhe * np.abs(rm) / s)
-                  + abssum(g) * tol_rm / s + np.abs(dgamma) * tol_rv / (2 * (rv + eps)))
-        tol_db = C * ue * k0 * abssum(g)
-    out[("y_eval", None)] = Expected(y, tol_y + ulp_of(y, p.output), p.output)
-    out[("dx_eval", None)] = Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)
-    if case.affine:
-        out[("dgamma_eval", None)] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
-        out[("dbeta_eval", None)] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
+            out[("running_mean", i)] = Expected(rm, tol_rm, p.running)
+            out[("running_var", i)] = Expected(rv, tol_rv, p.running)
     return out

@@ -54,7 +54,9 @@ from harness.cases import (
     table_label,
     toml_type,
 )
-from harness.schema import LedgerRef, Quantity, Result, Verdict
+from harness.schema import LedgerRef, MismatchKind, Quantity, Result, Verdict
+
+_STATE_AFTER_EVAL = {q.value for q in Quantity if q.is_state and q.phase == "eval"}
 
 if TYPE_CHECKING:
     from harness.inputs import CaseData
@@ -334,8 +336,14 @@ class Entry(StrictModel):
             return False
         return self.when is None or self.when.holds(facts or case_facts(case))
 
-    def covers(self, quantity: str) -> bool:
-        return any(fnmatch.fnmatchcase(quantity, q) for q in self.quantity)
+    def covers(self, quantity: str, same_state: bool = True) -> bool:
+        """Does a glob match ``quantity``? The state after an eval call (``running_var_eval``) is the state the
+        call before it left, so an entry that explains ``running_var`` explains it too (``same_state``), unless the
+        eval call itself changed it (mismatch kind ``changed``: a mechanism of its own, named only as such)."""
+        names = [quantity]
+        if same_state and quantity in _STATE_AFTER_EVAL:
+            names.append(quantity.removesuffix("_eval"))
+        return any(fnmatch.fnmatchcase(n, q) for n in names for q in self.quantity)
 
     def as_record(self) -> LedgerRef:
         return LedgerRef(id=self.id, kind=self.kind, reason=self.reason, link=self.link, observed=self.observed,
@@ -389,7 +397,7 @@ def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Ent
     used: set[str] = set()
     for r in records:
         if r.verdict.fails_run and r.verdict != Verdict.STALE:
-            explaining = [e for e in entries if e.covers(r.quantity)]
+            explaining = [e for e in entries if e.covers(r.quantity, r.mismatch_kind != MismatchKind.CHANGED)]
             if explaining:  # every entry that explains a failure is in use, the first is shown
                 r.verdict = Verdict.KNOWN
                 r.ledger = explaining[0].as_record()

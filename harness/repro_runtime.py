@@ -22,8 +22,9 @@ from harness.inputs import as_stored, build, digest, np_dtype
 from reference import eval_backward, eval_forward, train_backward, train_forward, update_running
 
 ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval", "dgamma_eval",
-         "dbeta_eval")
-PARAM_QUANTITIES = ("running_mean", "running_var", "dgamma", "dbeta", "dgamma_eval", "dbeta_eval")  # param dtype
+         "dbeta_eval", "running_mean_eval", "running_var_eval")
+PARAM_QUANTITIES = ("running_mean", "running_var", "dgamma", "dbeta", "dgamma_eval", "dbeta_eval",
+                    "running_mean_eval", "running_var_eval")  # in the parameter dtype
 
 
 def plain(value: Any) -> Any:
@@ -54,28 +55,33 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dic
     rm, rv = data.f64("running_mean"), data.f64("running_var")
     m = None if momentum == "cumulative" else momentum
     out: dict[tuple[str, int | None], np.ndarray] = {}
-    for step in range(case.steps):
-        x, g = data.f64("x", step), data.f64("g", step)
-        y, mean, var = train_forward(x, gamma, beta, eps, ax)
-        dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
-        out["y", step], out["dx", step] = y, dx
-        if case.affine:
-            out["dgamma", step], out["dbeta", step] = dgamma, dbeta
+    trained = 0
+    for i, kind in enumerate(case.schedule):  # the calls in order, each recorded under its index
+        if kind == "train":
+            x, g = data.f64("x", trained), data.f64("g", trained)
+            trained += 1
+            y, mean, var = train_forward(x, gamma, beta, eps, ax)
+            dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
+            out["y", i], out["dx", i] = y, dx
+            if case.affine:
+                out["dgamma", i], out["dbeta", i] = dgamma, dbeta
+            if case.track_running_stats:
+                rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=trained)
+                out["running_mean", i], out["running_var", i] = rm, rv
+            continue
+        x, g = data.f64("x_eval"), data.f64("g_eval")
         if case.track_running_stats:
-            rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=step + 1)
-            out["running_mean", step], out["running_var", step] = rm, rv
-    x, g = data.f64("x_eval"), data.f64("g_eval")
-    if case.track_running_stats:
-        # stored in the parameter dtype: a running statistic beyond its range is inf, and eval uses that
-        rm, rv = as_stored(rm, case.resolved_param_dtype), as_stored(rv, case.resolved_param_dtype)
-        out["y_eval", None] = eval_forward(x, gamma, beta, rm, rv, eps, ax)
-        dx, dgamma, dbeta = eval_backward(x, g, gamma, rm, rv, eps, ax)
-    else:  # nothing stored: eval normalizes with the batch statistics
-        out["y_eval", None] = train_forward(x, gamma, beta, eps, ax)[0]
-        dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
-    out["dx_eval", None] = dx
-    if case.affine:
-        out["dgamma_eval", None], out["dbeta_eval", None] = dgamma, dbeta
+            # stored in the parameter dtype: a running statistic beyond its range is inf, and eval uses that
+            rm_s, rv_s = as_stored(rm, case.resolved_param_dtype), as_stored(rv, case.resolved_param_dtype)
+            out["y_eval", i] = eval_forward(x, gamma, beta, rm_s, rv_s, eps, ax)
+            dx, dgamma, dbeta = eval_backward(x, g, gamma, rm_s, rv_s, eps, ax)
+            out["running_mean_eval", i], out["running_var_eval", i] = rm, rv  # an eval call leaves them
+        else:  # nothing stored: eval normalizes with the batch statistics
+            out["y_eval", i] = train_forward(x, gamma, beta, eps, ax)[0]
+            dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
+        out["dx_eval", i] = dx
+        if case.affine:
+            out["dgamma_eval", i], out["dbeta_eval", i] = dgamma, dbeta
     return out
 
 
@@ -146,7 +152,7 @@ def reproduce(adapter, case, adapter_name: str) -> int:
     """
     data = build(case)  # the seeded inputs, bit-identical to the harness run
     print(f"case {case.name} on {adapter_name}: shape {list(case.shape)} {case.layout} {case.dtype}, "
-          f"{case.steps} train steps; input digests x {data.digests['x']} x_eval {data.digests['x_eval']}")
+          f"calls {list(case.schedule)}; input digests x {data.digests['x']} x_eval {data.digests['x_eval']}")
     print(f"{adapter_name} versions {adapter.versions()}; "
           f"settings as passed: {settings_text(adapter.settings(case))}")
     adapter.setup()
@@ -157,9 +163,10 @@ def reproduce(adapter, case, adapter_name: str) -> int:
     print(f"oracle: float64, momentum (weight of new) {num(momentum)}, eps {num(eps)}, "
           f"running variance estimator {estimator}")
     rank = {q: i for i, q in enumerate(ORDER)}
-    for q, step in sorted(obs.arrays, key=lambda k: (k[1] is None, k[1] or 0, rank.get(k[0], len(ORDER)))):
+    for q, step in sorted(obs.arrays, key=lambda k: (k[1], rank.get(k[0], len(ORDER)))):
         if (q, step) in expected:
-            label = q if step is None else f"{q} after train step {step}"
+            what = "after" if q.startswith("running") else "of"
+            label = f"{q.removesuffix('_eval')} {what} call {step} ({case.schedule[step]})"
             show(label, expected[q, step], obs.arrays[q, step],
                  case.resolved_param_dtype if q in PARAM_QUANTITIES else case.dtype)
     if obs.info:

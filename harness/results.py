@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.schema import SCHEMA_VERSION, Header, Record, SchemaError, Verdict, dumps, parse
+from harness.schema import SCHEMA_VERSION, Cell, Header, Record, Result, SchemaError, Verdict, dumps, parse
 
 
 def now() -> str:
@@ -102,6 +102,15 @@ def _upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _upgrade_eval_steps(records: list[Record]) -> None:
+    """Schema 1-3 records of the eval call in schema-4 terms: the call's index (the short form's eval call
+    follows the ``steps`` training calls, so it is call ``steps``), from the cell's own ``case_params``."""
+    steps = {(c.env, c.case, c.adapter): c.case_params.get("steps") for c in records if isinstance(c, Cell)}
+    for r in records:
+        if isinstance(r, Result) and r.step is None and r.quantity is not None and r.quantity.phase == "eval":
+            r.step = steps.get((r.env, r.case, r.adapter))
+
+
 def read(path: Path | str) -> ResultsFile:
     """The header and records of one results file, each validated against the schema.
 
@@ -149,4 +158,6 @@ def read(path: Path | str) -> ResultsFile:
             out.header = rec
         else:
             out.records.append(rec)
+    if version < 4:
+        _upgrade_eval_steps(out.records)
     return out

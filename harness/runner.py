@@ -135,6 +135,8 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
             records.append(Result(**ids, quantity=q, step=step, verdict=verdict, message=message,
                                   digest=inputs.digest(arr), **fields))
 
+        flag_changes(case.schedule, records)
+
     records += apply_ledger(case, adapter.name, version, ledger, records, data)
     for r in records:
         if r.verdict.fails_run:
@@ -148,6 +150,36 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
                 wall_s=outcome.wall_s, case_s=outcome.case_s, input_digests=data.digests)
     res.records = [*records, cell]
     return res
+
+
+# what an eval call must repeat bit for bit: its element-wise results when the call before it was the same eval call
+# (the reductions dgamma/dbeta may be summed in another order per call, e.g. with GPU atomics: bound-checked only)
+REPEATED = (Quantity.Y_EVAL, Quantity.DX_EVAL)
+STATE = {Quantity.RUNNING_MEAN_EVAL: Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR_EVAL: Quantity.RUNNING_VAR}
+
+
+def flag_changes(schedule: tuple[str, ...], records: list[Result]) -> None:
+    """Fail, as ``changed``, an eval call that changed what it must leave as it was, bit for bit: the running
+    statistics (as after the call before it), and its y and dx where the call before it was the same eval call
+    (same batch, same state). Within the bound is not enough: the oracle cannot see a one-ulp drift, the bits can."""
+    by_key = {(r.quantity, r.step): r for r in records if r.step is not None and r.digest}
+    for i in range(1, len(schedule)):
+        if schedule[i] != "eval":
+            continue
+        before = "train" if schedule[i - 1] == "train" else "eval"
+        pairs = [(q, (prev if before == "train" else q)) for q, prev in STATE.items()]
+        if before == "eval":
+            pairs += [(q, q) for q in REPEATED]
+        for q, q_before in pairs:
+            now, then = by_key.get((q, i)), by_key.get((q_before, i - 1))
+            if now is None or then is None or now.digest == then.digest or now.verdict.fails_run:
+                continue
+            what = ("the state it was given" if q in STATE else "the result of the same eval call before it")
+            now.verdict, now.mismatch_kind = Verdict.FAIL, MismatchKind.CHANGED
+            now.message = (f"{q.label(i)}: {MismatchKind.CHANGED.headline}: differs from {q_before.label(i - 1)}, "
+                           f"{what} (digest {now.digest} vs {then.digest})"
+                           + (f"; largest |diff| from the oracle {now.max_abs_err:.3g}, {now.error_ratio:.3g} of the "
+                              f"bound" if now.max_abs_err is not None and now.error_ratio is not None else ""))
 
 
 def describe_weak(label: str, m, stable_err: float, ratio: float) -> str:

@@ -12,8 +12,8 @@ or ``"-inf"`` (one encoding, everywhere), and read back as a float.
 
     >>> Verdict.worst(["pass", "known", "skip"])
     <Verdict.KNOWN: 'known'>
-    >>> Verdict.STALE.fails_run, Quantity.RUNNING_VAR.label(2)
-    (True, 'running_var after train step 2')
+    >>> Verdict.STALE.fails_run, Quantity.RUNNING_VAR.label(2), Quantity.Y_EVAL.label(3)
+    (True, 'running_var after call 2 (train)', 'y of call 3 (eval)')
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, 
 #    `worker_env`; the greatest differences over the mismatched elements, each with its own index.
 # 3: the verdict `weak` and the fields `stable_abs_err` / `weak_ratio` (the stable baseline's error and the
 #    observed error over it); cells carry `precision` (the dtypes the adapter declares it works in).
-SCHEMA_VERSION = 3
+# 4: a case is a sequence of calls (``calls``): ``step`` is the index of the call in it for every quantity, eval
+#    ones too (they had None: the one eval call after the training calls, which is call ``steps`` of the short
+#    form); the state after an eval call is recorded (``running_mean_eval``, ``running_var_eval``); the mismatch
+#    kind ``changed`` (an eval call's result or state differs bit for bit from what it must repeat).
+SCHEMA_VERSION = 4
 
 
 class SchemaError(ValueError):
@@ -147,6 +151,8 @@ class Quantity(enum.StrEnum):
     DX_EVAL = "dx_eval"
     DGAMMA_EVAL = "dgamma_eval"
     DBETA_EVAL = "dbeta_eval"
+    RUNNING_MEAN_EVAL = "running_mean_eval"
+    RUNNING_VAR_EVAL = "running_var_eval"
 
     @property
     def phase(self) -> Literal["outcome", "train", "eval"]:
@@ -161,7 +167,22 @@ class Quantity(enum.StrEnum):
     def per_channel(self) -> bool:
         """One value per channel, in the parameter dtype (running statistics, dgamma, dbeta)."""
         return self in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA,
-                        Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL)
+                        Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL, Quantity.RUNNING_MEAN_EVAL,
+                        Quantity.RUNNING_VAR_EVAL)
+
+    @property
+    def is_state(self) -> bool:
+        """The layer's state after the call (the running statistics), not a result of the call."""
+        return self.base in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR)
+
+    @property
+    def base(self) -> Quantity:
+        """The quantity without its phase: ``y`` for ``y_eval``."""
+        return Quantity(self.value.removesuffix("_eval"))
+
+    def in_phase(self, phase: str) -> Quantity:
+        """This quantity as recorded for a call of ``phase`` (``train`` or ``eval``): ``y`` -> ``y_eval``."""
+        return self.base if phase == "train" else Quantity(f"{self.base.value}_eval")
 
     @property
     def stage(self) -> str:
@@ -169,9 +190,11 @@ class Quantity(enum.StrEnum):
         return _QUANTITIES[self][1]
 
     def label(self, step: int | None = None) -> str:
-        """'running_var after train step 2', 'y (eval)'."""
-        base = self.value if self.phase != "eval" else f"{self.value.removesuffix('_eval')} (eval)"
-        return base if step is None else f"{base} after train step {step}"
+        """'running_var after call 2 (train)', 'y of call 3 (eval)'; without a step, the name alone."""
+        name = self.base.value
+        if step is None or self.phase == "outcome":
+            return name if self.phase != "eval" else f"{name} (eval)"
+        return f"{name} {'after' if self.is_state else 'of'} call {step} ({self.phase})"
 
     @classmethod
     def of_phase(cls, phase: str) -> list[Quantity]:
@@ -190,6 +213,8 @@ _QUANTITIES: dict[Quantity, tuple[Literal["outcome", "train", "eval"], str]] = {
     Quantity.DX_EVAL: ("eval", "eval gradient dx"),
     Quantity.DGAMMA_EVAL: ("eval", "eval gradients (dgamma)"),
     Quantity.DBETA_EVAL: ("eval", "eval gradients (dbeta)"),
+    Quantity.RUNNING_MEAN_EVAL: ("eval", "running_mean after an eval call (must be unchanged)"),
+    Quantity.RUNNING_VAR_EVAL: ("eval", "running_var after an eval call (must be unchanged)"),
 }
 
 
@@ -203,13 +228,16 @@ class MismatchKind(enum.StrEnum):
     INF = "inf"
     SHAPE = "shape"
     MISSING = "missing"
+    CHANGED = "changed"
 
     @property
     def headline(self) -> str:
         return {"match": "values agree", "value": "values differ", "nan": "NaN where the oracle is finite",
                 "finite_where_nan": "a finite value where the oracle is undefined (NaN)",
                 "inf": "an infinity where the oracle is finite, or the other infinity",
-                "shape": "shape differs", "missing": "not returned by the adapter"}[self.value]
+                "shape": "shape differs", "missing": "not returned by the adapter",
+                "changed": "an eval call changed what it must leave as it was (the state, or the result of "
+                           "repeating the call) bit for bit"}[self.value]
 
     @property
     def bounded(self) -> bool:
@@ -221,7 +249,7 @@ class MismatchKind(enum.StrEnum):
     def mark(self) -> str:
         """What the report's matrix shows for a difference without a ratio."""
         return {"nan": "NaN", "finite_where_nan": "¬NaN", "inf": "inf", "shape": "shape",
-                "missing": "miss"}.get(self.value, "")
+                "missing": "miss", "changed": "≠"}.get(self.value, "")
 
 
 class BenchStatus(enum.StrEnum):

@@ -125,7 +125,23 @@ class NumpyBN(Adapter):
             mean, var = self.stats(x, axes)
             return self._forward_backward(st, x, g, mean, self.invstd(var, st["eps"]), True)
         b = lambda v: self._shape(st, v, x.ndim)  # noqa: E731
-        return self._forward_backward(st, x, g, b(st["rm"]), self.invstd(b(st["rv"]), st["eps"]), False)
+        out = self._forward_backward(st, x, g, b(st["rm"]), self.invstd(b(st["rv"]), st["eps"]), False)
+        self.after_eval(st, x)
+        out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
+        return out
+
+    def after_eval(self, st, x):
+        """What the layer does to its state after an eval call: nothing."""
+
+    def fold(self, st, x):
+        """Fold batch ``x`` into the running statistics, as a training call does."""
+        axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
+        mean, var = self.stats(x, axes)
+        w = st["momentum"] if st["momentum"] is not None else 0.1
+        n = x.size // x.shape[st["axis"]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(st["wd"])
+            st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n)).astype(st["wd"])
 
 
 class SlowImport(NumpyBN):
@@ -180,14 +196,28 @@ class UpdatesInEval(NumpyBN):
     name = "bug-updates-in-eval"
 
     def eval_step(self, st, x, g):
-        xx = x.astype(st["wd"])
-        axes = tuple(i for i in range(xx.ndim) if i != st["axis"] % xx.ndim)
-        mean, var = self.stats(xx, axes)
-        w = st["momentum"] if st["momentum"] is not None else 0.1
-        n = xx.size // xx.shape[st["axis"]]
-        st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(st["wd"])
-        st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n)).astype(st["wd"])
+        self.fold(st, x.astype(st["wd"]))
         return super().eval_step(st, x, g)
+
+
+class UpdatesAfterEval(NumpyBN):
+    """Eval mode returns the right output, then folds the eval batch into the running statistics: only the state
+    after the eval call (and the next call) shows it."""
+
+    name = "bug-updates-after-eval"
+
+    def after_eval(self, st, x):
+        self.fold(st, x)
+
+
+class EvalNotRepeatable(NumpyBN):
+    """Eval mode nudges its running variance by one ulp after each call: every eval output is within the bound,
+    but two eval calls in a row disagree bit for bit and the state changes."""
+
+    name = "bug-eval-not-repeatable"
+
+    def after_eval(self, st, x):
+        st["rv"] = np.nextafter(st["rv"], np.inf, dtype=st["rv"].dtype)
 
 
 class HalfPrecisionMath(NumpyBN):

@@ -84,9 +84,9 @@ def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.rando
     records = [out]
     repro = f'pytest "tests/parity/test_parity.py::test_parity[{adapter}-{case.name}]"'
     if fate in ("raised", "expected-raise"):
-        out.verdict, out.exception_type, out.exception_stage = Verdict(fate), "ValueError", "train step 0"
+        out.verdict, out.exception_type, out.exception_stage = Verdict(fate), "ValueError", "call 0 (train)"
         out.exception_message = "Expected more than 1 value per channel when training"
-        out.message = ("unexpected exception during train step 0: ValueError: Expected more than 1 value per "
+        out.message = ("unexpected exception during call 0 (train): ValueError: Expected more than 1 value per "
                        "channel when training")
     elif fate in ("crashed", "timeout"):
         out.verdict, out.exit_code = Verdict(fate), -11 if fate == "crashed" else None
@@ -96,11 +96,9 @@ def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.rando
                            "first):\n  File \"bn.py\", line 42 in forward")
     else:
         bad_q = {"fail": "running_var", "known": "y", "stale": None, "weak": "dgamma"}.get(fate)
-        keys = [(q, s) for s in range(case.steps) for q in Quantity.of_phase("train")
+        keys = [(q.in_phase(kind), i) for i, kind in enumerate(case.schedule) for q in Quantity.of_phase("train")
                 if case.affine or q not in ("dgamma", "dbeta")
                 if case.track_running_stats or q not in ("running_mean", "running_var")]
-        keys += [(q, None) for q in Quantity.of_phase("eval")
-                 if case.affine or q not in (Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL)]
         for q, s in keys:
             bad = bad_q is not None and (q == bad_q or (fate == "fail" and q == "y_eval"))
             m = _metrics(rng, case, q, bad)

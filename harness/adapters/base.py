@@ -206,7 +206,7 @@ class Raised:
 
 @dataclass
 class Observed:
-    """What an adapter returns: arrays keyed by (quantity, step), step None for eval."""
+    """What an adapter returns: arrays keyed by (quantity, index of the call in ``case.schedule``)."""
 
     arrays: dict[tuple[str, int | None], np.ndarray] = field(default_factory=dict)
     raised: Raised | None = None
@@ -325,26 +325,29 @@ class Adapter:
         raise NotImplementedError
 
     def eval_step(self, state: Any, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-        """One eval-mode call + backward: returns y and dx, and dgamma and dbeta where the layer is affine."""
+        """One eval-mode call + backward: returns y and dx, dgamma and dbeta where the layer is affine, and the
+        running_mean / running_var as the framework holds them after the call (where the case tracks them), read
+        back from the framework as after a training call: an eval call must leave them as they were."""
         raise NotImplementedError
 
     def run(self, case: Case, data: CaseData) -> Observed:
+        """Build the layer and make the case's calls in order (``case.schedule``): each call's results are
+        recorded under its index, eval ones as ``<quantity>_eval``."""
         obs = Observed()
         stage = "build"
         t0 = time.perf_counter()
         try:
             state = self.build(case, data)
-            for step in range(case.steps):
-                stage = f"train step {step}"
-                for q, v in self.train_step(state, data.x[step], data.g[step]).items():
-                    obs.put(q, step, v)
-            stage = "eval"
-            out = self.eval_step(state, data.x_eval, data.g_eval)
-            obs.put("y_eval", None, out["y"])
-            obs.put("dx_eval", None, out["dx"])
-            for q in ("dgamma", "dbeta"):
-                if q in out:
-                    obs.put(f"{q}_eval", None, out[q])
+            trained = 0
+            for i, kind in enumerate(case.schedule):
+                stage = f"call {i} ({kind})"
+                if kind == "train":
+                    out = self.train_step(state, data.x[trained], data.g[trained])
+                    trained += 1
+                else:
+                    out = self.eval_step(state, data.x_eval, data.g_eval)
+                for q, v in out.items():
+                    obs.put(q if kind == "train" else f"{q}_eval", i, v)
             self.describe(state, obs.info)
         except BaseException as e:  # the framework's own error, SystemExit and KeyboardInterrupt too, is an outcome
             if isinstance(e, KeyboardInterrupt) and not os.environ.get(IN_WORKER):

@@ -110,12 +110,13 @@ def _train_vjp(f, x, g, params):
 
 
 def _eval_vjp(f, x, g, params):
-    """y, dx and dparams of ``f(x, params) -> y`` for the upstream gradient g (statistics held constant)."""
+    """y, dx, dparams and the statistics after the call, of ``f(x, params) -> (y, stats)`` for the upstream
+    gradient g (the statistics are not differentiated: an eval call holds them constant)."""
     import jax
 
-    y, vjp = jax.vjp(f, x, params)
+    y, vjp, stats = jax.vjp(f, x, params, has_aux=True)
     dx, dparams = vjp(g.astype(y.dtype))
-    return y, dx, dparams
+    return y, dx, dparams, stats
 
 
 def _linen_program(mode: str, axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str):
@@ -134,9 +135,9 @@ def _linen_program(mode: str, axis: int, fast: bool, affine: bool, dtype: str | 
         bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, mode == "eval")
 
         def f(x, params):
-            if mode == "eval":
-                return bn.apply({"params": params, "batch_stats": stats}, x)
-            return bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])[0]
+            # mutable: the batch_stats come back as the call leaves them (an eval call must not change them)
+            y, after = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+            return y, (after["batch_stats"] if mode == "eval" else stats)
 
         return _eval_vjp(f, x, g, params)
 
@@ -175,8 +176,12 @@ def _nnx_program(mode: str, graphdef):
         return _train_vjp(f, x, g, params)
 
     def evaluate(x, g, params, stats, momentum, eps):
-        return _eval_vjp(lambda x, params: _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")(x),
-                         x, g, params)
+        def f(x, params):
+            bn = _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")
+            y = bn(x)
+            return y, (_nnx_stats(bn) if mode == "eval" else stats)  # as the call leaves them
+
+        return _eval_vjp(f, x, g, params)
 
     fn = jax.jit(train if mode == "train" else evaluate)
     _PROGRAMS[key] = fn
@@ -410,12 +415,16 @@ class FlaxAdapter(Adapter):
     def eval_step(self, state: FlaxState, x, g):
         args = (x, g, state.params, state.stats, *state.hyper)
         self._check_program(state, state.evaluate, args)
-        y, dx, dparams = state.evaluate(*args)
+        y, dx, dparams, after = state.evaluate(*args)
         state.dtypes.update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
         if state.case.affine:
             out["dgamma"] = np.asarray(dparams["scale"])
             out["dbeta"] = np.asarray(dparams["bias"])
+        if state.case.track_running_stats:
+            state.stats = after  # what a Flax user carries on: the collection the call returned
+            out["running_mean"] = np.asarray(after["mean"])
+            out["running_var"] = np.asarray(after["var"])
         return out
 
 

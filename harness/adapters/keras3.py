@@ -36,6 +36,7 @@ from harness.adapters.devices import gpu_visible, thread_count
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
     TF_DISTRIBUTIONS,
+    TF_ENV,
     TFBench,
     setup_tf,
     tape_call,
@@ -207,7 +208,9 @@ class Keras3Adapter(Adapter):
         return out
 
     def eval_step(self, state, x, g):
-        return self._call(state, x, g, training=False)
+        out = self._call(state, x, g, training=False)
+        out.update(state.moving_stats())
+        return out
 
     def describe(self, state, info):
         import keras
@@ -239,6 +242,7 @@ class Keras3TF(TFBench, Keras3Adapter):
 
     backend = "tensorflow"
     backend_distributions = TF_DISTRIBUTIONS
+    backend_env = {"TF_ENABLE_ONEDNN_OPTS": TF_ENV["TF_ENABLE_ONEDNN_OPTS"]}  # see tf_support.TF_ENV
     bench_variants = ("eager", "jit")  # eager, and XLA (jit_compile=True)
 
     def setup_backend(self) -> None:
@@ -328,8 +332,7 @@ class Keras3Jax(Keras3Adapter):
         layer = state.layer
         args = (state.tv, state.ntv, jnp.asarray(x), jnp.asarray(g))
         y, dx, dtv, new_ntv = self._jax_fn(state, training, args)(*args)
-        if training:
-            state.ntv = list(new_ntv)
+        state.ntv = list(new_ntv)  # what the stateless call returns, in eval too (it must return them unchanged)
         state.output_dtype = str(y.dtype)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
         if state.case.affine:

@@ -159,7 +159,9 @@ class TFKerasAdapter(TFBench, Adapter):
         return out
 
     def eval_step(self, state: LayerState, x, g):
-        return self._call(state, x, g, training=False)
+        out = self._call(state, x, g, training=False)
+        out.update(state.moving_stats())
+        return out
 
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):

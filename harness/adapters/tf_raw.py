@@ -118,6 +118,8 @@ class _TFAdapter(TFBench, Adapter):
         if training:
             self._store(state, *taped.aux)
             out.update(self._stored(state, *taped.aux))
+        else:  # the variables as the eval call left them
+            out.update(running_mean=state.rm.numpy(), running_var=state.rv.numpy())
         return out
 
     def train_step(self, state, x, g):

@@ -24,7 +24,11 @@ from harness.inputs import CaseData
 
 # tensorflow ships under several distribution names
 TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tf-nightly")
-TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+# TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's own (Eigen) CPU kernels on every machine. TF turns its oneDNN kernels on
+# by itself on CPUs with AVX-512 VNNI/BF16 or AMX, and they compute otherwise (measured on TF 2.21: the fused
+# kernel's mean of a constant channel of 7 values is exact with oneDNN, one ulp off without it), so a verdict would
+# depend on which CPU the run lands on. oneDNN is a path of its own, to be compared as one (not a silent switch).
+TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
 # what Keras' BatchNormalization declares (Keras 3, tf-keras non-fused); raw TF ops default to the same
 KERAS_CONVENTIONS = dict(
     momentum_style="decay_of_old", running_var_estimator="biased",

@@ -5,7 +5,7 @@ torch/nn/functional.py (batch_norm, _verify_batch_size),
 aten/src/ATen/native/Normalization.cpp (running var uses var_sum / (n - 1)).
 
 What the adapter does to torch is in the plain functions below (``torch_setup``,
-``torch_build``, ``torch_train_step``, ``torch_eval_step`` and their helpers):
+``torch_build``, ``torch_step`` and their helpers):
 ``TorchAdapter`` calls them, and ``bnparity repro`` copies their source into the
 standalone torch reproducer (``harness/repro.py``). They use NumPy, torch
 (imported inside) and ml_dtypes for bfloat16 only, never the harness.
@@ -145,20 +145,16 @@ def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.
     return out
 
 
-def torch_train_step(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-    """A training call: y, dx, dgamma, dbeta, and the running statistics after it (where tracked)."""
+def torch_step(state: TorchState, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
+    """A call in training or eval mode: y, dx, dgamma, dbeta, and the running statistics after it (where
+    tracked: the module's buffers as the call left them)."""
     bn = state.bn
-    bn.train()
+    bn.train(training)
     out = torch_call(state, x, g)
     if bn.track_running_stats:
         out["running_mean"] = to_numpy(bn.running_mean)
         out["running_var"] = to_numpy(bn.running_var)
     return out
-
-
-def torch_eval_step(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-    state.bn.eval()
-    return torch_call(state, x, g)
 
 
 class TorchAdapter(Adapter):
@@ -219,10 +215,10 @@ class TorchAdapter(Adapter):
         return torch_build(case, data, m.momentum, m.eps)
 
     def train_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-        return torch_train_step(state, x, g)
+        return torch_step(state, x, g, training=True)
 
     def eval_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-        return torch_eval_step(state, x, g)
+        return torch_step(state, x, g, training=False)
 
     # -- benchmark hooks (bnparity bench) ------------------------------------------
     bench_variants = ("eager", "compile")

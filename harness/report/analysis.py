@@ -13,7 +13,6 @@ from harness.report.model import Model, ReportCell
 from harness.report.text import fmt_ratio, fmt_ulp, fmt_value
 from harness.schema import Quantity, Result, Verdict
 
-_TRAIN = Quantity.of_phase("train")
 _STATS = {Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR}
 _GRADIENTS = {Quantity.DX, Quantity.DGAMMA, Quantity.DBETA}
 _ENDED = (Verdict.RAISED, Verdict.CRASHED, Verdict.TIMEOUT)  # the call itself did not return values
@@ -24,7 +23,7 @@ MESSAGE_CHARS = 300  # of an exception message quoted in a sentence
 class Divergence:
     """The first recorded quantity that differs, in computation order, and what that implies."""
 
-    step: int | None  # None: eval, or the outcome of the call
+    step: int | None  # the call's index in the case's calls; None: the outcome of the run
     quantity: Quantity
     text: str
     also: tuple[str, ...] = ()  # other quantities differing at the same step
@@ -57,7 +56,7 @@ def _inference(bad: set[Quantity], tracked: bool, step: int) -> list[str]:
     elif bad <= _GRADIENTS:
         notes.append("the forward pass agrees; the backward pass is the first to differ")
     if step > 0:
-        notes.append(f"train steps 0..{step - 1} agree: the difference appears after {step} update(s) "
+        notes.append(f"calls 0..{step - 1} agree: the difference appears after {step} call(s) "
                      "(compounding through the running statistics or accumulated rounding)")
     return notes
 
@@ -79,23 +78,23 @@ def first_divergence(cell: ReportCell) -> Divergence | None:
     diff = [r for r in cell.results if r.verdict.differs and r.quantity not in (None, Quantity.OUTCOME)]
     if not diff:
         return None
-    train = [r for r in diff if r.quantity in _TRAIN and r.step is not None]
-    notes: list[str] = []
-    step: int | None = None
-    if train:
-        step = min(r.step for r in train if r.step is not None)
-        at = sorted((r for r in train if r.step == step), key=lambda r: r.quantity.order)
-        tracked = any(r.quantity in _STATS for r in cell.results)
-        notes = _inference({r.quantity for r in at}, tracked, step)
-        where = f"train step {step}"
-    else:
-        at = sorted(diff, key=lambda r: r.quantity.order)
-        notes = ["every training-step quantity agrees: only eval mode differs (it normalizes with the running "
-                 "statistics and the eval-mode eps)"]
+    stepped = [r for r in diff if r.step is not None]
+    step: int | None = min((r.step for r in stepped), default=None)  # type: ignore[type-var]
+    at = (sorted((r for r in stepped if r.step == step), key=lambda r: r.quantity.order) if stepped
+          else sorted(diff, key=lambda r: r.quantity.order))
     first: Result = at[0]
     q = first.quantity
-    if step is None:
-        where = "eval" if q.phase == "eval" else q.value
+    where = q.value if step is None else f"call {step} ({q.phase})"
+    if q.phase == "train":
+        tracked = any(r.quantity in _STATS for r in cell.results)
+        notes = _inference({r.quantity for r in at}, tracked, step or 0)
+    elif q.is_state:
+        notes = ["the eval call changed the running statistics, which an eval call must leave as they were"]
+    elif not any(r.quantity.phase == "train" for r in diff):
+        notes = ["every training call agrees: only eval mode differs (it normalizes with the running "
+                 "statistics and the eval-mode eps)"]
+    else:
+        notes = []
     names = [r.quantity.value for r in at]
     idx = first.worst_index
     kind = first.mismatch_kind

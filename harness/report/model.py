@@ -19,8 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from harness.cases import Case
 from harness.report.text import fmt_ratio, ratio_value
 from harness.results import read
 from harness.schema import Cell, Header, MismatchKind, Quantity, Result, Verdict
@@ -28,12 +30,14 @@ from harness.schema import Cell, Header, MismatchKind, Quantity, Result, Verdict
 _PHASES = list(dict.fromkeys(q.phase for q in Quantity))  # outcome, train, eval: the order they happen in
 
 
-def result_order(r: Result) -> tuple[int, int, int]:
-    """The outcome first, then the train steps in computation order, then eval, then stale ledger records."""
+def result_order(r: Result) -> tuple[int, int, int, int]:
+    """The outcome first, then the calls in order (each in computation order), then stale ledger records."""
     q = r.quantity
     if q is None:
-        return (len(_PHASES), 0, 0)
-    return (_PHASES.index(q.phase), r.step or 0, q.order)
+        return (2, 0, 0, 0)
+    if q.phase == "outcome":
+        return (0, 0, 0, 0)
+    return (1, r.step or 0, _PHASES.index(q.phase), q.order)
 
 
 _KIND_RANK = {k: i for i, k in enumerate(MismatchKind)}  # a later kind outranks an earlier one as a headline
@@ -193,6 +197,11 @@ class CaseInfo:
     @property
     def steps(self) -> int:
         return int(self.params.get("steps", 0) or 0)
+
+    @property
+    def schedule(self) -> tuple[str, ...]:
+        """The case's calls in order, as ``harness.cases.Case.schedule`` reads them from its parameters."""
+        return Case.schedule.fget(SimpleNamespace(calls=self.params.get("calls"), steps=self.steps))
 
     @property
     def group(self) -> str:

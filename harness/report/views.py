@@ -133,9 +133,11 @@ class Builder:
             info = m.cases[name]
             if not info.use_defaults:
                 continue
-            steps = info.steps
-            keys = [(Quantity.RUNNING_MEAN, steps - 1), (Quantity.RUNNING_VAR, steps - 1)] if steps else []
-            keys += [(q, None) for q in Quantity.of_phase("eval")]
+            calls = info.schedule
+            trains = [i for i, kind in enumerate(calls) if kind == "train"]
+            evals = [i for i, kind in enumerate(calls) if kind == "eval"]
+            keys = [(Quantity.RUNNING_MEAN, trains[-1]), (Quantity.RUNNING_VAR, trains[-1])] if trains else []
+            keys += [(q, evals[-1]) for q in Quantity.of_phase("eval") if not q.is_state] if evals else []
             for env in m.envs:
                 cells = [(a, c) for a in env.adapters if (c := m.cells.get((env.key, name, a))) is not None]
                 if not cells:
@@ -154,7 +156,7 @@ class Builder:
                                  "gaps": [self._gap_text(name, base, c, q, step) for q, step in keys],
                                  "key": self.key(env.key, name, a)})
                 views.append({"case": name, "env": env.key, "base": base_a, "rows": rows,
-                              "labels": [q.value + (f" after step {s}" if s is not None else "") for q, s in keys],
+                              "labels": [q.label(s) for q, s in keys],
                               "desc": info.description, "tags": " ".join(info.tags)})
         return views
 

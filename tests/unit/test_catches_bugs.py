@@ -76,6 +76,12 @@ shape = [8, 3, 2, 2]
 seed = 10
 
 [[case]]
+name = "sequence"
+shape = [8, 3]
+calls = ["train", "eval", "eval", "train", "eval"]
+seed = 12
+
+[[case]]
 name = "double"
 dtype = "float64"
 shape = [8, 3, 2, 2]
@@ -92,6 +98,8 @@ EXPECT = {
     "UpdatesInEval": ("dense", "y_eval"),
     "HalfPrecisionMath": ("dense", "y"),
     "EvalUsesBatchStats": ("dense", "y_eval"),
+    "UpdatesAfterEval": ("sequence", "running_mean_eval"),
+    "EvalNotRepeatable": ("sequence", "running_var_eval"),
 }
 
 
@@ -99,11 +107,11 @@ def test_correct_float32_implementation_passes_everything(run_parity):
     run = run_parity(CASES, ["NumpyBN"])
     assert run.result.ret == 0, run.result.stdout.str()[-3000:]
     assert {r.verdict for r in run.results()} == {"pass"}
-    assert len({r.case for r in run.results()}) == 11
+    assert len({r.case for r in run.results()}) == 12
 
 
 def test_every_planted_bug_is_flagged(run_parity):
-    run = run_parity(CASES, list(EXPECT), "-k", "dense")
+    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence")
     out = run.result.stdout.str()
     assert run.result.ret == 1
     for cls, (case, quantity) in EXPECT.items():
@@ -114,7 +122,7 @@ def test_every_planted_bug_is_flagged(run_parity):
     # the message says what, where, by how much, and how to reproduce
     rec = next(r for r in run.results(adapter="bug-eps-outside-sqrt", case="dense", quantity="y")
                if r.verdict == "fail")
-    assert "y after train step 0: values differ" in rec.message
+    assert "y of call 0 (train): values differ" in rec.message
     assert "Worst element (largest error over its bound) at index" in rec.message
     assert "ulp of float32" in rec.message
     assert rec.repro == 'pytest "test_parity.py::test_parity[bug-eps-outside-sqrt-dense]"'
@@ -131,3 +139,26 @@ def test_gradient_bug_leaves_forward_alone(run_parity):
     run = run_parity(CASES, ["GradIgnoresStats"], "-k", "dense")
     bad = run.failing_quantities("bug-grad-ignores-stats", "dense")
     assert "dx" in bad and "y" not in bad and "running_var" not in bad
+
+
+def test_eval_calls_leave_the_state_and_repeat(run_parity):
+    """An eval call must leave the running statistics as they were, and the same eval call twice in a row must
+    give the same bits: a layer that drifts by one ulp passes every bound and is still caught, as ``changed``."""
+    run = run_parity(CASES, ["EvalNotRepeatable", "UpdatesAfterEval", "NumpyBN"], "-k", "sequence")
+    recs = {(r.adapter, r.quantity, r.step): r for r in run.results(case="sequence")}
+    nudged = recs[("bug-eval-not-repeatable", "running_var_eval", 1)]
+    assert (nudged.verdict, nudged.mismatch_kind) == ("fail", "changed"), nudged.message
+    assert nudged.error_ratio < 1, "a one-ulp drift is inside the bound: only the bits show it"
+    assert "running_var after call 1 (eval)" in nudged.message and "running_var after call 0 (train)" in nudged.message
+    again = recs[("bug-eval-not-repeatable", "y_eval", 2)]
+    assert (again.verdict, again.mismatch_kind) == ("fail", "changed"), again.message
+    assert recs[("bug-eval-not-repeatable", "running_var", 0)].verdict == "pass"
+    # folding the eval batch in after the output: that call's output is right, the state after it is not
+    assert recs[("bug-updates-after-eval", "y_eval", 1)].verdict == "pass"
+    assert recs[("bug-updates-after-eval", "running_mean_eval", 1)].verdict == "fail"
+    assert recs[("bug-updates-after-eval", "running_mean", 3)].verdict == "fail"  # and the training after it
+    # the careful fake: every call of the sequence compared, eval calls' state included, all pass
+    good = [r for r in run.results(case="sequence", adapter="fake-good") if r.quantity != "outcome"]
+    assert {(r.quantity, r.step) for r in good} >= {("running_mean_eval", 1), ("running_var_eval", 2), ("y_eval", 4),
+                                                    ("running_mean", 3), ("dx", 0)}
+    assert {r.verdict for r in good} == {"pass"}

@@ -20,8 +20,8 @@ def test_worst_element_states_its_own_difference():
     The message once printed index 0's |diff| (0.5) next to index 1's values."""
     m = compare(_exp([100.0, 1.0], [1.0, 1e-3]), np.array([100.5, 1.01]))
     assert m.worst_index == [1] and m.mismatched == 1
-    assert describe("y after train step 0", m, "float32") == (
-        "y after train step 0: values differ\n"
+    assert describe("y of call 0 (train)", m, "float32") == (
+        "y of call 0 (train): values differ\n"
         "  Mismatched elements: 1 / 2 (50.0%)\n"
         "  Worst element (largest error over its bound) at index (1,): expected 1, observed 1.01 "
         "(|diff| 0.01, up to 0.001 allowed there)\n"
@@ -39,7 +39,7 @@ def test_greatest_differences_are_over_mismatches_each_with_its_index():
     assert (m.greatest_abs_diff, m.greatest_abs_index) == (0.5, [1])
     assert m.greatest_rel_index == [2] and np.isclose(m.greatest_rel_diff, 1.0)
     assert m.max_abs_err == 5.0  # over every element, as the matrix shows it
-    text = describe("dx after train step 1", m, "float32")
+    text = describe("dx of call 1 (train)", m, "float32")
     assert "Greatest absolute difference: 0.5 at index (1,); greatest relative difference: 1 at index (2,)" in text
 
 
@@ -65,8 +65,8 @@ def test_a_finite_value_where_the_oracle_is_undefined():
     m = compare(_exp([np.nan, 1.0], [np.nan, 1e-3]), np.array([0.5, 1.0]))
     assert m.mismatch_kind == MismatchKind.FINITE_WHERE_NAN and m.worst_index == [0]
     assert np.isnan(m.expected) and m.observed == 0.5
-    text = describe("y after train step 0", m, "float32")
-    assert text.startswith("y after train step 0: a finite value where the oracle is undefined (NaN)")
+    text = describe("y of call 0 (train)", m, "float32")
+    assert text.startswith("y of call 0 (train): a finite value where the oracle is undefined (NaN)")
     assert "Largest error over the elements finite in both" in text
 
 

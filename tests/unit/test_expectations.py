@@ -93,7 +93,7 @@ def test_declared_raises_are_the_expected_outcome(run_parity):
         out = _outcome(run, a, case)
         assert out.verdict == Verdict.EXPECTED_RAISE, (case, out.message)
         assert "as the adapter declares for" in out.message and out.exception_type == "ValueError"
-    assert _outcome(run, a, "one_value_untracked_eval").exception_stage == "eval"
+    assert _outcome(run, a, "one_value_untracked_eval").exception_stage == "call 0 (eval)"
     # where nothing normalizes with batch statistics, the declaration does not apply: the values are compared
     for case in ("one_value_eval_only", "eps_zero_eval_only"):
         assert run.verdicts(a, case) == {Verdict.PASS}, case

@@ -37,7 +37,7 @@ def test_a_planted_bug_is_found_and_shrunk_to_a_ready_case(tmp_path, monkeypatch
     (case,) = load_file(cases[names.index("fuzz_bug_momentum_flipped_running_mean_fail_value")])  # a ready case
     assert case.adapters == ("bug-momentum-flipped",) and "fuzz" in case.tags
     assert case.count * case.channels <= 4 and case.steps == 1  # shrunk: one small training step shows it
-    assert "seed 3" in case.description and "running_mean after train step 0" in case.description
+    assert "seed 3" in case.description and "running_mean after call 0 (train)" in case.description
     assert "momentum" in (cases[0].parent / "repro.py").read_text()
     rf = read(out / "results.jsonl")  # the report reads the findings as an environment
     assert rf.header.status == "complete" and not rf.skipped

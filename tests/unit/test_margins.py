@@ -29,8 +29,12 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED_FAILURES = {"huge_float32"}
 
 
+# planted bugs caught by the bits, not the bound (an eval call that drifts by one ulp): no margin to measure
+BIT_BUGS = {"EvalNotRepeatable"}
+
+
 def _bug_ratios(tmp_path: Path) -> dict[str, float]:
-    """Each planted bug's smallest error/bound on the quantity that must flag it."""
+    """Each planted bug's smallest error/bound on the quantity that must flag it (the bound's bugs)."""
     folder = tmp_path / "bug-cases"
     folder.mkdir()
     (folder / "c.toml").write_text(BUG_CASES)
@@ -38,6 +42,8 @@ def _bug_ratios(tmp_path: Path) -> dict[str, float]:
     workers = Workers(tmp_path / "logs", in_process=True)
     out = {}
     for cls, (case, quantity) in BUG_EXPECT.items():
+        if cls in BIT_BUGS:
+            continue
         res = run_cell(cases[case], getattr(fakes, cls)(), f"tests.fakes:{cls}", workers, env="margins", ledger=[],
                        timeout=600, repro="")
         out[cls] = min(r.error_ratio for r in res.records

@@ -58,7 +58,7 @@ def _evil_records(env: str) -> list[Result | Cell]:
             r.case_params = {**r.case_params, "name": EVIL, "description": EVIL_MSG}
         elif r.quantity is Quantity.OUTCOME:
             r.exception_message = EVIL_MSG
-            r.message = f"unexpected exception during train step 0: ValueError: {EVIL_MSG}"
+            r.message = f"unexpected exception during call 0 (train): ValueError: {EVIL_MSG}"
     return recs
 
 
@@ -165,10 +165,11 @@ def test_blob_detail_is_complete(two_envs: list[Path], tmp_path: Path) -> None:
     cell = _cell_of(blob, "dense_small", "new", "keras3-jax")
     rows = _rows(blob, cell)
     q = [x["name"] for x in blob["quantities"]]
-    # every quantity per step: 3 steps x 6 train quantities + 4 eval
-    assert len(rows) == 22
+    # every quantity per call: 3 train calls x 6 quantities + the eval call's 4 and the state after it
+    assert len(rows) == 24
     assert {q[r["quantity"]] for r in rows} == {"running_mean", "running_var", "y", "dx", "dgamma", "dbeta",
-                                               "y_eval", "dx_eval", "dgamma_eval", "dbeta_eval"}
+                                               "y_eval", "dx_eval", "dgamma_eval", "dbeta_eval",
+                                               "running_mean_eval", "running_var_eval"}
     verdict = [v["name"] for v in blob["verdicts"]]
     bad = [r for r in rows if verdict[r["verdict"]] == "fail"]
     assert bad and all(r["worst_index"] is not None and r["expected"] is not None and r["observed"] is not None
@@ -362,33 +363,34 @@ def _cell(results: list[Result]) -> ReportCell:
 
 
 @pytest.mark.parametrize("bad, first, says", [
-    ([("running_var", 0), ("y_eval", None)], "running_var", "what is stored differs"),
+    ([("running_var", 0), ("y_eval", 3)], "running_var", "what is stored differs"),
     ([("running_mean", 1), ("running_var", 1)], "running_mean", "running-mean update"),
     ([("running_mean", 0), ("y", 0), ("dx", 0)], "running_mean", "statistics themselves"),
     ([("y", 2), ("dx", 2)], "y", "normalization itself differs"),
     ([("dgamma", 0)], "dgamma", "backward pass"),
-    ([("dx_eval", None), ("y_eval", None)], "y_eval", "only eval mode differs"),
+    ([("dx_eval", 3), ("y_eval", 3)], "y_eval", "only eval mode differs"),
+    ([("running_var_eval", 3)], "running_var_eval", "changed the running statistics"),
 ])
 def test_first_divergence(bad: list, first: str, says: str) -> None:
     results = []
     for step in range(3):
         for q in Quantity.of_phase("train"):
             results.append(_rec(q, step, Verdict.FAIL if (q, step) in bad else Verdict.PASS))
-    results += [_rec(q, None, Verdict.FAIL if (q, None) in bad else Verdict.PASS) for q in Quantity.of_phase("eval")]
+    results += [_rec(q, 3, Verdict.FAIL if (q, 3) in bad else Verdict.PASS) for q in Quantity.of_phase("eval")]
     fd = first_divergence(_cell(results))
-    assert fd is not None and fd.quantity == first and says in fd.text
-    step = min((s for q, s in bad if s is not None), default=None)
+    assert fd is not None and fd.quantity == first and says in fd.text, fd
+    step = min(s for q, s in bad)
     assert fd.step == step
-    if step:
-        assert f"train steps 0..{step - 1} agree" in fd.text
+    if step and Quantity(first).phase == "train":
+        assert f"calls 0..{step - 1} agree" in fd.text
 
 
 def test_first_divergence_of_a_raise_a_nan_and_a_pass() -> None:
     raised = ReportCell("e", "c", "a", results=[Result(
         env="e", case="c", adapter="a", framework="a", quantity=Quantity.OUTCOME, verdict=Verdict.RAISED,
-        exception_type="ValueError", exception_message="no", exception_stage="train step 0")])
+        exception_type="ValueError", exception_message="no", exception_stage="call 0 (train)")])
     fd = first_divergence(raised)
-    assert fd and fd.text.startswith("raised during train step 0: ValueError: no")
+    assert fd and fd.text.startswith("raised during call 0 (train): ValueError: no")
     assert first_divergence(_cell([_rec(Quantity.Y, 0, Verdict.PASS)])) is None
     nan = _rec(Quantity.Y, 0)
     nan.observed = float("nan")  # schema 2: NaN at the worst element is NaN, not a missing value
@@ -468,8 +470,8 @@ def test_matrix_shows_error_over_the_bound(tmp_path: Path) -> None:
                    "nan_out": "NaN", "inf_bound": "inf", "wrong_shape": "shape", "outcome_fail": "F"}
     assert cells["tiny_scale"][0] == "v-pass" and cells["outside"][0] == "v-fail"
     # ULPs are still in the tooltip, with the quantity the number comes from
-    assert "worst error/bound 0.31 (y after train step 0); worst error 1.1e47 ulp" in cells["tiny_scale"][2]
-    assert "NaN where the oracle is finite (y after train step 0)" in cells["nan_out"][2]
+    assert "worst error/bound 0.31 (y of call 0 (train)); worst error 1.1e47 ulp" in cells["tiny_scale"][2]
+    assert "NaN where the oracle is finite (y of call 0 (train))" in cells["nan_out"][2]
     # and in the cell's detail, per quantity (the blob keeps max_ulp_err and error_ratio)
     blob = _blob(page)
     rows = _rows(blob, _cell_of(blob, "tiny_scale", "e", "torch"))
@@ -577,7 +579,7 @@ def test_oracle_gap_is_the_convention_difference() -> None:
     assert gaps is not None
     g = gaps["0,1"]
     assert g["y@0"] == 0 and g["dx@1"] == 0 and g["running_mean@1"] == 0
-    assert 1e-4 < g["running_var@0"] < 1e-1 and g["y_eval@"] > 0
+    assert 1e-4 < g["running_var@0"] < 1e-1 and g["y_eval@2"] > 0 and g["running_var_eval@2"] == g["running_var@1"]
     assert gaps["1,2"]["y@0"] > 0 and gaps["1,2"]["running_var@0"] == 0  # eps moves y, not the stored variance
     assert bound(1e-7, 2e-7, 0.0) == (0.0, pytest.approx(3e-7))
     lo, hi = bound(1e-7, 2e-7, 1e-3)

@@ -75,7 +75,7 @@ def _digests(out: str) -> dict[str, str]:
     """{label: digest} from a script's printout."""
     got = {}
     for line in out.splitlines():
-        m = re.match(r"^(\S+(?: after train step \d+)?)\s+max\|diff\|.*digest ([0-9a-f]{16})", line)
+        m = re.match(r"^(\S+ (?:of|after) call \d+ \((?:train|eval)\))\s+max\|diff\|.*digest ([0-9a-f]{16})", line)
         if m:
             got[m.group(1)] = m.group(2)
     return got
@@ -147,9 +147,8 @@ def test_torch_script_is_the_harness_source() -> None:
         for name, fn in inspect.getmembers(module, inspect.isfunction):
             if fn.__module__ == module.__name__:
                 assert inspect.getsource(fn) in text, f"{module.__name__}.{name}"
-    for fn in (torch_adapter.torch_build, torch_adapter.torch_call, torch_adapter.torch_train_step,
-               torch_adapter.torch_eval_step, torch_adapter.torch_tensor, repro_runtime.oracle,
-               repro_runtime.show, repro_runtime.reproduce):
+    for fn in (torch_adapter.torch_build, torch_adapter.torch_call, torch_adapter.torch_step,
+               torch_adapter.torch_tensor, repro_runtime.oracle, repro_runtime.show, repro_runtime.reproduce):
         assert inspect.getsource(fn) in text, fn.__name__
     for method in (base.Adapter.run, base.Adapter.mapped, torch_adapter.TorchAdapter.build):
         assert inspect.getsource(method) in text, method.__qualname__
@@ -242,7 +241,7 @@ def test_in_process_script_reproduces_the_harness(tmp_path: Path) -> None:
     res = _run(text, tmp_path, {"BNPARITY_ADAPTERS": "tests.fakes:NumpyBN", "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
     obs = NumpyBN().run(case, inputs.build(case))
-    want = {Quantity(q).label(s).replace(" (eval)", "_eval"): inputs.digest(a) for (q, s), a in obs.arrays.items()}
+    want = {Quantity(q).label(s): inputs.digest(a) for (q, s), a in obs.arrays.items()}
     assert _digests(res.stdout) == want
     assert "momentum (weight of new) 0.1" in res.stdout
 
@@ -335,8 +334,7 @@ def test_adapter_script_prints_the_harness_digests(name: str, tmp_path: Path) ->
             assert code == 1 and f"raised during {outcome.exception_stage}: {outcome.exception_type}:" in out
             continue
         assert outcome.verdict == Verdict.PASS, outcome.message
-        want = {r.quantity.value if r.step is None else f"{r.quantity} after train step {r.step}": r.digest
-                for r in records if r.digest}
+        want = {r.quantity.label(r.step): r.digest for r in records if r.digest}
         assert code == 0, out[-3000:]
         assert want and _digests(out) == want, (case.name, out[-3000:])
 
@@ -372,5 +370,5 @@ def test_torch_script_matches_the_adapter_bit_for_bit(torch_runs) -> None:
 def test_torch_script_reports_the_expected_raise(torch_runs) -> None:
     for code, out in torch_runs["batch1_dense"]:
         assert code == 1
-        assert "raised during train step 0: ValueError: Expected more than 1 value per channel" in out
+        assert "raised during call 0 (train): ValueError: Expected more than 1 value per channel" in out
         assert "(the adapter declares that one value per channel in training raises ValueError" in out

@@ -54,7 +54,7 @@ def test_verdict_order_and_failing_set():
         Verdict.worst(["pass", "mystery"])  # an unknown verdict is an error, never silently a pass
     assert [q.value for q in Quantity.of_phase("train")] == ["running_mean", "running_var", "y", "dx", "dgamma",
                                                              "dbeta"]
-    assert Quantity.DX_EVAL.label() == "dx (eval)" and Quantity.Y.label(0) == "y after train step 0"
+    assert Quantity.DX_EVAL.label() == "dx (eval)" and Quantity.Y.label(0) == "y of call 0 (train)"
 
 
 def _write(path: Path, lines: list[dict]) -> Path:
@@ -106,6 +106,21 @@ def test_schema_1_files_are_read_in_schema_2_terms(tmp_path):
     assert fail.message == "y: NaN where the oracle is finite" and fail.repro == 'pytest "t.py::test_parity[a-c]"'
     assert fail.expected == 1.5 and fail.observed != fail.observed  # NaN
     assert stale.quantity is None and stale.covers == ["running_*", "*_eval"]
+
+
+def test_schema_3_eval_records_get_the_index_of_the_eval_call(tmp_path):
+    """Before schema 4 a case was ``steps`` training calls and one eval call, whose records had no step: read
+    back, they are call ``steps`` of that cell (taken from its own case_params), as a schema-4 run records them."""
+    cell = {"kind": "cell", "env": "e", "case": "c", "adapter": "a", "framework": "f", "verdict": "pass",
+            "case_params": {"steps": 2}, "effective": {"momentum": 0.1, "eps": 1e-5}, "status": "returned"}
+    p = _write(tmp_path / "results.jsonl", [
+        {"kind": "header", "schema_version": 3, "env": "e", "status": "complete"},
+        {**RESULT, "quantity": "running_var", "step": 1}, {**RESULT, "quantity": "y_eval", "step": None},
+        {**RESULT, "quantity": "outcome", "step": None}, cell,
+        {**RESULT, "case": "other", "quantity": "dx_eval", "step": None}])  # no cell: left as it was
+    train, y_eval, outcome, _, orphan = results.read(p).records
+    assert (train.step, y_eval.step, outcome.step, orphan.step) == (1, 2, None, None)
+    assert y_eval.quantity.label(y_eval.step) == "y of call 2 (eval)"
 
 
 def test_non_finite_floats_round_trip_as_strings(tmp_path):
