@@ -2,7 +2,7 @@
 
 Hypothesis draws cases (rank 2 to 5 with small shapes, layout, dtype and precision policy, input
 distributions with offsets, spreads, heavy tails, constant channels and planted NaN/Inf, eps, momentum,
-steps, the affine and tracking flags, parameters and initial running statistics) and runs each through
+steps or a sequence of train and eval calls, the affine and tracking flags, parameters and initial running statistics) and runs each through
 the same workers, oracle, comparison and ledger as the parity suite (``harness.runner.run_cell``). A
 *finding* is a record that fails a run (``fail``, ``raised``, ``crashed``, ``timeout``): ``pass``,
 ``weak``, ``known``, ``skip`` and ``expected-raise`` are not. The search is steered toward large
@@ -87,7 +87,10 @@ def case_bodies():
         out["momentum"] = draw(st.sampled_from(MOMENTA))
         out["affine"] = draw(st.booleans()) or draw(st.booleans())
         out["track_running_stats"] = out["momentum"] == "cumulative" or draw(st.integers(0, 5)) > 0
-        out["steps"] = draw(st.integers(0 if out["track_running_stats"] else 1, 4))
+        if draw(st.integers(0, 3)) == 0:  # a training loop's sequence: eval calls between and after training calls
+            out["calls"] = draw(st.lists(st.sampled_from(("train", "eval")), min_size=1, max_size=6))
+        else:
+            out["steps"] = draw(st.integers(0 if out["track_running_stats"] else 1, 4))
         if draw(st.integers(0, 3)) == 0:
             out["gamma"] = {"kind": "uniform", "low": draw(st.sampled_from((-2.0, 0.0, 0.5))), "high": 2.0}
         if draw(st.integers(0, 3)) == 0:
@@ -122,7 +125,7 @@ class Finding:
 
 def root(failing: list[Result]) -> Result:
     """Where a failure starts: the outcome if the call itself failed, else the earliest failing quantity in the
-    order the computation runs (train steps, then eval; within a step the batch statistics, y, then the
+    order the computation runs (the calls in order; within a call the batch statistics, y, then the
     gradients). What fails after it usually follows from it (a wrong running mean makes every eval output
     wrong), so the root names the mechanism."""
     from harness.report.model import result_order
@@ -185,7 +188,7 @@ class Search:
         if sig in self.shrunk:  # found and shrunk before: the search goes on for other mechanisms
             self.findings[sig].seen += 1
             return
-        size = math.prod(body["shape"]) * max(body.get("steps", 1), 1)
+        size = math.prod(body["shape"]) * max(len(body["calls"]) if "calls" in body else body.get("steps", 1), 1)
         old = self.findings.get(sig)
         if old is None or size <= old.size:  # the last of equal size is Hypothesis's shrunk example
             self.findings[sig] = Finding(sig, self.name, dict(body), records, first.message, first.error_ratio,
