@@ -26,6 +26,7 @@ from harness.results import read
 from harness.schema import Cell, Header, MismatchKind, Quantity, Result, Verdict
 
 _PHASES = list(dict.fromkeys(q.phase for q in Quantity))  # outcome, train, eval: the order they happen in
+_RANK = {q: (_PHASES.index(q.phase), q.order) for q in Quantity}  # sorting 1e5 records reads it 1e5 times
 
 
 def result_order(r: Result) -> tuple[int, int, int]:
@@ -33,7 +34,8 @@ def result_order(r: Result) -> tuple[int, int, int]:
     q = r.quantity
     if q is None:
         return (len(_PHASES), 0, 0)
-    return (_PHASES.index(q.phase), r.step or 0, q.order)
+    phase, order = _RANK[q]
+    return (phase, r.step or 0, order)
 
 
 _KIND_RANK = {k: i for i, k in enumerate(MismatchKind)}  # a later kind outranks an earlier one as a headline
