@@ -72,6 +72,8 @@ def oracle_gaps(case_params: dict[str, Any], sigs: list[Signature]) -> dict[str,
         for est, m, eps in sigs:
             exp = expected_quantities(case, data, est, m, eps)
             values.append({gap_key(q, s): e.value for (q, s), e in exp.items()})
+            del exp  # the bounds, as large as the values: gone before the next signature's are computed
+        del data
     except Exception:
         return None
     out: dict[str, dict[str, float]] = {}

@@ -685,3 +685,23 @@ def test_report_from_a_real_run(run_parity, tmp_path: Path) -> None:
     assert "test_parity[bug-momentum-flipped-dense]" in bug["repro"]
     # the plugin wrote the environment's own page too (run_parity fails on "report NOT written")
     assert (results.parent / "index.html").exists()
+
+
+def test_figures_are_cached_by_content(tmp_path: Path) -> None:
+    """A re-render of unchanged results draws no figure; a changed sweep redraws its own figure only."""
+    from harness.report.plots import PlotCache, sweep_plots
+
+    cases = [c for c in load_cases([REPO / "cases"]) if c.sweep and c.sweep["name"] in ("eps", "batch_size")]
+    paths = synthetic(tmp_path / "a", ["a", "b"], ["torch", "flax-nnx"], cases=cases)
+    first = PlotCache(tmp_path / "cache")
+    drawn = sweep_plots(load(paths), first)
+    assert (first.drawn, first.hits) == (2, 0)
+    again = PlotCache(tmp_path / "cache")
+    assert sweep_plots(load(paths), again) == drawn and (again.drawn, again.hits) == (0, 2)
+    other = synthetic(tmp_path / "b", ["a", "b"], ["torch", "flax-nnx"], cases=cases, seed=1)  # other errors
+    changed = PlotCache(tmp_path / "cache")
+    sweep_plots(load(other), changed)
+    assert (changed.drawn, changed.hits) == (2, 0)
+    # the command keeps its cache beside the report
+    report.render_paths(paths, tmp_path / "out" / "index.html")
+    assert len(list((tmp_path / "out" / ".bnparity-cache" / "plots").glob("*.uri"))) == 2
