@@ -62,7 +62,7 @@ def encode(blob: dict[str, Any], compress: bool | None = None) -> tuple[Markup, 
         compress = len(text) > COMPRESS_ABOVE
     if not compress:
         return text, "json"
-    packed = base64.b64encode(gzip.compress(str(text).encode(), compresslevel=6, mtime=0)).decode()
+    packed = base64.b64encode(gzip.compress(str(text).encode(), compresslevel=9, mtime=0)).decode()
     return Markup(packed), "gzip+base64"
 
 
