@@ -1,18 +1,23 @@
-"""How long does the HTML report take, and how big is it, for a large merged run?
+"""How long does ``bnparity report`` take, how much memory, and how big is the page, for a large merged run?
 
-Fabricates results (``tests/report_sample.py``: made-up metrics on the real catalogue's cases)
-for 12 adapters x 4 environments, with renamed copies of cases until the files hold at least
-100,000 records, then times ``render_paths`` (load, oracle gaps, plots, template) and prints
-the time and the HTML size. A second figure is the issue's sizing target: ~60 cases x 12
-adapters x 4 environments with the catalogue's own step counts.
+Fabricates results (``tests/report_sample.py``: made-up metrics on the real catalogue's cases, 3
+training steps each) for 12 adapters x 4 environments, with renamed copies of cases until the
+files hold about ``--records`` result records, then runs ``bnparity report`` on them in a fresh
+process, twice: first with an empty plot cache (every figure drawn), then again (the figures read
+back from the cache, as on a re-render of unchanged results). Prints per run the wall time, the
+peak resident memory and the HTML size. ``--results DIR`` measures existing results files instead
+(real runs: ``reports/``).
 
-    python benchmarks/bench_report.py [--records 100000] [--repeat 1] [--keep DIR]
+    python benchmarks/bench_report.py [--records 100000] [--keep DIR] [--results DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,52 +26,63 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.cases import load_cases  # noqa: E402
-from harness.report import render_paths  # noqa: E402
-from harness.results import read  # noqa: E402
-from tests.report_sample import ADAPTERS, synthetic  # noqa: E402
-
 ENVS = ["current", "tf215", "keras30", "flax08"]
+# the report in a fresh process: what ``bnparity report`` costs, start-up and imports included
+_CHILD = """
+import json, resource, sys
+from harness.report.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
 
 
-def records_in(paths: list[Path]) -> int:
-    return sum(len(read(p).records) for p in paths)
+def fabricate(out: Path, records: int) -> list[Path]:
+    """Results files of about ``records`` result records (4 environments x 12 adapters)."""
+    from harness.cases import load_cases
+    from tests.report_sample import ADAPTERS, synthetic
+
+    cases = [c.model_copy(update={"steps": 3}) for c in load_cases([REPO / "cases"])]
+    per_case = 23 * len(ADAPTERS) * len(ENVS)  # ~23 records a cell: 6 quantities x 3 steps, eval, outcome, less skips
+    n = max(1, math.ceil(records / per_case))
+    chosen = [c if i < len(cases) else c.model_copy(update={"name": f"{c.name}_copy{i // len(cases)}"})
+              for i in range(n) for c in [cases[i % len(cases)]]]
+    return synthetic(out, ENVS, ADAPTERS, cases=chosen)
 
 
-def run(label: str, out: Path, cases, repeat: int) -> None:
-    paths = synthetic(out / "reports", ENVS, ADAPTERS, cases=cases)
-    n = records_in(paths)
-    html = out / "index.html"
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        render_paths(paths, html)
-        times.append(time.perf_counter() - t0)
+def measure(paths: list[Path], html: Path, label: str) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _CHILD, *map(str, paths), "-o", str(html)], cwd=REPO,
+                       capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    summary = next((ln for ln in p.stdout.splitlines() if ln.startswith("wrote")), "")
     size = html.stat().st_size
-    print(f"{label}: {len({c.name for c in cases})} cases x {len(ADAPTERS)} adapters x {len(ENVS)} envs = "
-          f"{n:,} records -> render_paths {min(times):.2f} s (best of {repeat}), HTML {size / 1e6:.2f} MB")
+    print(f"  {label}: {wall:.2f} s, peak {got['peak_mb']:.0f} MB, HTML {size / 1e6:.2f} MB  ({summary})", flush=True)
+    return {"wall_s": wall, "peak_mb": got["peak_mb"], "html_mb": size / 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=100_000, help="about how many records to fabricate")
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--results", default=None, metavar="DIR", help="measure these results files instead")
     p.add_argument("--keep", default=None, metavar="DIR", help="write into DIR and keep it (default: a temp dir)")
     args = p.parse_args(argv)
-    cases = load_cases([REPO / "cases"])
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bnparity-bench-report-"))
     try:
-        run("issue sizing", out / "sizing", cases[:60], args.repeat)
-        # the catalogue with 3 steps per case, plus renamed copies of its cases up to --records records
-        per_cell = 20  # 6 train quantities x 3 steps + eval + outcome + cell, less affine-off cases and skips
-        per_case = per_cell * len(ADAPTERS) * len(ENVS)
-        big = [c.model_copy(update={"steps": 3}) for c in cases]
-        i = 0
-        while len(big) * per_case < args.records:
-            c = big[i % len(cases)]
-            big.append(c.model_copy(update={"name": f"{c.name}_copy{i // len(cases) + 1}"}))
-            i += 1
-        run(f"{args.records // 1000}k records", out / "large", big, args.repeat)
+        if args.results:
+            paths = [Path(args.results)]
+            what = str(args.results)
+        else:
+            t0 = time.perf_counter()
+            paths = fabricate(out / "reports", args.records)
+            what = f"{sum(1 for p in paths for _ in open(p)) - len(paths):,} records (fabricated in " \
+                   f"{time.perf_counter() - t0:.0f} s)"
+        print(f"bnparity report on {what}:", flush=True)
+        html = out / "index.html"
+        cache = html.parent / ".bnparity-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        measure(paths, html, "first render (empty plot cache)")
+        measure(paths, html, "re-render (plots from the cache)")
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)

@@ -270,6 +270,40 @@ NUMPY_REF = NumpyReference()
 
 # -- the command ----------------------------------------------------------------------
 
+class Progress:
+    """One line per configuration within an adapter: rows done of the total, time spent and left.
+
+    The time left is the time per row so far times the rows to go (configurations differ in size,
+    so it is an estimate, and says so with '~')."""
+
+    def __init__(self, name: str, total: int, out: Any = None):
+        self.name, self.total, self.rows = name, total, 0
+        self.out = out if out is not None else sys.stdout
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def done(self, rows: int, what: str) -> str:
+        self.rows = min(self.rows + rows, self.total)
+        spent = self.elapsed()
+        left = spent / self.rows * (self.total - self.rows) if self.rows else 0.0
+        line = (f"{self.name}: {self.rows}/{self.total} rows ({what}), {_duration(spent)} spent, "
+                f"~{_duration(left)} left")
+        print(line, file=self.out, flush=True)
+        return line
+
+
+def _duration(s: float) -> str:
+    """'42 s', '3 min 05 s', '1 h 02 min'."""
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bnparity bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,21 +358,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: skip ({reason})")
                 continue
             devices = ("cpu", *adapter.bench_devices())
-            t0 = time.perf_counter()
-            try:
-                rows = workers.call(name, specs[name], adapter.worker_env, _bench_task,
-                                    (specs[name], cases, MODES, budget, devices), timeout=3600)
-            except Exception as e:
-                rows = [{"status": BenchStatus.ERROR, "reason": f"worker: {type(e).__name__}: {e}"}]
-            for r in rows:
-                if r.get("status") == BenchStatus.OK:
-                    _bandwidth_fields(r, bws)
-            writer.write([Benchmark(**r, env=args.env, adapter=name, framework=adapter.framework,
-                                    framework_version=adapter.framework_version(), threads=args.threads)
-                          for r in rows])
+            progress = Progress(name, len(devices) * len(cases) * len(adapter.bench_variants) * len(MODES))
+            rows: list[dict[str, Any]] = []
+            for device in devices:
+                for case in cases:  # one call per configuration, so that progress shows within an adapter
+                    try:
+                        got = workers.call(name, specs[name], adapter.worker_env, _bench_task,
+                                           (specs[name], [case], MODES, budget, (device,)), timeout=3600)
+                    except Exception as e:  # a dead or stuck worker costs this configuration; the next gets a new one
+                        got = [{"config": case.tags[0], "case": case.name, "device": device,
+                                "status": BenchStatus.ERROR, "reason": f"worker: {type(e).__name__}: {e}"}]
+                    for r in got:
+                        if r.get("status") == BenchStatus.OK:
+                            _bandwidth_fields(r, bws)
+                    writer.write([Benchmark(**r, env=args.env, adapter=name, framework=adapter.framework,
+                                            framework_version=adapter.framework_version(), threads=args.threads)
+                                  for r in got])
+                    rows += got
+                    progress.done(len(adapter.bench_variants) * len(MODES), f"{case.name} on {device}")
             ok = [r for r in rows if r.get("status") == BenchStatus.OK]
             print(f"{name}: {len(ok)} rows timed, {len(rows) - len(ok)} skipped/failed, "
-                  f"{time.perf_counter() - t0:.1f} s")
+                  f"{progress.elapsed():.1f} s", flush=True)
     finally:
         workers.close()
         writer.finish("complete")

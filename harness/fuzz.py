@@ -2,10 +2,10 @@
 
 Hypothesis draws cases (rank 2 to 5 with small shapes, layout, dtype and precision policy, input
 distributions with offsets, spreads, heavy tails, constant channels and planted NaN/Inf, eps, momentum,
-steps or a sequence of train and eval calls, the affine and tracking flags, parameters and initial running statistics) and runs each through
-the same workers, oracle, comparison and ledger as the parity suite (``harness.runner.run_cell``). A
-*finding* is a record that fails a run (``fail``, ``raised``, ``crashed``, ``timeout``): ``pass``,
-``weak``, ``known``, ``skip`` and ``expected-raise`` are not. The search is steered toward large
+steps or a sequence of train and eval calls, the affine and tracking flags, parameters and initial running
+statistics) and runs each through the same workers, oracle, comparison and ledger as the parity suite
+(``harness.runner.run_cell``). A *finding* is a record that fails a run (``fail``, ``raised``, ``crashed``,
+``timeout``): ``pass``, ``weak``, ``known``, ``skip`` and ``expected-raise`` are not. The search is steered toward large
 error/bound and weak ratios with ``hypothesis.target``, and Hypothesis shrinks each finding to a minimal
 case. Findings are grouped by their signature (adapter, quantity, verdict and kind of difference, or the
 exception type): one mechanism is reported once, with its smallest case.

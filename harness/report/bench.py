@@ -3,13 +3,15 @@
 Per configuration, a bar chart of the median time per adapter and variant (whiskers: the
 inter-quartile range), a plot of achieved bandwidth as a fraction of the measured copy
 bandwidth against tensor size, and the raw figures; the measured machine bandwidth on top.
-Figures are matplotlib SVGs embedded as ``<img>`` data URIs, like the sweep plots; without
-them (``plots=False``, or no matplotlib) the section keeps the machine and the raw figures.
+Figures are matplotlib SVGs embedded as ``<img>`` data URIs, like the sweep plots, and cached by
+content the same way (``harness.report.plots.PlotCache``); without them (``plots=False``, or no
+matplotlib) the section keeps the machine and the raw figures.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 from collections import defaultdict
 from collections.abc import Iterable
@@ -17,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.report.plots import PlotCache, cached
 from harness.results import read
-from harness.schema import Bandwidth, Benchmark, Header
+from harness.schema import Bandwidth, Benchmark, Header, dumps
 
 MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
 
@@ -81,8 +84,9 @@ def _matplotlib():
     return plt
 
 
-def section(paths: Iterable[Path | str], plots: bool = True) -> dict[str, Any] | None:
-    """Everything the template shows, or None when there is no benchmark file. ``plots=False``: no figures."""
+def section(paths: Iterable[Path | str], plots: bool = True, cache: PlotCache | None = None) -> dict[str, Any] | None:
+    """Everything the template shows, or None when there is no benchmark file. ``plots=False``: no figures;
+    ``cache``: figures of unchanged rows are read back instead of drawn."""
     runs = load(paths)
     if not runs:
         return None
@@ -94,38 +98,44 @@ def section(paths: Iterable[Path | str], plots: bool = True) -> dict[str, Any] |
     table = sorted(rows, key=lambda r: (r.case or "", r.mode or "", r.median_s or 1e9))
     out = {"machines": machines, "charts": [], "fraction_plot": None, "table": table,
            "skipped": [r for r in rows if r.status != "ok"], "multi_env": multi_env}
-    plt = _matplotlib() if plots else None
-    if plt is not None and ok:
-        out["charts"] = _charts(plt, ok, multi_env)
-        out["fraction_plot"] = _fraction_plot(plt, ok, multi_env)
+    if plots and ok and importlib.util.find_spec("matplotlib") is not None:
+        out["charts"] = _charts(ok, multi_env, cache)
+        out["fraction_plot"] = cached(cache, ["fraction", multi_env, [dumps(r) for r in ok]], __file__,
+                                      lambda: _fraction_plot(_matplotlib(), ok, multi_env))
     return out
 
 
-def _charts(plt, ok: list[Benchmark], multi_env: bool) -> list[dict[str, Any]]:
+def _charts(ok: list[Benchmark], multi_env: bool, cache: PlotCache | None) -> list[dict[str, Any]]:
     """Per configuration: median time per adapter and variant, one panel per mode."""
     by_case: dict[str, list[Benchmark]] = defaultdict(list)
     for r in ok:
         by_case[r.case or ""].append(r)
     charts = []
     for case, rs in sorted(by_case.items()):
-        labels = sorted({_label(r, multi_env) for r in rs})
-        fig, axes = plt.subplots(1, len(MODES), figsize=(4.2 * len(MODES), 0.32 * len(labels) + 1.4), sharey=True)
-        for ax, mode in zip(axes, MODES):
-            pick = {_label(r, multi_env): r for r in rs if r.mode == mode}
-            ys = range(len(labels))
-            med = [pick[lab].median_s * 1e3 if lab in pick else 0 for lab in labels]
-            lo = [(pick[lab].median_s - pick[lab].q1_s) * 1e3 if lab in pick else 0 for lab in labels]
-            hi = [(pick[lab].q3_s - pick[lab].median_s) * 1e3 if lab in pick else 0 for lab in labels]
-            colors = ["#c0504d" if lab in pick and not pick[lab].stable else "#4f81bd" for lab in labels]
-            ax.barh(list(ys), med, xerr=[lo, hi], color=colors, capsize=2)
-            ax.set_title(mode, fontsize=9)
-            ax.set_xlabel("median ms (IQR whiskers; red: CV > 3%)", fontsize=7)
-            ax.tick_params(labelsize=7)
-        axes[0].set_yticks(list(range(len(labels))), labels)
-        fig.suptitle(case, fontsize=10)
+        uri = cached(cache, ["chart", case, multi_env, [dumps(r) for r in rs]], __file__,
+                     lambda case=case, rs=rs: _chart(_matplotlib(), case, rs, multi_env))
         best = {m: min((r for r in rs if r.mode == m), key=lambda r: r.median_s, default=None) for m in MODES}
-        charts.append({"case": case, "uri": _svg(plt, fig), "best": best})
+        charts.append({"case": case, "uri": uri, "best": best})
     return charts
+
+
+def _chart(plt, case: str, rs: list[Benchmark], multi_env: bool) -> str:
+    labels = sorted({_label(r, multi_env) for r in rs})
+    fig, axes = plt.subplots(1, len(MODES), figsize=(4.2 * len(MODES), 0.32 * len(labels) + 1.4), sharey=True)
+    for ax, mode in zip(axes, MODES):
+        pick = {_label(r, multi_env): r for r in rs if r.mode == mode}
+        ys = range(len(labels))
+        med = [pick[lab].median_s * 1e3 if lab in pick else 0 for lab in labels]
+        lo = [(pick[lab].median_s - pick[lab].q1_s) * 1e3 if lab in pick else 0 for lab in labels]
+        hi = [(pick[lab].q3_s - pick[lab].median_s) * 1e3 if lab in pick else 0 for lab in labels]
+        colors = ["#c0504d" if lab in pick and not pick[lab].stable else "#4f81bd" for lab in labels]
+        ax.barh(list(ys), med, xerr=[lo, hi], color=colors, capsize=2)
+        ax.set_title(mode, fontsize=9)
+        ax.set_xlabel("median ms (IQR whiskers; red: CV > 3%)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(list(range(len(labels))), labels)
+    fig.suptitle(case, fontsize=10)
+    return _svg(plt, fig)
 
 
 def _fraction_plot(plt, ok: list[Benchmark], multi_env: bool) -> str:

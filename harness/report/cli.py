@@ -21,13 +21,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="gzip the embedded detail data (auto: only when it is large)")
     p.add_argument("--no-plots", action="store_true",
                    help="leave out the figures (no matplotlib needed); the benchmark's tables stay")
+    p.add_argument("--plot-cache", default=None, metavar="DIR",
+                   help="where figures are cached by content, so that a re-render of unchanged results draws "
+                        "nothing (default: .bnparity-cache/plots beside the output)")
+    p.add_argument("--no-plot-cache", action="store_true", help="draw every figure, keep none")
     p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="ADAPTER",
                    help=f"the adapter the defaults-vs-defaults view compares the others with (default: "
                         f"{DEFAULT_BASELINE})")
     args = p.parse_args(argv)
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     try:
-        done = write(args.paths, args.output, compress=compress, plots=not args.no_plots, baseline=args.baseline)
+        cache = False if args.no_plot_cache else (args.plot_cache or True)
+        done = write(args.paths, args.output, compress=compress, plots=not args.no_plots, baseline=args.baseline,
+                     plot_cache=cache)
     except (FileNotFoundError, SchemaError) as e:
         print(f"bnparity report: {e}", file=sys.stderr)
         return 2

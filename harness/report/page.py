@@ -25,13 +25,14 @@ from harness import __version__
 from harness.report import bench as bench_section
 from harness.report.blob import Blob
 from harness.report.model import Model, load
-from harness.report.plots import sweep_plots
+from harness.report.plots import PlotCache, sweep_plots
 from harness.report.text import fmt_setting, fmt_ulp
 from harness.report.views import DEFAULT_BASELINE, Builder
 from harness.schema import MismatchKind, Quantity, Verdict, _clean
 
 TEMPLATES = Path(__file__).parent / "templates"
 JS = ("util.js", "data.js", "filters.js", "sort.js", "detail.js", "portability.js", "main.js")
+PLOT_CACHE = Path(".bnparity-cache") / "plots"  # beside the report: figures by content (plots.PlotCache)
 COMPRESS_ABOVE = 1_500_000  # characters of JSON: beyond this the blob travels gzip + base64
 
 
@@ -61,20 +62,23 @@ def encode(blob: dict[str, Any], compress: bool | None = None) -> tuple[Markup, 
         compress = len(text) > COMPRESS_ABOVE
     if not compress:
         return text, "json"
-    packed = base64.b64encode(gzip.compress(str(text).encode(), compresslevel=6, mtime=0)).decode()
+    packed = base64.b64encode(gzip.compress(str(text).encode(), compresslevel=9, mtime=0)).decode()
     return Markup(packed), "gzip+base64"
 
 
 def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plots: bool = True,
-           bench: dict[str, Any] | None = None, baseline: str = DEFAULT_BASELINE) -> str:
+           bench: dict[str, Any] | None = None, baseline: str = DEFAULT_BASELINE,
+           plot_cache: PlotCache | None = None) -> str:
     """The report as one HTML string. ``compress``: None = gzip the blob only when it is large;
-    ``baseline``: the adapter the defaults-vs-defaults view compares the others with."""
+    ``baseline``: the adapter the defaults-vs-defaults view compares the others with; ``plot_cache``:
+    where finished figures are kept by content (None: every figure is drawn)."""
     b = Builder(model, gaps=gaps, baseline=baseline)
     payload, encoding = encode(Blob(model, b).build(), compress)
     ctx = {
         "version": __version__, "model": model, "envs": b.envs(), "groups": b.matrix(),
         "header_cols": b.header_cols(), "counts": b.counts(), "starts": b.start_rows(), "drift": b.drift_rows(),
-        "defaults": b.defaults_views(), "plots": sweep_plots(model) if plots else [],
+        "drift_summary": b.drift_summary(),
+        "defaults": b.defaults_views(), "plots": sweep_plots(model, plot_cache) if plots else [],
         "partial": [e for e in model.envs if e.partial], "adapters": model.adapters, "tags": model.tags(),
         "quantities": [q for q in Quantity if q is not Quantity.OUTCOME], "verdicts": Verdict.ordered(),
         "fail_mark": Verdict.FAIL.info.mark,
@@ -93,15 +97,22 @@ class Written:
     chars: int
 
 
-def write(paths: Iterable[Path | str], out: Path | str, *, plots: bool = True, **kw: Any) -> Written:
+def write(paths: Iterable[Path | str], out: Path | str, *, plots: bool = True,
+          plot_cache: Path | str | None | bool = True, **kw: Any) -> Written:
     """Load results files (or folders holding them), render, and write the report to ``out`` atomically.
 
-    A results file this version cannot read raises ``harness.schema.SchemaError`` naming it.
+    ``plot_cache``: the folder figures are cached in by content; True (the default) is
+    ``.bnparity-cache/plots`` beside ``out``, False or None draws every figure. A results file this
+    version cannot read raises ``harness.schema.SchemaError`` naming it.
     """
     paths = list(paths)
-    model = load(paths)
-    html = render(model, bench=bench_section.section(paths, plots=plots), plots=plots, **kw)
     out = Path(out)
+    if plot_cache is True:
+        plot_cache = out.parent / PLOT_CACHE
+    cache = PlotCache(plot_cache) if plot_cache else None
+    model = load(paths)
+    html = render(model, bench=bench_section.section(paths, plots=plots, cache=cache), plots=plots,
+                  plot_cache=cache, **kw)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")

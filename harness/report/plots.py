@@ -8,15 +8,27 @@ cross at the top of its panel.
 
 The SVG goes into an ``<img>`` as a data URI, so nothing in it (adapter or case names come
 from results files) can run in the page.
+
+Drawing is most of a render's time (a second or more a figure), so figures are cached by content:
+``PlotCache`` keeps each finished data URI under a hash of what was plotted, the code that plots
+it and the matplotlib version. A re-render of unchanged results draws nothing; a changed sweep
+redraws that figure only. ``bnparity report`` keeps the cache beside its output
+(``.bnparity-cache/plots/``); ``cache=None`` draws every figure.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import math
+import os
 import re
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from harness.report.analysis import orders_apart
@@ -28,6 +40,55 @@ PANELS = (("y (train)", (Quantity.Y,)), ("running statistics", (Quantity.RUNNING
           ("eval", tuple(Quantity.of_phase("eval"))))
 FLOOR = 1e-3  # error/bound below this (exact results included) is drawn on this line
 SAME_BELOW = 0.1  # another environment's line is drawn again only where its error/bound is 10x apart, above this
+
+
+class PlotCache:
+    """Finished figures (data URIs) on disk, keyed by a hash of what they show and how they are drawn.
+
+    The key covers the plotted data, the source of the module that draws it (``code``: a change to a
+    figure's code redraws it) and the matplotlib version. Entries are written atomically; an entry
+    that cannot be read is drawn again, and a cache that cannot be written costs only the speed.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.hits = 0
+        self.drawn = 0
+
+    def key(self, data: Any, code: str) -> str:
+        import matplotlib
+
+        h = hashlib.sha256()
+        h.update(Path(code).read_bytes())
+        h.update(matplotlib.__version__.encode())
+        h.update(json.dumps(data, sort_keys=True, default=repr, allow_nan=True).encode())
+        return h.hexdigest()[:32]
+
+    def get(self, data: Any, code: str, draw: Callable[[], str]) -> str:
+        """The figure for ``data``: from the cache, or ``draw()`` and kept."""
+        path = self.root / f"{self.key(data, code)}.uri"
+        try:
+            uri = path.read_text(encoding="ascii")
+            if uri.startswith("data:image/svg+xml;base64,"):
+                self.hits += 1
+                return uri
+        except (OSError, UnicodeDecodeError):
+            pass
+        uri = draw()
+        self.drawn += 1
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(uri, encoding="ascii")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return uri
+
+
+def cached(cache: PlotCache | None, data: Any, code: str, draw: Callable[[], str]) -> str:
+    """``draw()``, or its cached result when ``cache`` holds one for ``data`` drawn by ``code``."""
+    return draw() if cache is None else cache.get(data, code, draw)
 
 
 def _varying_index(values: list[Any]) -> int | None:
@@ -191,8 +252,17 @@ def figure_svg(name: str, sweep: dict[str, Any], multi_env: bool) -> str:
     return buf.getvalue()
 
 
-def sweep_plots(model: Model) -> list[dict[str, Any]]:
-    """[{name, param, label, uri, cases}] for every sweep in the results (empty without matplotlib)."""
+def _uri(name: str, sweep: dict[str, Any], multi_env: bool) -> str:
+    svg = figure_svg(name, sweep, multi_env)
+    svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)  # matplotlib echoes every label's source in a comment
+    svg = re.sub(r"\s*\n\s*", " ", svg).replace("> <", "><")
+    svg = re.sub(r"(\d\.\d\d)\d+", r"\1", svg)  # coordinates in pt: hundredths are plenty
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def sweep_plots(model: Model, cache: PlotCache | None = None) -> list[dict[str, Any]]:
+    """[{name, param, label, uri, cases}] for every sweep in the results (empty without matplotlib).
+    ``cache``: figures whose data did not change are read back instead of drawn."""
     sweeps = sweep_series(model)
     if not sweeps:
         return []
@@ -203,11 +273,8 @@ def sweep_plots(model: Model) -> list[dict[str, Any]]:
     multi_env = len(model.envs) > 1
     out = []
     for name, sw in sweeps.items():
-        svg = figure_svg(name, sw, multi_env)
-        svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)  # matplotlib echoes every label's source in a comment
-        svg = re.sub(r"\s*\n\s*", " ", svg).replace("> <", "><")
-        svg = re.sub(r"(\d\.\d\d)\d+", r"\1", svg)  # coordinates in pt: hundredths are plenty
-        uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+        data = [name, multi_env, sw["label"], sorted([list(k), v] for k, v in sw["series"].items())]
+        uri = cached(cache, data, __file__, partial(_uri, name, sw, multi_env))
         by_env: dict[str, int] = defaultdict(int)
         for label in sw["same"]:
             by_env[label.rsplit(" @ ", 1)[-1]] += 1

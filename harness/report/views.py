@@ -8,11 +8,13 @@ plain dicts and lists of strings the template prints as they are.
 from __future__ import annotations
 
 from collections import Counter
+from functools import cached_property
 from typing import Any
 
-from harness.report.analysis import Divergence, drift, first_divergence
+from harness.report.analysis import Divergence, Drift, drift, first_divergence
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
+from harness.report.story import summaries
 from harness.report.text import fmt_g, fmt_ulp
 from harness.schema import Quantity, Verdict
 
@@ -104,9 +106,24 @@ class Builder:
                          "later": ", ".join(st.also + st.later), "tags": " ".join(self.model.cases[case].tags)})
         return rows
 
+    @cached_property
+    def drifts(self) -> list[Drift]:
+        return drift(self.model)
+
+    def drift_summary(self) -> list[dict[str, Any]]:
+        """Per adapter and pair of versions: what changed, in cases, and the ledger entries that came or went."""
+        out = []
+        for s in summaries(self.model, self.drifts):
+            out.append({"adapter": s.adapter, "title": s.title, "from": s.env_from, "to": s.env_to,
+                        "version_from": s.version_from or "?", "version_to": s.version_to or "?",
+                        "changes": s.change_texts(), "cases": len(s.cases), "text": s.text,
+                        "mechanisms": [{"text": m.text, "change": m.change, "reason": m.reason}
+                                       for m in s.mechanisms]})
+        return out
+
     def drift_rows(self) -> list[dict[str, Any]]:
         rows = []
-        for d in drift(self.model):
+        for d in self.drifts:
             cells = []
             for env in self.model.envs:
                 c = d.cells.get(env.key)

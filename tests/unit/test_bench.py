@@ -21,6 +21,10 @@ def test_quick_bench_writes_benchmark_and_bandwidth_records(tmp_path):
                           "--config", str(REPO / "cases" / "bench.toml"), "--out", str(out), "--env", "t"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
+    # progress within an adapter: rows done of the total after each configuration, and the time left
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("numpy-ref: ") and " rows (" in ln]
+    assert [ln.split()[1] for ln in lines] == ["3/6", "6/6"], res.stdout
+    assert "quick.float32.channels_first" in lines[0] and lines[0].endswith(" left") and "~0 s left" in lines[1]
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     head, rest = recs[0], recs[1:]
     assert head["kind"] == "header" and head["mode"] == "bench" and head["status"] == "complete"
@@ -67,3 +71,18 @@ def test_numpy_reference_row_computes_the_oracle_in_float32_with_the_case_settin
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert NUMPY_REF.bench_callable(case, data, "train_fwd", "eager", "gpu") is None
+
+
+def test_progress_counts_rows_and_estimates_the_time_left():
+    import io
+
+    from harness.bench import Progress, _duration
+
+    out = io.StringIO()
+    p = Progress("torch", 12, out)
+    p.t0 -= 30.0  # 30 s spent on the first quarter: 90 s to go
+    first = p.done(3, "cnn on cpu")
+    assert first.startswith("torch: 3/12 rows (cnn on cpu), 30 s spent, ~1 min 30 s left"), first
+    assert p.done(9, "dense on cpu").endswith("~0 s left")
+    assert out.getvalue().count("\n") == 2
+    assert (_duration(59.4), _duration(185), _duration(3720)) == ("59 s", "3 min 05 s", "1 h 02 min")

@@ -249,3 +249,57 @@ def test_matrix_numbers_in_chromium(browser, tmp_path: Path) -> None:
     assert "\neps\t1e-05\n" in body and "30000000000000004" not in body
     assert not errors, errors
     page.close()
+
+
+@pytest.fixture(scope="module")
+def large_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A merged report of four version sets x 12 adapters plus their benchmark files (sample data), or the
+    report named by BNPARITY_LARGE_REPORT (e.g. the 1,000,000-record page that benchmarks/bench_report.py
+    --keep leaves), to measure first paint on."""
+    given = os.environ.get("BNPARITY_LARGE_REPORT")
+    if given:
+        return Path(given)
+    from tests.unit.test_report import _bench_file
+
+    tmp = tmp_path_factory.mktemp("large")
+    cases = [c.model_copy(update={"steps": 3}) for c in load_cases([REPO / "cases"])][:24]
+    envs = ["current", "tf215", "keras30", "flax08"]
+    paths = synthetic(tmp / "reports", envs, cases=cases, seed=7)
+    for p in paths:
+        _bench_file(p.parent / "bench.jsonl", p.parent.name)
+    return report.render_paths([tmp / "reports"], tmp / "reports" / "index.html")
+
+
+def test_large_merged_report_in_chromium(browser, large_report: Path, record_property) -> None:
+    """Every environment's columns, the drift story and a cell's detail in the last environment, on a large
+    merged report. First paint and the time until the script is ready are measured and printed (and
+    recorded in the junit XML), never asserted: they depend on the machine."""
+    page, errors, requests = _open(browser, large_report.as_uri())
+    timing = page.evaluate("""() => ({
+        fcp: (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime,
+        dom: performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd,
+        ready: +document.body.getAttribute('data-ready-ms')})""")
+    mb = large_report.stat().st_size / 1e6
+    print(f"\n{large_report.name} ({mb:.1f} MB): first contentful paint {timing['fcp']:.0f} ms, DOM content loaded "
+          f"{timing['dom']:.0f} ms, script ready {timing['ready']:.0f} ms")
+    for k, v in timing.items():
+        record_property(f"large_report_{k}_ms", round(v or -1))
+    record_property("large_report_mb", round(mb, 2))
+    envs = page.evaluate("() => [...document.querySelectorAll('#matrix-table th.env-h')].map(th => th.dataset.env)")
+    assert len(envs) >= 2
+    assert page.locator("#drift-summary tbody tr").count() > 0
+    page.locator("#drift-cells > summary").click()
+    assert page.locator("#drift-table tbody tr").first.is_visible()
+    # a cell of the last environment's last column opens with its records
+    last = page.locator("#matrix-table th.ad-h").last.get_attribute("data-c")
+    page.select_option("#f-verdict", "fail")
+    cell = page.locator(f'#matrix-table td.v-fail[data-c="{last}"]:not(.dim)')
+    if cell.count() == 0:
+        cell = page.locator("#matrix-table td.v-fail:not(.dim)")
+    cell.first.click()
+    assert page.locator("#d-body table.q tbody tr").count() >= 4
+    if not os.environ.get("BNPARITY_LARGE_REPORT"):
+        assert page.locator("#bench figure.plot img").count() >= 2  # the benchmark files, merged
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
+    page.close()

@@ -687,3 +687,72 @@ def test_report_from_a_real_run(run_parity, tmp_path: Path) -> None:
     assert "test_parity[bug-momentum-flipped-dense]" in bug["repro"]
     # the plugin wrote the environment's own page too (run_parity fails on "report NOT written")
     assert (results.parent / "index.html").exists()
+
+
+def test_figures_are_cached_by_content(tmp_path: Path) -> None:
+    """A re-render of unchanged results draws no figure; a changed sweep redraws its own figure only."""
+    from harness.report.plots import PlotCache, sweep_plots
+
+    cases = [c for c in load_cases([REPO / "cases"]) if c.sweep and c.sweep["name"] in ("eps", "batch_size")]
+    paths = synthetic(tmp_path / "a", ["a", "b"], ["torch", "flax-nnx"], cases=cases)
+    first = PlotCache(tmp_path / "cache")
+    drawn = sweep_plots(load(paths), first)
+    assert (first.drawn, first.hits) == (2, 0)
+    again = PlotCache(tmp_path / "cache")
+    assert sweep_plots(load(paths), again) == drawn and (again.drawn, again.hits) == (0, 2)
+    other = synthetic(tmp_path / "b", ["a", "b"], ["torch", "flax-nnx"], cases=cases, seed=1)  # other errors
+    changed = PlotCache(tmp_path / "cache")
+    sweep_plots(load(other), changed)
+    assert (changed.drawn, changed.hits) == (2, 0)
+    # the command keeps its cache beside the report
+    report.render_paths(paths, tmp_path / "out" / "index.html")
+    assert len(list((tmp_path / "out" / ".bnparity-cache" / "plots").glob("*.uri"))) == 2
+
+
+def _known(recs: list, quantity: Quantity, entry: str) -> list:
+    """The cell's ``quantity`` records made ``known`` under ledger entry ``entry`` (10x outside the bound)."""
+    for r in recs:
+        if isinstance(r, Result) and r.quantity is quantity:
+            r.verdict, r.error_ratio, r.mismatch_kind = Verdict.KNOWN, 10.0, MismatchKind.VALUE
+            r.max_ulp_err = 1e4
+            r.ledger = LedgerRef(id=entry, kind="framework bug", reason=f"why {entry}", link="https://example.org/1",
+                                 observed="sample", versions="<3.0.5")
+    cell = next(r for r in recs if isinstance(r, Cell))
+    cell.verdict = Verdict.worst(r.verdict for r in recs if isinstance(r, Result))
+    return recs
+
+
+def test_drift_reads_as_a_story(tmp_path: Path) -> None:
+    """Per adapter and pair of versions (older first, whatever the files' order): the quantities fixed or
+    broken, counted in cases, and the ledger entries gone or unchanged; the per-cell rows stay below."""
+    from harness.report.story import summaries
+
+    adapter = "keras3-torch"
+    cases = [_case(f"c{i}") for i in range(4)]
+    new, old = [], []
+    for i, c in enumerate(cases):
+        n = cell_records(c, adapter, "current", "3.15.1", _rng(i), "pass")
+        o = cell_records(c, adapter, "keras30", "3.0.4", _rng(10 + i), "pass")
+        for recs in (n, o):  # errors far inside the bound everywhere, so only the planted changes count
+            _set(recs)
+        if i < 3:
+            _known(o, Quantity.DX, "keras-torch-dx")  # dx fixed on 3 cases
+        if i == 3:
+            _set(n, Verdict.FAIL, error_ratio=50.0, max_ulp_err=1e5, mismatch_kind=MismatchKind.VALUE)  # y broken
+            _known(o, Quantity.RUNNING_VAR, "one-pass-variance")  # on one case in both
+            _known(n, Quantity.RUNNING_VAR, "one-pass-variance")
+        new += n
+        old += o
+    paths = [write(tmp_path / "current" / "results.jsonl", header("current", [adapter]), new),
+             write(tmp_path / "keras30" / "results.jsonl", header("keras30", [adapter]), old)]
+    model = load(paths)
+    (s,) = summaries(model, drift(model))
+    assert s.title == "keras3-torch 3.0.4 -> 3.15.1 (keras30 -> current)"
+    assert s.change_texts() == ["dx fixed on 3 cases", "y broken on 1 case"]
+    assert [m.text for m in s.mechanisms] == ["keras-torch-dx gone (3 cases -> 0 cases)",
+                                             "one-pass-variance unchanged (1 case)"]
+    page = report.render(model, compress=False, plots=False)
+    section = page[page.index('<section id="drift">'):page.index('<section id="portability">')]
+    assert section.index('id="drift-summary"') < section.index('id="drift-table"')
+    assert "dx fixed on 3 cases" in section and "keras-torch-dx gone" in section
+    assert section.count("<tr data-adapter=") == 1 + 4  # the summary row, then the four changed cells

@@ -9,6 +9,7 @@ function start() {
     bindDetail();
     initPortability();
     applyFilters();
+    document.body.setAttribute("data-ready-ms", String(Math.round(performance.now())));  // read by the browser self-test
     document.body.setAttribute("data-ready", "1");
   }).catch(function (err) {
     var b = h("div", {cls: "banner warn", text: "The report's data could not be read: " + err.message});
