@@ -228,6 +228,9 @@ class Case(StrictModel):
     momentum: Annotated[float, Field(ge=0, le=1)] | Literal["cumulative"] = 0.1
     eps: Annotated[float, Field(ge=0)] = 1e-5
     affine: bool = True
+    # gamma and beta apart (Keras scale / center, Flax use_scale / use_bias); each defaults to ``affine``
+    scale: bool | None = None
+    center: bool | None = None
     track_running_stats: bool = True
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
@@ -298,6 +301,10 @@ class Case(StrictModel):
         if self.precision == "mixed" and self.dtype not in LOW_PRECISION:
             raise FieldProblem("precision", f"mixed precision is 16-bit inputs (float16, bfloat16) with float32 "
                                             f"parameters, not {self.dtype} inputs: leave precision out, or use pure")
+        for name in ("scale", "center"):
+            if getattr(self, name) and not self.affine:
+                raise FieldProblem(name, f"affine = false is a layer without gamma and beta: leave affine out (or "
+                                         f"true) to give {name} = true alone")
         if self.momentum == "cumulative" and not self.track_running_stats:
             raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
         return self
@@ -308,6 +315,16 @@ class Case(StrictModel):
         Records name a call by its index here (``step``); train call ``i`` is fed training batch ``i`` of the
         train calls, every eval call the one held-out eval batch (validation on the same data each epoch)."""
         return tuple(self.calls) if self.calls is not None else ("train",) * self.steps + ("eval",)
+
+    @property
+    def has_scale(self) -> bool:
+        """Does the layer have gamma (``scale``, which defaults to ``affine``)?"""
+        return self.affine if self.scale is None else self.scale
+
+    @property
+    def has_center(self) -> bool:
+        """Does the layer have beta (``center``, which defaults to ``affine``)?"""
+        return self.affine if self.center is None else self.center
 
     @property
     def rank(self) -> int:

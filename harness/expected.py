@@ -220,8 +220,9 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             tol_var = C * (uc * k * var + (uc * k * A) ** 2 + uh * var + (uh * np.abs(mean)) ** 2)
         q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
              "dx": Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)}
-        if case.affine:
+        if case.has_scale:
             q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
+        if case.has_center:
             q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
         return q, mean, var, tol_mean, tol_var
 
@@ -252,8 +253,9 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             tol_db = C * ue * k0 * abssum(g)
         q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
              "dx": Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)}
-        if case.affine:
+        if case.has_scale:
             q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
+        if case.has_center:
             q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
         return q
 

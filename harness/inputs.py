@@ -142,11 +142,9 @@ def build(case: Case) -> CaseData:
     x_eval = cast(_batch(case, case.eval_input or case.input, "x_eval", 0))
     g_eval = cast(generate(case.grad, case.shape, _rng(case, "g_eval")))
     c = (case.channels,)
-    if case.affine:
-        gamma = generate(case.gamma, c, _rng(case, "gamma")).astype(pdt)
-        beta = generate(case.beta, c, _rng(case, "beta")).astype(pdt)
-    else:
-        gamma, beta = np.ones(c, pdt), np.zeros(c, pdt)
+    # a layer without gamma scales by 1, one without beta shifts by 0
+    gamma = generate(case.gamma, c, _rng(case, "gamma")).astype(pdt) if case.has_scale else np.ones(c, pdt)
+    beta = generate(case.beta, c, _rng(case, "beta")).astype(pdt) if case.has_center else np.zeros(c, pdt)
     rm = generate(case.running_mean, c, _rng(case, "running_mean")).astype(pdt)
     rv = generate(case.running_var, c, _rng(case, "running_var")).astype(pdt)
     data = CaseData(x, g, x_eval, g_eval, gamma, beta, rm, rv, case.channel_axis)

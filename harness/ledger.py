@@ -156,7 +156,7 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
         a = np.abs(np.asarray(a, dtype=np.float64))
         if (~np.isnan(a)).any():
             top = max(top, float(a[~np.isnan(a)].max()))
-    facts = Facts(dtype=case.dtype, policy=case.policy, layout=case.layout, affine=case.affine,
+    facts = Facts(dtype=case.dtype, policy=case.policy, layout=case.layout, affine=case.has_scale or case.has_center,
                   track_running_stats=case.track_running_stats, count=case.count, steps=case.steps,
                   eps=case.eps, momentum=None if case.momentum == "cumulative" else float(case.momentum),
                   offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",))

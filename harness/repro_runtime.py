@@ -63,8 +63,10 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dic
             y, mean, var = train_forward(x, gamma, beta, eps, ax)
             dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
             out["y", i], out["dx", i] = y, dx
-            if case.affine:
-                out["dgamma", i], out["dbeta", i] = dgamma, dbeta
+            if case.has_scale:
+                out["dgamma", i] = dgamma
+            if case.has_center:
+                out["dbeta", i] = dbeta
             if case.track_running_stats:
                 rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=trained)
                 out["running_mean", i], out["running_var", i] = rm, rv
@@ -80,8 +82,10 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dic
             out["y_eval", i] = train_forward(x, gamma, beta, eps, ax)[0]
             dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
         out["dx_eval", i] = dx
-        if case.affine:
-            out["dgamma_eval", i], out["dbeta_eval", i] = dgamma, dbeta
+        if case.has_scale:
+            out["dgamma_eval", i] = dgamma
+        if case.has_center:
+            out["dbeta_eval", i] = dbeta
     return out
 
 

@@ -94,7 +94,7 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
     def store(q, vals, step, x_like):
         for name, v in vals.items():
             if name in ("dgamma", "dbeta"):
-                if case.affine:
+                if case.has_scale if name == "dgamma" else case.has_center:
                     out[(f"{name}{q}", step)] = f64(v.astype(wp))
             else:
                 out[(f"{name}{q}", step)] = f64(_back(v.astype(wo), x_like, ax))

@@ -95,8 +95,9 @@ class NumpyBN(Adapter):
         else:
             dx = g * b(st["gamma"]) * inv
         out = {"y": y.astype(st["out_dtype"]), "dx": dx.astype(st["out_dtype"])}
-        if st["case"].affine:
+        if st["case"].has_scale:
             out["dgamma"] = self._sum(g * xhat, axes).reshape(-1)
+        if st["case"].has_center:
             out["dbeta"] = self._sum(g, axes).reshape(-1)
         return out
 

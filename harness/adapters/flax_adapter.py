@@ -66,13 +66,13 @@ _PROGRAMS: dict[tuple, Any] = {}
 _F64_CHECKED: dict[tuple, bool] = {}
 
 
-def _linen_module(axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str, momentum, eps,
+def _linen_module(axis: int, fast: bool, uses: tuple[bool, bool], dtype: str | None, param_dtype: str, momentum, eps,
                   use_running_average: bool):
     """A linen BatchNorm with momentum and eps as given (traced values inside the programs)."""
     import flax.linen as nn
 
     return nn.BatchNorm(use_running_average=use_running_average, axis=axis, momentum=momentum, epsilon=eps,
-                        use_scale=affine, use_bias=affine, use_fast_variance=fast, dtype=dtype,
+                        use_scale=uses[0], use_bias=uses[1], use_fast_variance=fast, dtype=dtype,
                         param_dtype=param_dtype)
 
 
@@ -119,20 +119,20 @@ def _eval_vjp(f, x, g, params):
     return y, dx, dparams, stats
 
 
-def _linen_program(mode: str, axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str):
+def _linen_program(mode: str, axis: int, fast: bool, uses: tuple[bool, bool], dtype: str | None, param_dtype: str):
     """A jitted linen train or eval step: (x, g, params, stats, momentum, eps) -> outputs."""
-    key = ("linen", mode, axis, fast, affine, dtype, param_dtype)
+    key = ("linen", mode, axis, fast, uses, dtype, param_dtype)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     import jax
 
     def train(x, g, params, stats, momentum, eps):
-        bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, False)
+        bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, False)
         return _train_vjp(lambda x, params: _linen_train_apply(bn, params, stats, x), x, g, params)
 
     def evaluate(x, g, params, stats, momentum, eps):
         # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
-        bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, mode == "eval")
+        bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, mode == "eval")
 
         def f(x, params):
             # mutable: the batch_stats come back as the call leaves them (an eval call must not change them)
@@ -146,14 +146,14 @@ def _linen_program(mode: str, axis: int, fast: bool, affine: bool, dtype: str | 
     return fn
 
 
-def _nnx_graphdef(channels: int, axis: int, fast: bool, affine: bool, dtype: str | None, param_dtype: str):
+def _nnx_graphdef(channels: int, axis: int, fast: bool, uses: tuple[bool, bool], dtype: str | None, param_dtype: str):
     """The static structure of an nnx.BatchNorm (built abstractly: no arrays, no compilation)."""
-    key = ("nnx-graphdef", channels, axis, fast, affine, dtype, param_dtype)
+    key = ("nnx-graphdef", channels, axis, fast, uses, dtype, param_dtype)
     if key not in _PROGRAMS:
         from flax import nnx
 
         # momentum and epsilon here are placeholders: the programs set the traced values
-        abstract = nnx.eval_shape(lambda: nnx.BatchNorm(channels, axis=axis, use_scale=affine, use_bias=affine,
+        abstract = nnx.eval_shape(lambda: nnx.BatchNorm(channels, axis=axis, use_scale=uses[0], use_bias=uses[1],
                                                         use_fast_variance=fast, dtype=dtype,
                                                         param_dtype=param_dtype,
                                                         rngs=nnx.Rngs(0)))
@@ -188,20 +188,20 @@ def _nnx_program(mode: str, graphdef):
     return fn
 
 
-def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, affine: bool, dtype: str | None,
+def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, uses: tuple[bool, bool], dtype: str | None,
                            param_dtype: str, graphdef=None):
     """A jitted forward-only call for ``bnparity bench``: (x, params, stats, momentum, eps) -> y (, new stats).
 
     The module is built as in the parity programs above; fwd+bwd reuses the parity train program itself.
     """
-    key = ("bench", api, train, axis, fast, affine, dtype, param_dtype, graphdef)
+    key = ("bench", api, train, axis, fast, uses, dtype, param_dtype, graphdef)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     import jax
 
     if api == "linen":
         def forward(x, params, stats, momentum, eps):
-            bn = _linen_module(axis, fast, affine, dtype, param_dtype, momentum, eps, not train)
+            bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, not train)
             if not train:
                 return bn.apply({"params": params, "batch_stats": stats}, x)
             return _linen_train_apply(bn, params, stats, x)
@@ -216,6 +216,11 @@ def _bench_forward_program(api: str, train: bool, axis: int, fast: bool, affine:
     fn = jax.jit(forward)
     _PROGRAMS[key] = fn
     return fn
+
+
+def uses_of(case: Case) -> tuple[bool, bool]:
+    """(use_scale, use_bias) of the case's layer."""
+    return case.has_scale, case.has_center
 
 
 def _enable_x64(jax):
@@ -268,7 +273,7 @@ class FlaxState:
     case: Case
     train: Callable
     evaluate: Callable
-    params: dict[str, Any]  # scale and bias, or empty without affine
+    params: dict[str, Any]  # scale and bias, those the layer has
     stats: dict[str, Any]  # mean and var: the running statistics, updated by each training step
     hyper: tuple[float, float]  # (momentum, eps) as Python floats: traced as weakly typed scalars
     dtypes: dict[str, str] = field(default_factory=dict)
@@ -313,7 +318,7 @@ class FlaxAdapter(Adapter):
     def mapped(self, case: Case) -> Mapped:
         m = super().mapped(case)
         m.training_flags = {"api": f"flax.{self.api}.BatchNorm", "use_fast_variance": self.fast,
-                            "use_scale": case.affine, "use_bias": case.affine, "dtype": flax_dtype(case),
+                            "use_scale": case.has_scale, "use_bias": case.has_center, "dtype": flax_dtype(case),
                             "param_dtype": case.resolved_param_dtype,
                             "batch_stats_dtype": batch_stats_dtype(self.api, case), "jit": True}
         return m
@@ -343,7 +348,7 @@ class FlaxAdapter(Adapter):
             common = dt
         else:
             # flax/nnx/nn/normalization.py:385-387 (promote_dtype of x, mean, var, scale, bias to dtype)
-            common = fdt or _promote(dt, "float32", *((pd,) if case.affine else ()))
+            common = fdt or _promote(dt, "float32", *((pd,) if case.has_scale or case.has_center else ()))
         stats = _promote(fdt or common, "float32")
         eval_dt = fdt if self.api == "nnx" and fdt else ""
         return Precision(statistics=stats, held=stats, normalize=stats, running=batch_stats_dtype(self.api, case),
@@ -371,14 +376,15 @@ class FlaxAdapter(Adapter):
         m = self.mapped(case)
         pdt, fdt = case.resolved_param_dtype, flax_dtype(case)
         if self.api == "linen":
-            train = _linen_program("train", m.axis, self.fast, case.affine, fdt, pdt)
+            train = _linen_program("train", m.axis, self.fast, uses_of(case), fdt, pdt)
             evaluate = _linen_program("eval" if case.track_running_stats else "eval_batch_stats", m.axis, self.fast,
-                                      case.affine, fdt, pdt)
+                                      uses_of(case), fdt, pdt)
         else:
-            gd = _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, fdt, pdt)
+            gd = _nnx_graphdef(case.channels, m.axis, self.fast, uses_of(case), fdt, pdt)
             train = _nnx_program("train", gd)
             evaluate = _nnx_program("eval" if case.track_running_stats else "eval_batch_stats", gd)
-        params = {"scale": data.gamma, "bias": data.beta} if case.affine else {}
+        params = {k: v for k, v, has in (("scale", data.gamma, case.has_scale), ("bias", data.beta, case.has_center))
+                  if has}
         # in the dtype Flax keeps them in, not the parameters' (a user's initial values land in Flax's float32
         # variables); the oracle starts from the same values where that dtype holds them exactly
         sdt = np.dtype(batch_stats_dtype(self.api, case))
@@ -402,9 +408,7 @@ class FlaxAdapter(Adapter):
         self._check_program(state, state.train, args)
         y, dx, dparams, new_stats = state.train(*args)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
-        if state.case.affine:
-            out["dgamma"] = np.asarray(dparams["scale"])
-            out["dbeta"] = np.asarray(dparams["bias"])
+        out.update({q: np.asarray(dparams[k]) for q, k in (("dgamma", "scale"), ("dbeta", "bias")) if k in dparams})
         if state.case.track_running_stats:
             state.stats = new_stats
             out["running_mean"] = np.asarray(new_stats["mean"])
@@ -418,9 +422,7 @@ class FlaxAdapter(Adapter):
         y, dx, dparams, after = state.evaluate(*args)
         state.dtypes.update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
-        if state.case.affine:
-            out["dgamma"] = np.asarray(dparams["scale"])
-            out["dbeta"] = np.asarray(dparams["bias"])
+        out.update({q: np.asarray(dparams[k]) for q, k in (("dgamma", "scale"), ("dbeta", "bias")) if k in dparams})
         if state.case.track_running_stats:
             state.stats = after  # what a Flax user carries on: the collection the call returned
             out["running_mean"] = np.asarray(after["mean"])
@@ -463,8 +465,8 @@ class FlaxAdapter(Adapter):
             return train_fwd_bwd
         fdt = flax_dtype(case)
         graphdef = (None if self.api == "linen" else
-                    _nnx_graphdef(case.channels, m.axis, self.fast, case.affine, fdt, case.resolved_param_dtype))
-        fwd = _bench_forward_program(self.api, mode == "train_fwd", m.axis, self.fast, case.affine, fdt,
+                    _nnx_graphdef(case.channels, m.axis, self.fast, uses_of(case), fdt, case.resolved_param_dtype))
+        fwd = _bench_forward_program(self.api, mode == "train_fwd", m.axis, self.fast, uses_of(case), fdt,
                                      case.resolved_param_dtype, graphdef)
         if mode == "eval_fwd":
             return lambda: fwd(x, params, held["stats"], momentum, eps).block_until_ready()

@@ -40,6 +40,7 @@ from harness.adapters.tf_support import (
     TFBench,
     setup_tf,
     tape_call,
+    taped_params,
     tf_info,
 )
 from harness.cases import Case
@@ -77,7 +78,7 @@ def keras_supports(case: Case, keras: str) -> str | None:
 
 def layer_kwargs(case: Case, m: Mapped) -> dict[str, Any]:
     """BatchNormalization arguments other than the dtype; a defaults case passes no momentum or epsilon."""
-    kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.affine, scale=case.affine)
+    kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.has_center, scale=case.has_scale)
     if not case.use_defaults:  # defaults cases construct the layer as a user who passes nothing would
         kwargs.update(momentum=m.momentum, epsilon=m.eps)
     return kwargs
@@ -86,8 +87,9 @@ def layer_kwargs(case: Case, m: Mapped) -> dict[str, Any]:
 def load_layer(layer: Any, case: Case, data: CaseData) -> Any:
     """Build ``layer`` for the case's physical shape and give its variables the case's values."""
     layer.build(case.physical_shape)
-    if case.affine:
+    if case.has_scale:
         layer.gamma.assign(data.gamma)
+    if case.has_center:
         layer.beta.assign(data.beta)
     layer.moving_mean.assign(data.running_mean)
     layer.moving_variance.assign(data.running_var)
@@ -250,13 +252,14 @@ class Keras3TF(TFBench, Keras3Adapter):
 
     def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
         layer = state.layer
-        params = [layer.gamma.value, layer.beta.value] if state.case.affine else []
+        params = {q: v.value for q, v in taped_params(layer.gamma, layer.beta).items()}
         taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
         state.output_dtype = taped.output_dtype
         return taped.out
 
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
-        return self.bench_layer(case, data, mode, variant, device, lambda layer: [layer.gamma.value, layer.beta.value])
+        return self.bench_layer(case, data, mode, variant, device, lambda layer: [
+            v.value for v in taped_params(layer.gamma, layer.beta).values()])
 
     def describe(self, state, info):
         super().describe(state, info)
@@ -290,7 +293,7 @@ class Keras3Jax(Keras3Adapter):
 
     def _jit_key(self, case: Case, training: bool) -> tuple:
         m = self.mapped(case)
-        return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.affine,
+        return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.has_scale, case.has_center,
                 case.use_defaults, m.momentum, m.eps, training)
 
     def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple):
@@ -335,10 +338,8 @@ class Keras3Jax(Keras3Adapter):
         state.ntv = list(new_ntv)  # what the stateless call returns, in eval too (it must return them unchanged)
         state.output_dtype = str(y.dtype)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
-        if state.case.affine:
-            grads = {id(v): d for v, d in zip(layer.trainable_variables, dtv)}
-            out["dgamma"] = np.asarray(grads[id(layer.gamma)])
-            out["dbeta"] = np.asarray(grads[id(layer.beta)])
+        grads = {id(v): d for v, d in zip(layer.trainable_variables, dtv)}
+        out.update({q: np.asarray(grads[id(v)]) for q, v in taped_params(layer.gamma, layer.beta).items()})
         return out
 
     def bench_devices(self) -> tuple[str, ...]:
@@ -411,15 +412,14 @@ class Keras3Torch(Keras3Adapter):
 
         layer = state.layer
         xt = to_torch(torch, x).clone().requires_grad_(True)
-        params = [layer.gamma.value, layer.beta.value] if state.case.affine else []
-        for p in params:
+        params = {q: v.value for q, v in taped_params(layer.gamma, layer.beta).items()}
+        for p in params.values():
             p.grad = None
         y = layer(xt, training=training)
         y.backward(to_torch(torch, g).to(y.dtype))
         state.output_dtype = str(y.dtype).removeprefix("torch.")
         out = {"y": to_numpy(y), "dx": to_numpy(xt.grad)}
-        if params:
-            out["dgamma"], out["dbeta"] = to_numpy(params[0].grad), to_numpy(params[1].grad)
+        out.update({q: to_numpy(p.grad) for q, p in params.items()})
         return out
 
     def bench_devices(self) -> tuple[str, ...]:
@@ -439,7 +439,7 @@ class Keras3Torch(Keras3Adapter):
         x = to_torch(torch, data.x[0]).to(device)
         g = to_torch(torch, data.g[0]).to(device)
         xg = x.detach().clone().requires_grad_(True)
-        params = [layer.gamma.value, layer.beta.value] if case.affine else []
+        params = [v.value for v in taped_params(layer.gamma, layer.beta).values()]
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
         def train_fwd():

@@ -39,6 +39,7 @@ from harness.adapters.tf_support import (
     fused_rank_refusal,
     setup_tf,
     tape_call,
+    taped_params,
     tf_distribution,
     tf_info,
 )
@@ -148,7 +149,7 @@ class TFKerasAdapter(TFBench, Adapter):
 
     def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
         layer = state.layer
-        params = [layer.gamma, layer.beta] if state.case.affine else []
+        params = taped_params(layer.gamma, layer.beta)
         taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
         state.output_dtype = taped.output_dtype
         return taped.out
@@ -166,7 +167,8 @@ class TFKerasAdapter(TFBench, Adapter):
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):
         """A zero-argument call of one BatchNormalization call in ``mode``, inputs already on the device."""
-        return self.bench_layer(case, data, mode, variant, device, lambda layer: [layer.gamma, layer.beta])
+        return self.bench_layer(case, data, mode, variant, device, lambda layer: list(
+            taped_params(layer.gamma, layer.beta).values()))
 
     def describe(self, state: LayerState, info):
         layer = state.layer

@@ -36,6 +36,7 @@ from harness.adapters.tf_support import (
     fused_rank_refusal,
     setup_tf,
     tape_call,
+    taped_params,
     tf_bench_call,
     tf_distribution,
     tf_fwd_bwd,
@@ -111,7 +112,9 @@ class _TFAdapter(TFBench, Adapter):
         raise NotImplementedError
 
     def _run(self, state: TFState, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
-        params = [state.gamma, state.beta] if state.case.affine else []
+        # the fused adapter's stand-ins for an absent parameter are constants: no gradient of theirs is recorded
+        params = taped_params(state.gamma if state.case.has_scale else None,
+                              state.beta if state.case.has_center else None)
         taped = tape_call(lambda xt: self._forward(state, xt, training), x, g, params)
         state.output_dtype = taped.output_dtype
         out = taped.out
@@ -151,7 +154,8 @@ class _TFAdapter(TFBench, Adapter):
             return y
 
         if mode == "train_fwd_bwd":
-            return tf_fwd_bwd(forward, [state.gamma, state.beta] if state.case.affine else [])
+            return tf_fwd_bwd(forward, list(taped_params(state.gamma if state.case.has_scale else None,
+                                                         state.beta if state.case.has_center else None).values()))
         return lambda x, g: forward(x)
 
 
@@ -185,7 +189,8 @@ class TFRawAdapter(_TFAdapter):
         m = self.mapped(case)
         rank = len(case.physical_shape)
         axis = m.axis % rank
-        affine = dict(gamma=tf.Variable(data.gamma), beta=tf.Variable(data.beta)) if case.affine else {}
+        affine = dict(gamma=tf.Variable(data.gamma) if case.has_scale else None,
+                      beta=tf.Variable(data.beta) if case.has_center else None)
         return RawState(case=case, eps=m.eps, decay=m.momentum, axes=[i for i in range(rank) if i != axis],
                         bshape=[case.channels if i == axis else 1 for i in range(rank)],
                         rm=tf.Variable(data.running_mean), rv=tf.Variable(data.running_var), **affine)
@@ -284,10 +289,9 @@ class TFFusedAdapter(_TFAdapter):
 
         m = self.mapped(case)
         pdt = case.resolved_param_dtype
-        if case.affine:
-            gamma, beta = tf.Variable(data.gamma), tf.Variable(data.beta)
-        else:  # what tf-keras passes when center/scale are off
-            gamma, beta = tf.constant(np.ones(case.channels, pdt)), tf.constant(np.zeros(case.channels, pdt))
+        # what tf-keras passes for a parameter the layer does not have: a constant 1 (scale) or 0 (center)
+        gamma = tf.Variable(data.gamma) if case.has_scale else tf.constant(np.ones(case.channels, pdt))
+        beta = tf.Variable(data.beta) if case.has_center else tf.constant(np.zeros(case.channels, pdt))
         return FusedState(case=case, data_format=self._data_format(case),
                           kwargs={} if case.use_defaults else {"epsilon": m.eps, "exponential_avg_factor": m.momentum},
                           rm=tf.Variable(data.running_mean), rv=tf.Variable(data.running_var), gamma=gamma, beta=beta)

@@ -106,11 +106,16 @@ class Taped(NamedTuple):
     aux: tuple
 
 
-def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, params: list) -> Taped:
+def taped_params(gamma: Any, beta: Any) -> dict[str, Any]:
+    """``{"dgamma": gamma, "dbeta": beta}`` for the parameters a layer has (None: it has not that one)."""
+    return {q: v for q, v in (("dgamma", gamma), ("dbeta", beta)) if v is not None}
+
+
+def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, params: dict[str, Any]) -> Taped:
     """``forward(x)`` under a GradientTape, then the gradient of ``sum(y * g)``.
 
-    ``forward`` takes the input tensor and returns ``(y, *aux)``. The arrays are y and dx, plus
-    dgamma and dbeta when ``params`` is ``[gamma, beta]`` (pass ``[]`` without affine).
+    ``forward`` takes the input tensor and returns ``(y, *aux)``. The arrays are y and dx, plus the gradient
+    of each of ``params`` under its name (``taped_params``: dgamma, dbeta).
     """
     import tensorflow as tf
 
@@ -118,10 +123,9 @@ def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, par
     with tf.GradientTape() as tape:
         tape.watch(xt)
         y, *aux = forward(xt)
-    grads = tape.gradient(y, [xt, *params], output_gradients=tf.cast(tf.constant(g), y.dtype))
+    grads = tape.gradient(y, [xt, *params.values()], output_gradients=tf.cast(tf.constant(g), y.dtype))
     out = {"y": y.numpy(), "dx": grads[0].numpy()}
-    if params:
-        out["dgamma"], out["dbeta"] = grads[1].numpy(), grads[2].numpy()
+    out.update({q: gr.numpy() for q, gr in zip(params, grads[1:])})
     return Taped(out, y.dtype.name, tuple(aux))
 
 
@@ -221,7 +225,7 @@ class TFBench:
             return None
         state, (x, g) = self.bench_setup(case, data, device)
         layer = state.layer
-        params = params_of(layer) if case.affine else []
+        params = params_of(layer)
         fns = {"train_fwd": lambda x, g: layer(x, training=True),
                "train_fwd_bwd": tf_fwd_bwd(lambda x: layer(x, training=True), params),
                "eval_fwd": lambda x, g: layer(x, training=False)}

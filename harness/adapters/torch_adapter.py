@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from packaging.version import Version
 
 from harness.adapters.base import Adapter, Conventions, Precision, Raises, Refusal
 from harness.cases import Case
@@ -31,7 +32,8 @@ class TorchState:
     bn: Any  # the torch.nn.BatchNorm1d/2d/3d module
     layout: str  # the case's: "channels_first" or "channels_last" (arrays arrive in that physical layout)
     contiguous: bool  # False: inputs are strided views (every other element along the batch axis)
-    affine: bool
+    scale: bool  # the module has a weight (gamma)
+    center: bool  # the module has a bias (beta)
     memory_format: str | None = None  # of the last input as torch saw it: channels_last, contiguous or strided
 
 
@@ -82,17 +84,20 @@ def torch_build(case: Case, data: CaseData, momentum: float | None, eps: float) 
            5: torch.nn.BatchNorm3d}.get(case.rank)
     if cls is None:
         raise ValueError(f"torch has no BatchNorm for rank {case.rank}")
-    bn = cls(case.channels, eps=eps, momentum=momentum, affine=case.affine,
-             track_running_stats=case.track_running_stats)
+    # a weight without a bias is bias=False (torch >= 2.13); there is no bias without a weight (TorchAdapter.supports)
+    scale_only = {"bias": False} if case.has_scale and not case.has_center else {}
+    bn = cls(case.channels, eps=eps, momentum=momentum, affine=case.has_scale or case.has_center,
+             track_running_stats=case.track_running_stats, **scale_only)
     bn = bn.to(getattr(torch, case.resolved_param_dtype))
     with torch.no_grad():
-        if case.affine:
+        if case.has_scale:
             bn.weight.copy_(to_torch(torch, data.gamma))
+        if case.has_center:
             bn.bias.copy_(to_torch(torch, data.beta))
         if case.track_running_stats:
             bn.running_mean.copy_(to_torch(torch, data.running_mean))
             bn.running_var.copy_(to_torch(torch, data.running_var))
-    return TorchState(bn, case.layout, case.contiguous, case.affine)
+    return TorchState(bn, case.layout, case.contiguous, case.has_scale, case.has_center)
 
 
 def torch_tensor(state: TorchState, a: np.ndarray):
@@ -138,8 +143,9 @@ def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.
     y = bn(xt)
     y.backward(torch_tensor(state, g))
     out = {"y": torch_back(state, y), "dx": torch_back(state, xt.grad)}
-    if state.affine:
+    if state.scale:
         out["dgamma"] = to_numpy(bn.weight.grad)
+    if state.center:
         out["dbeta"] = to_numpy(bn.bias.grad)
     state.memory_format = memory_format(xt)
     return out
@@ -179,7 +185,8 @@ class TorchAdapter(Adapter):
     refuses = tuple(
         Refusal(frozenset(pairs), "RuntimeError", says,
                 "https://github.com/pytorch/pytorch/blob/v2.13.0/aten/src/ATen/native/cpu/mixed_data_type.h "
-                "(check_mixed_data_type)", only_if=lambda case: case.affine or case.track_running_stats)
+                "(check_mixed_data_type)",
+                only_if=lambda case: case.has_scale or case.has_center or case.track_running_stats)
         for pairs, says in (
             ({("float16", "bfloat16"), ("float16", "float64"), ("bfloat16", "float16"), ("bfloat16", "float64"),
               ("float32", "float16"), ("float32", "bfloat16"), ("float32", "float64"),
@@ -188,6 +195,18 @@ class TorchAdapter(Adapter):
             ({("float64", "float32")}, "mixed dtype (CPU): all inputs must share same datatype."),
         ))
     worker_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    SCALE_ONLY_SINCE = "2.13"  # BatchNorm's bias=False (a weight without a bias)
+
+    def supports(self, case: Case) -> str | None:
+        reason = super().supports(case)
+        if reason is None and case.has_center and not case.has_scale:
+            reason = ("torch: BatchNorm has no bias without a weight (affine=True has both; bias=False, since torch "
+                      "2.13, drops the bias): a shift-only layer is not a torch module")
+        if reason is None and case.has_scale and not case.has_center:
+            version = self.framework_version() or "0"
+            if Version(version.split("+")[0]) < Version(self.SCALE_ONLY_SINCE):
+                reason = f"torch {version}: BatchNorm has no bias=False before torch {self.SCALE_ONLY_SINCE}"
+        return reason
 
     def setup(self) -> None:
         torch_setup(int(os.environ.get("BNPARITY_THREADS", "1")))
@@ -202,7 +221,7 @@ class TorchAdapter(Adapter):
         # a layer with no parameter tensor at all (affine=False, track_running_stats=False) is not "mixed" to
         # the kernel (is_mixed_type looks at the tensors that are defined): it runs the pure 16-bit path
         # (found by bnparity fuzz: n = 2 float16 layers without parameters, dx off by 30x a float32 bound)
-        bare = not (case.affine or case.track_running_stats)
+        bare = not (case.has_scale or case.has_center or case.track_running_stats)
         if case.dtype in ("float16", "bfloat16") and (case.resolved_param_dtype == case.dtype or bare):
             # https://github.com/pytorch/pytorch/blob/v2.13.0/aten/src/ATen/native/cpu/batch_norm_kernel.cpp
             # (batch_norm_cpu_collect_stats_contiguous_internal<scalar_t, param_t>: opmath sums, mean/var_sum

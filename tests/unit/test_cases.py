@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness import inputs
-from harness.cases import CaseError, load_cases, load_file
+from harness.cases import Case, CaseError, load_cases, load_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -223,3 +223,32 @@ def test_integers_are_numbers_and_booleans_are_not(tmp_path):
     (c,) = load_file(f)
     assert (c.momentum, c.eps, c.input.low, c.input.high) == (1.0, 0.0, -2.0, 5.0)
     assert all(isinstance(x, float) for x in (c.momentum, c.eps, c.input.low))
+
+
+def test_scale_and_center_apart_default_to_affine(tmp_path):
+    both = Case.model_validate({"name": "a", "shape": [4, 2]})
+    scale_only = Case.model_validate({"name": "a", "shape": [4, 2], "center": False})
+    bare = Case.model_validate({"name": "a", "shape": [4, 2], "affine": False})
+    assert (both.has_scale, both.has_center, scale_only.has_scale, scale_only.has_center) == (True, True, True, False)
+    assert (bare.has_scale, bare.has_center) == (False, False)
+    data = inputs.build(Case.model_validate({"name": "a", "shape": [4, 2], "scale": False}))
+    assert (data.gamma == 1).all() and (data.beta != 0).any()  # a layer without gamma scales by 1
+    path = tmp_path / "c.toml"
+    path.write_text('[[case]]\nname = "x"\nshape = [4, 2]\naffine = false\nscale = true\n')
+    with pytest.raises(CaseError, match=r"case 'x': field 'scale': affine = false is a layer without gamma and beta"):
+        load_file(path)
+
+
+def test_calls_and_steps(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[defaults]\nsteps = 3\n\n[[case]]\nname = "loop"\nshape = [4, 2]\ncalls = ["train", "eval", "train"]\n'
+                    '\n[[case]]\nname = "short"\nshape = [4, 2]\n\n[[case]]\nname = "both"\nshape = [4, 2]\nsteps = 1\n'
+                    'calls = ["eval"]\n')
+    with pytest.raises(CaseError, match=r"case 'both': field 'steps': steps is 1 but calls has 0 train call"):
+        load_file(path)
+    path.write_text(path.read_text().rsplit("\n[[case]]\nname = \"both\"", 1)[0])
+    loop, short = load_file(path)
+    # the case's own calls replace the steps of [defaults]: steps counts its train calls
+    assert (loop.steps, loop.schedule) == (2, ("train", "eval", "train"))
+    assert (short.steps, short.schedule) == (3, ("train", "train", "train", "eval"))
+    assert Case.model_validate(loop.summary()).schedule == loop.schedule  # a results file's case_params read back
