@@ -241,7 +241,8 @@ def test_scale_and_center_apart_default_to_affine(tmp_path):
 
 def test_calls_and_steps(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[defaults]\nsteps = 3\n\n[[case]]\nname = "loop"\nshape = [4, 2]\ncalls = ["train", "eval", "train"]\n'
+    path.write_text('[defaults]\nsteps = 3\n\n'
+                    '[[case]]\nname = "loop"\nshape = [4, 2]\ncalls = ["train", "eval", "train"]\n'
                     '\n[[case]]\nname = "short"\nshape = [4, 2]\n\n[[case]]\nname = "both"\nshape = [4, 2]\nsteps = 1\n'
                     'calls = ["eval"]\n')
     with pytest.raises(CaseError, match=r"case 'both': field 'steps': steps is 1 but calls has 0 train call"):
