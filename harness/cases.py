@@ -39,7 +39,11 @@ LOW_PRECISION = ("float16", "bfloat16")
 #  mixed: 16-bit inputs with float32 parameters and running statistics (torch autocast, Keras
 #         mixed_float16 / mixed_bfloat16, Flax dtype=float16 with param_dtype=float32).
 Policy = Literal["pure", "mixed"]
-Call = Literal["train", "eval"]  # one call of the layer in a case's sequence (``calls``)
+# one call of the layer in a case's sequence (``calls``): a training call, an eval call, or a training call on a
+# frozen layer (Keras trainable = False, torch parameters with requires_grad_(False)): what the framework does
+# then is its convention (``Conventions.frozen_call``)
+Call = Literal["train", "eval", "frozen"]
+BATCH_CALLS = ("train", "frozen")  # the calls that take a training batch (train call i: batch i of these)
 NOT_CASE_FILES = {"known_differences.toml", "bench.toml"}  # the ledger and the benchmark configurations
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
 GENERATOR_KINDS = ("normal", "uniform", "constant", "ramp", "student_t")
@@ -234,8 +238,9 @@ class Case(StrictModel):
     track_running_stats: bool = True
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
-    # the calls in order ("train": forward and backward in training mode; "eval": in inference mode); when
-    # given, ``steps`` is the number of "train" calls in it. Without it: ``steps`` train calls, then one eval
+    # the calls in order ("train": forward and backward in training mode; "eval": in inference mode; "frozen": in
+    # training mode on a frozen layer); when given, ``steps`` is the number of its train and frozen calls (the
+    # training batches it takes). Without it: ``steps`` train calls, then one eval
     calls: Annotated[tuple[Call, ...], Field(strict=False, min_length=1, max_length=10_000)] | None = None
     seed: Annotated[int, Field(ge=0)] = 0
     input: Generator = Normal(kind="normal")
@@ -258,12 +263,13 @@ class Case(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _steps_of_calls(cls, data: Any) -> Any:
-        """With ``calls``, ``steps`` counts its train calls (and may be given only as that number)."""
+        """With ``calls``, ``steps`` counts its calls that take a training batch (and may be given only as that)."""
         if isinstance(data, dict) and isinstance(data.get("calls"), list | tuple):
-            trains = sum(c == "train" for c in data["calls"])
+            trains = sum(c in BATCH_CALLS for c in data["calls"])
             if "steps" in data and data["steps"] != trains:
                 raise FieldProblem("steps", f"steps is {data['steps']!r} but calls has {trains} train call(s): give "
-                                            f"one of them (with calls, steps is the number of its train calls)")
+                                            f"one of them (with calls, steps is the number of its train and frozen "
+                                            f"calls)")
             data = {**data, "steps": trains}
         return data
 
@@ -312,8 +318,8 @@ class Case(StrictModel):
     @property
     def schedule(self) -> tuple[str, ...]:
         """The calls in order: ``calls`` as given, else the short form, ``steps`` train calls and one eval call.
-        Records name a call by its index here (``step``); train call ``i`` is fed training batch ``i`` of the
-        train calls, every eval call the one held-out eval batch (validation on the same data each epoch)."""
+        Records name a call by its index here (``step``); the ``i``-th train or frozen call is fed training batch
+        ``i``, every eval call the one held-out eval batch (validation on the same data each epoch)."""
         return tuple(self.calls) if self.calls is not None else ("train",) * self.steps + ("eval",)
 
     @property

@@ -162,13 +162,15 @@ def _per_channel(a: np.ndarray, axis: int, fn) -> np.ndarray:
 
 
 def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str,
-                        eps: float, precision: Precision | None = None) -> dict[tuple[str, int | None], Expected]:
+                        eps: float, precision: Precision | None = None,
+                        frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], Expected]:
     """Oracle values and bounds for every quantity an adapter reports.
 
     ``momentum`` is the weight of the new statistic (or ``"cumulative"``) and
     ``eps`` the value the framework actually uses; ``estimator`` is the
-    adapter's declared running-variance estimator and ``precision`` the dtypes it
-    declares it works in (``Precision.of(case)`` when not given).
+    adapter's declared running-variance estimator, ``precision`` the dtypes it
+    declares it works in (``Precision.of(case)`` when not given) and ``frozen_call``
+    what its training call on a frozen layer does (``Conventions.frozen_call``).
     """
     p = precision or Precision.of(case)
     ax = data.channel_axis
@@ -259,29 +261,38 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
         return q
 
-    # the calls in order (``case.schedule``), each recorded under its index; eval ones as <quantity>_eval
-    trained = 0
+    # the calls in order (``case.schedule``), each recorded under its index; eval and frozen ones as
+    # <quantity>_eval, <quantity>_frozen. A frozen call takes the next training batch; by the adapter's convention it
+    # runs in inference mode (as an eval call: the running statistics, which it leaves as they are) or as a training
+    # call whose parameters' gradients are not compared
+    batch = updates = 0
     for i, kind in enumerate(case.schedule):
         if kind == "eval":
             x, g = data.f64("x_eval"), data.f64("g_eval")
+        else:
+            x, g = data.f64("x", batch), data.f64("g", batch)
+            batch += 1
+        sfx = "" if kind == "train" else f"_{kind}"
+        keep = (lambda name: True) if kind != "frozen" else (lambda name: name in ("y", "dx"))  # noqa: E731
+        if kind == "eval" or (kind == "frozen" and frozen_call == "inference"):
             if not case.track_running_stats:
                 # nothing stored: eval normalizes with the batch statistics (PyTorch semantics)
-                out.update({(f"{name}_eval", i): e for name, e in train_like(x, g)[0].items()})
+                out.update({(f"{name}{sfx}", i): e for name, e in train_like(x, g)[0].items() if keep(name)})
                 continue
-            out.update({(f"{name}_eval", i): e for name, e in eval_like(x, g, rm, rv, tol_rm, tol_rv).items()})
-            # an eval call leaves the state as it was: the same values, the same bound
-            out[("running_mean_eval", i)] = Expected(rm, tol_rm, p.running)
-            out[("running_var_eval", i)] = Expected(rv, tol_rv, p.running)
+            q = eval_like(x, g, rm, rv, tol_rm, tol_rv)
+            out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
+            # the call leaves the state as it was: the same values, the same bound
+            out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
+            out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
             continue
-        x, g = data.f64("x", trained), data.f64("g", trained)
-        trained += 1
         q, mean, var, tmean, tvar = train_like(x, g)
-        out.update({(name, i): e for name, e in q.items()})
+        out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
         if case.track_running_stats:
+            updates += 1
             m = momentum if momentum != "cumulative" else None
             rm0, rv0 = rm, rv
-            rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=trained)
-            w = 1.0 / trained if m is None else m
+            rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=updates)
+            w = 1.0 / updates if m is None else m
             f = ref.bessel_factor(n, estimator)
             ur = unit_roundoff(p.running)
             with np.errstate(invalid="ignore", over="ignore"):
@@ -291,6 +302,6 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                 upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
                 tol_rm = (1 - w) * tol_rm + w * tmean + upd_m + ulp_of(rm, p.running)
                 tol_rv = (1 - w) * tol_rv + w * f * tvar + upd_v + ulp_of(rv, p.running)
-            out[("running_mean", i)] = Expected(rm, tol_rm, p.running)
-            out[("running_var", i)] = Expected(rv, tol_rv, p.running)
+            out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
+            out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
     return out

@@ -56,7 +56,8 @@ from harness.cases import (
 )
 from harness.schema import LedgerRef, MismatchKind, Quantity, Result, Verdict
 
-_STATE_AFTER_EVAL = {q.value for q in Quantity if q.is_state and q.phase == "eval"}
+# the running statistics after an eval or frozen call: the same state a training call's entry speaks of
+_STATE_AFTER_OTHER_CALLS = {q.value: q.base.value for q in Quantity if q.is_state and q.phase != "train"}
 
 if TYPE_CHECKING:
     from harness.inputs import CaseData
@@ -338,11 +339,12 @@ class Entry(StrictModel):
 
     def covers(self, quantity: str, same_state: bool = True) -> bool:
         """Does a glob match ``quantity``? The state after an eval call (``running_var_eval``) is the state the
-        call before it left, so an entry that explains ``running_var`` explains it too (``same_state``), unless the
-        eval call itself changed it (mismatch kind ``changed``: a mechanism of its own, named only as such)."""
+        call before it left, and after a frozen call it is that state or its training update, so an entry that
+        explains ``running_var`` explains them too (``same_state``), unless an eval call itself changed it
+        (mismatch kind ``changed``: a mechanism of its own, named only as such)."""
         names = [quantity]
-        if same_state and quantity in _STATE_AFTER_EVAL:
-            names.append(quantity.removesuffix("_eval"))
+        if same_state and quantity in _STATE_AFTER_OTHER_CALLS:
+            names.append(_STATE_AFTER_OTHER_CALLS[quantity])
         return any(fnmatch.fnmatchcase(n, q) for n in names for q in self.quantity)
 
     def as_record(self) -> LedgerRef:

@@ -148,9 +148,10 @@ def _section(title: str, body: str) -> str:
 
 # TorchAdapter's class attributes and methods that the copied run uses (from TorchAdapter or Adapter)
 _TORCH_ATTRS = ("name", "framework", "conventions")
-_TORCH_METHODS = ("setup", "build", "train_step", "eval_step", "describe",
+_TORCH_METHODS = ("setup", "build", "train_step", "eval_step", "frozen_step", "describe",
                   "run", "mapped", "effective", "settings", "precision", "versions", "distributions")
-_BASE_NAMES = ("IN_WORKER", "Raises", "COMPUTES", "Conventions", "Precision", "Raised", "Observed", "Mapped")
+_BASE_NAMES = ("IN_WORKER", "Raises", "COMPUTES", "FROZEN_CALLS", "Conventions", "Precision", "Raised", "Observed",
+               "Mapped")
 _RUNTIME_NAMES = ("ORDER", "PARAM_QUANTITIES", "plain", "case_from_params", "oracle", "num", "settings_text", "show",
                   "reproduce")
 

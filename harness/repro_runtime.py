@@ -22,9 +22,11 @@ from harness.inputs import as_stored, build, digest, np_dtype
 from reference import eval_backward, eval_forward, train_backward, train_forward, update_running
 
 ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval", "dgamma_eval",
-         "dbeta_eval", "running_mean_eval", "running_var_eval")
+         "dbeta_eval", "running_mean_eval", "running_var_eval", "y_frozen", "dx_frozen", "running_mean_frozen",
+         "running_var_frozen")
 PARAM_QUANTITIES = ("running_mean", "running_var", "dgamma", "dbeta", "dgamma_eval", "dbeta_eval",
-                    "running_mean_eval", "running_var_eval")  # in the parameter dtype
+                    "running_mean_eval", "running_var_eval", "running_mean_frozen",
+                    "running_var_frozen")  # in the parameter dtype
 
 
 def plain(value: Any) -> Any:
@@ -44,48 +46,46 @@ def case_from_params(params: dict[str, Any], defaults: dict[str, Any], case_clas
     return case_class(**fields)
 
 
-def oracle(case, data, momentum: float | str, eps: float, estimator: str) -> dict[tuple[str, int | None], np.ndarray]:
-    """The float64 value of every quantity: ``reference`` composed over the steps as ``harness.expected`` does.
+def oracle(case, data, momentum: float | str, eps: float, estimator: str,
+           frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], np.ndarray]:
+    """The float64 value of every quantity: ``reference`` composed over the calls as ``harness.expected`` does.
 
     ``momentum`` is the weight of the new statistic (or ``"cumulative"``), ``eps`` the one the
-    framework uses, ``estimator`` the adapter's running-variance estimator.
+    framework uses, ``estimator`` the adapter's running-variance estimator, ``frozen_call`` what its training
+    call on a frozen layer does (``inference`` or ``batch_statistics``).
     """
     ax = data.channel_axis
     gamma, beta = data.f64("gamma"), data.f64("beta")
     rm, rv = data.f64("running_mean"), data.f64("running_var")
     m = None if momentum == "cumulative" else momentum
     out: dict[tuple[str, int | None], np.ndarray] = {}
-    trained = 0
+    batch = updates = 0
     for i, kind in enumerate(case.schedule):  # the calls in order, each recorded under its index
-        if kind == "train":
-            x, g = data.f64("x", trained), data.f64("g", trained)
-            trained += 1
-            y, mean, var = train_forward(x, gamma, beta, eps, ax)
-            dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
-            out["y", i], out["dx", i] = y, dx
-            if case.has_scale:
-                out["dgamma", i] = dgamma
-            if case.has_center:
-                out["dbeta", i] = dbeta
-            if case.track_running_stats:
-                rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=trained)
-                out["running_mean", i], out["running_var", i] = rm, rv
-            continue
-        x, g = data.f64("x_eval"), data.f64("g_eval")
-        if case.track_running_stats:
+        if kind == "eval":
+            x, g = data.f64("x_eval"), data.f64("g_eval")
+        else:
+            x, g = data.f64("x", batch), data.f64("g", batch)
+            batch += 1
+        sfx = "" if kind == "train" else f"_{kind}"
+        params = kind != "frozen"  # a frozen layer's parameter gradients are not compared
+        if (kind == "eval" or frozen_call == "inference") and case.track_running_stats and kind != "train":
             # stored in the parameter dtype: a running statistic beyond its range is inf, and eval uses that
             rm_s, rv_s = as_stored(rm, case.resolved_param_dtype), as_stored(rv, case.resolved_param_dtype)
-            out["y_eval", i] = eval_forward(x, gamma, beta, rm_s, rv_s, eps, ax)
+            y = eval_forward(x, gamma, beta, rm_s, rv_s, eps, ax)
             dx, dgamma, dbeta = eval_backward(x, g, gamma, rm_s, rv_s, eps, ax)
-            out["running_mean_eval", i], out["running_var_eval", i] = rm, rv  # an eval call leaves them
-        else:  # nothing stored: eval normalizes with the batch statistics
-            out["y_eval", i] = train_forward(x, gamma, beta, eps, ax)[0]
+            out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv  # the call leaves them
+        else:  # batch statistics (a training call; eval without stored statistics)
+            y, mean, var = train_forward(x, gamma, beta, eps, ax)
             dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
-        out["dx_eval", i] = dx
-        if case.has_scale:
-            out["dgamma_eval", i] = dgamma
-        if case.has_center:
-            out["dbeta_eval", i] = dbeta
+            if case.track_running_stats and kind != "eval":
+                updates += 1
+                rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=updates)
+                out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
+        out[f"y{sfx}", i], out[f"dx{sfx}", i] = y, dx
+        if params and case.has_scale:
+            out[f"dgamma{sfx}", i] = dgamma
+        if params and case.has_center:
+            out[f"dbeta{sfx}", i] = dbeta
     return out
 
 
@@ -163,14 +163,15 @@ def reproduce(adapter, case, adapter_name: str) -> int:
     obs = adapter.run(case, data)
     momentum, eps = adapter.effective(case)
     estimator = adapter.conventions.running_var_estimator
-    expected = oracle(case, data, momentum, eps, estimator)
+    expected = oracle(case, data, momentum, eps, estimator, adapter.conventions.frozen_call or "batch_statistics")
     print(f"oracle: float64, momentum (weight of new) {num(momentum)}, eps {num(eps)}, "
           f"running variance estimator {estimator}")
     rank = {q: i for i, q in enumerate(ORDER)}
     for q, step in sorted(obs.arrays, key=lambda k: (k[1], rank.get(k[0], len(ORDER)))):
         if (q, step) in expected:
             what = "after" if q.startswith("running") else "of"
-            label = f"{q.removesuffix('_eval')} {what} call {step} ({case.schedule[step]})"
+            kind = case.schedule[step]
+            label = f"{q.removesuffix('_' + kind)} {what} call {step} ({kind})"
             show(label, expected[q, step], obs.arrays[q, step],
                  case.resolved_param_dtype if q in PARAM_QUANTITIES else case.dtype)
     if obs.info:

@@ -102,8 +102,9 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     precision = adapter.precision(case) if hasattr(adapter, "precision") else None
     estimator = adapter.conventions.running_var_estimator
     # the oracle and the stable baseline run while the framework works in its worker
-    expected = expected_quantities(case, data, estimator, momentum, eps, precision)
-    stable = stable_quantities(case, data, estimator, momentum, eps, precision)
+    frozen = adapter.conventions.frozen_call or "batch_statistics"  # (a case with frozen calls needs one declared)
+    expected = expected_quantities(case, data, estimator, momentum, eps, precision, frozen)
+    stable = stable_quantities(case, data, estimator, momentum, eps, precision, frozen)
     outcome = wait()
     obs = outcome.observed
     verdict, message = judge_raise(outcome, expected_raises(case, adapter, eps))

@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, 
 # 4: a case is a sequence of calls (``calls``): ``step`` is the index of the call in it for every quantity, eval
 #    ones too (they had None: the one eval call after the training calls, which is call ``steps`` of the short
 #    form); the state after an eval call is recorded (``running_mean_eval``, ``running_var_eval``); the mismatch
-#    kind ``changed`` (an eval call's result or state differs bit for bit from what it must repeat).
+#    kind ``changed`` (an eval call's result or state differs bit for bit from what it must repeat); a training
+#    call on a frozen layer (``y_frozen``, ``dx_frozen``, ``running_mean_frozen``, ``running_var_frozen``).
 SCHEMA_VERSION = 4
 
 
@@ -137,6 +138,10 @@ _VERDICTS = {
 
 # -- quantities ----------------------------------------------------------------------------------------
 
+Phase = Literal["outcome", "train", "eval", "frozen"]
+CALL_PHASES = ("train", "eval", "frozen")  # the kinds of call a case makes (harness.cases.Call); "outcome" is none
+
+
 class Quantity(enum.StrEnum):
     """What is compared: the outcome of the call, then every array, in the order the computation runs."""
 
@@ -153,9 +158,13 @@ class Quantity(enum.StrEnum):
     DBETA_EVAL = "dbeta_eval"
     RUNNING_MEAN_EVAL = "running_mean_eval"
     RUNNING_VAR_EVAL = "running_var_eval"
+    Y_FROZEN = "y_frozen"
+    DX_FROZEN = "dx_frozen"
+    RUNNING_MEAN_FROZEN = "running_mean_frozen"
+    RUNNING_VAR_FROZEN = "running_var_frozen"
 
     @property
-    def phase(self) -> Literal["outcome", "train", "eval"]:
+    def phase(self) -> Phase:
         return _QUANTITIES[self][0]
 
     @property
@@ -166,9 +175,7 @@ class Quantity(enum.StrEnum):
     @property
     def per_channel(self) -> bool:
         """One value per channel, in the parameter dtype (running statistics, dgamma, dbeta)."""
-        return self in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA,
-                        Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL, Quantity.RUNNING_MEAN_EVAL,
-                        Quantity.RUNNING_VAR_EVAL)
+        return self.base in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA)
 
     @property
     def is_state(self) -> bool:
@@ -177,12 +184,9 @@ class Quantity(enum.StrEnum):
 
     @property
     def base(self) -> Quantity:
-        """The quantity without its phase: ``y`` for ``y_eval``."""
-        return Quantity(self.value.removesuffix("_eval"))
-
-    def in_phase(self, phase: str) -> Quantity:
-        """This quantity as recorded for a call of ``phase`` (``train`` or ``eval``): ``y`` -> ``y_eval``."""
-        return self.base if phase == "train" else Quantity(f"{self.base.value}_eval")
+        """The quantity without its phase: ``y`` for ``y_eval`` and ``y_frozen``."""
+        phase = self.phase
+        return Quantity(self.value.removesuffix(f"_{phase}")) if phase in CALL_PHASES[1:] else self
 
     @property
     def stage(self) -> str:
@@ -201,7 +205,7 @@ class Quantity(enum.StrEnum):
         return [q for q in cls if q.phase == phase]
 
 
-_QUANTITIES: dict[Quantity, tuple[Literal["outcome", "train", "eval"], str]] = {
+_QUANTITIES: dict[Quantity, tuple[Phase, str]] = {
     Quantity.OUTCOME: ("outcome", "the call itself (returned, raised, crashed)"),
     Quantity.RUNNING_MEAN: ("train", "batch mean -> running_mean"),
     Quantity.RUNNING_VAR: ("train", "batch variance -> running_var"),
@@ -215,6 +219,10 @@ _QUANTITIES: dict[Quantity, tuple[Literal["outcome", "train", "eval"], str]] = {
     Quantity.DBETA_EVAL: ("eval", "eval gradients (dbeta)"),
     Quantity.RUNNING_MEAN_EVAL: ("eval", "running_mean after an eval call (must be unchanged)"),
     Quantity.RUNNING_VAR_EVAL: ("eval", "running_var after an eval call (must be unchanged)"),
+    Quantity.Y_FROZEN: ("frozen", "y of a training call on a frozen layer"),
+    Quantity.DX_FROZEN: ("frozen", "dx of a training call on a frozen layer"),
+    Quantity.RUNNING_MEAN_FROZEN: ("frozen", "running_mean after a training call on a frozen layer"),
+    Quantity.RUNNING_VAR_FROZEN: ("frozen", "running_var after a training call on a frozen layer"),
 }
 
 

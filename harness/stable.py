@@ -48,8 +48,10 @@ def _back(a_cn: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
 
 
 def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str, eps: float,
-                      precision: Precision | None = None) -> dict[tuple[str, int | None], np.ndarray]:
-    """The stable BN's value of every quantity the oracle has (float64 arrays of the stored values)."""
+                      precision: Precision | None = None,
+                      frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], np.ndarray]:
+    """The stable BN's value of every quantity the oracle has (float64 arrays of the stored values), over the
+    calls as ``harness.expected`` composes them."""
     p = precision or Precision.of(case)
     ws, wh, wn = np_dtype(p.statistics), np_dtype(p.held), np_dtype(p.normalize)
     wr, wp, wo = np_dtype(p.running), np_dtype(p.params), np_dtype(p.output)
@@ -99,33 +101,40 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             else:
                 out[(f"{name}{q}", step)] = f64(_back(v.astype(wo), x_like, ax))
 
-    trained = 0
-    for i, kind in enumerate(case.schedule):  # the calls in order, as harness.expected composes the oracle
+    batch = updates = 0
+    for i, kind in enumerate(case.schedule):
         if kind == "eval":
-            x, g = _cn(data.x_eval, ax), _cn(data.g_eval, ax)
+            x_like, g_like = data.x_eval, data.g_eval
+        else:
+            x_like, g_like = data.x[batch], data.g[batch]
+            batch += 1
+        x, g = _cn(x_like, ax), _cn(g_like, ax)
+        sfx = "" if kind == "train" else f"_{kind}"
+        keep = ("y", "dx") if kind == "frozen" else ("y", "dx", "dgamma", "dbeta")
+        if kind == "eval" or (kind == "frozen" and frozen_call == "inference"):
             if not case.track_running_stats:
-                store("_eval", train(x, g)[2], i, data.x_eval)
-                continue
-            we = np_dtype(p.eval_normalize or p.normalize)
-            y, xhat, inv, sum_g, sum_gx = normalize(x, g, rm, rv, wh=np_dtype(p.eval_held or p.held), wn=we)
-            with np.errstate(invalid="ignore", over="ignore"):
-                dx = g.astype(we) * gamma.astype(we) * inv
-            store("_eval", {"y": y, "dx": dx, "dgamma": sum_gx, "dbeta": sum_g}, i, data.x_eval)
-            out[("running_mean_eval", i)] = f64(rm)
-            out[("running_var_eval", i)] = f64(rv)
+                vals = train(x, g)[2]
+            else:
+                we = np_dtype(p.eval_normalize or p.normalize)
+                y, xhat, inv, sum_g, sum_gx = normalize(x, g, rm, rv, wh=np_dtype(p.eval_held or p.held), wn=we)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    dx = g.astype(we) * gamma.astype(we) * inv
+                vals = {"y": y, "dx": dx, "dgamma": sum_gx, "dbeta": sum_g}
+                out[(f"running_mean{sfx}", i)] = f64(rm)
+                out[(f"running_var{sfx}", i)] = f64(rv)
+            store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
             continue
-        x, g = _cn(data.x[trained], ax), _cn(data.g[trained], ax)
         mean, var, vals = train(x, g)
-        store("", vals, i, data.x[trained])
-        trained += 1
+        store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
         if case.track_running_stats:
-            w = 1.0 / trained if momentum == "cumulative" else float(momentum)
+            updates += 1
+            w = 1.0 / updates if momentum == "cumulative" else float(momentum)
             f = ref.bessel_factor(n, estimator)
             with np.errstate(invalid="ignore", over="ignore"):
                 rm = (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr)
                 rv = (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)
-            out[("running_mean", i)] = f64(rm)
-            out[("running_var", i)] = f64(rv)
+            out[(f"running_mean{sfx}", i)] = f64(rm)
+            out[(f"running_var{sfx}", i)] = f64(rv)
     return out
 
 

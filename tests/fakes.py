@@ -21,7 +21,8 @@ import numpy as np
 from harness.adapters.base import Adapter, Conventions, Precision, Raises, Refusal
 
 TORCH_LIKE = Conventions(momentum_style="weight_of_new", running_var_estimator="unbiased", default_eps=1e-5,
-                         default_momentum=0.1, native_layout="channels_first")
+                         default_momentum=0.1, native_layout="channels_first", frozen_call="batch_statistics",
+                         frozen_note="as torch: freezing the parameters does not change the mode")
 
 
 class NumpyBN(Adapter):
@@ -131,6 +132,11 @@ class NumpyBN(Adapter):
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
+    def frozen_step(self, st, x, g):
+        """Frozen the torch way: a training call whose parameters' gradients nobody asks for."""
+        out = self.train_step(st, x, g)
+        return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
+
     def after_eval(self, st, x):
         """What the layer does to its state after an eval call: nothing."""
 
@@ -219,6 +225,31 @@ class EvalNotRepeatable(NumpyBN):
 
     def after_eval(self, st, x):
         st["rv"] = np.nextafter(st["rv"], np.inf, dtype=st["rv"].dtype)
+
+
+class FrozenLikeKeras(NumpyBN):
+    """Declares what Keras does with a frozen layer (inference mode, the running statistics left as they are),
+    and does it: a correct fake of the other convention."""
+
+    name = "fake-frozen-inference"
+    conventions = replace(TORCH_LIKE, frozen_call="inference", frozen_note="as Keras: trainable = False")
+
+    def frozen_step(self, st, x, g):
+        out = self.eval_step(st, x, g)
+        return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
+
+
+class FrozenStillUpdates(FrozenLikeKeras):
+    """A frozen layer that normalizes in inference mode as declared, but still folds its batch into the running
+    statistics (the trap of fine-tuning: the statistics drift while the layer is 'frozen')."""
+
+    name = "bug-frozen-still-updates"
+
+    def frozen_step(self, st, x, g):
+        out = super().frozen_step(st, x, g)
+        self.fold(st, x.astype(st["wd"]))
+        out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
+        return out
 
 
 class HalfPrecisionMath(NumpyBN):

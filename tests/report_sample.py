@@ -96,9 +96,9 @@ def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.rando
                            "first):\n  File \"bn.py\", line 42 in forward")
     else:
         bad_q = {"fail": "running_var", "known": "y", "stale": None, "weak": "dgamma"}.get(fate)
-        keys = [(q.in_phase(kind), i) for i, kind in enumerate(case.schedule) for q in Quantity.of_phase("train")
-                if (case.has_scale or q != "dgamma") and (case.has_center or q != "dbeta")
-                if case.track_running_stats or q not in ("running_mean", "running_var")]
+        keys = [(q, i) for i, kind in enumerate(case.schedule) for q in Quantity.of_phase(kind)
+                if (case.has_scale or q.base != "dgamma") and (case.has_center or q.base != "dbeta")
+                if case.track_running_stats or not q.is_state]
         for q, s in keys:
             bad = bad_q is not None and (q == bad_q or (fate == "fail" and q == "y_eval"))
             m = _metrics(rng, case, q, bad)

@@ -61,6 +61,7 @@ class Raises:
 
 
 COMPUTES = "computes"
+FROZEN_CALLS = ("", "inference", "batch_statistics")  # Conventions.frozen_call
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class Conventions:
     is the expected outcome of every case that triggers it (``raises_on``) unless the case's own
     ``expect_raise`` names the adapter: the verdict is ``expected-raise``, and ``fail`` if the
     call returns.
+
+    ``frozen_call``: what a training-mode call does on a frozen layer (a case's ``"frozen"`` calls: the
+    framework's way of freezing, Keras ``trainable = False``, torch ``requires_grad_(False)``):
+    ``"inference"`` (it normalizes with the running statistics and leaves them as they are, as in eval) or
+    ``"batch_statistics"`` (freezing the parameters changes nothing about the mode: batch statistics, and the
+    running statistics updated); ``""``: the framework has no frozen layer (a skip, with ``frozen_note``).
+    ``frozen_note`` says where the framework decides it.
     """
 
     momentum_style: str
@@ -89,9 +97,13 @@ class Conventions:
     native_layout: str
     single_value_training: str | Raises = COMPUTES
     zero_eps_training: str | Raises = COMPUTES
+    frozen_call: str = ""
+    frozen_note: str = ""
     notes: str = ""
 
     def __post_init__(self) -> None:
+        if self.frozen_call not in FROZEN_CALLS:
+            raise TypeError(f"Conventions.frozen_call is one of {FROZEN_CALLS}, not {self.frozen_call!r}")
         for name in ("single_value_training", "zero_eps_training"):
             value = getattr(self, name)
             if value != COMPUTES and not isinstance(value, Raises):
@@ -271,6 +283,8 @@ class Adapter:
             return f"{self.name} does not support dtype {case.dtype}"
         if case.momentum == "cumulative" and not self.supports_cumulative:
             return f"{self.name} has no cumulative-average (momentum=None) mode"
+        if "frozen" in case.schedule and not self.conventions.frozen_call:
+            return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)
         if refusal and self.name not in case.expect_raise:  # a case that expects the raise runs to check it
             return (f"{self.name}: {self.framework or 'the framework'} refuses {case.dtype} input with "
@@ -330,24 +344,31 @@ class Adapter:
         back from the framework as after a training call: an eval call must leave them as they were."""
         raise NotImplementedError
 
+    def frozen_step(self, state: Any, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+        """A training-mode call + backward on the layer frozen the framework's way (and unfrozen after): y, dx and
+        the running statistics after the call (its parameters' gradients are not compared: a frozen layer's are
+        not used, and torch does not compute them). Adapters that declare ``conventions.frozen_call`` have it."""
+        raise NotImplementedError
+
     def run(self, case: Case, data: CaseData) -> Observed:
         """Build the layer and make the case's calls in order (``case.schedule``): each call's results are
-        recorded under its index, eval ones as ``<quantity>_eval``."""
+        recorded under its index, eval and frozen ones as ``<quantity>_eval`` and ``<quantity>_frozen``."""
         obs = Observed()
         stage = "build"
         t0 = time.perf_counter()
         try:
             state = self.build(case, data)
-            trained = 0
+            batch = 0
             for i, kind in enumerate(case.schedule):
                 stage = f"call {i} ({kind})"
-                if kind == "train":
-                    out = self.train_step(state, data.x[trained], data.g[trained])
-                    trained += 1
-                else:
+                if kind == "eval":
                     out = self.eval_step(state, data.x_eval, data.g_eval)
+                else:
+                    step = self.train_step if kind == "train" else self.frozen_step
+                    out = step(state, data.x[batch], data.g[batch])
+                    batch += 1
                 for q, v in out.items():
-                    obs.put(q if kind == "train" else f"{q}_eval", i, v)
+                    obs.put(q if kind == "train" else f"{q}_{kind}", i, v)
             self.describe(state, obs.info)
         except BaseException as e:  # the framework's own error, SystemExit and KeyboardInterrupt too, is an outcome
             if isinstance(e, KeyboardInterrupt) and not os.environ.get(IN_WORKER):

@@ -289,6 +289,10 @@ class FlaxAdapter(Adapter):
         momentum_style="decay_of_old", running_var_estimator="biased",
         default_eps=1e-5, default_momentum=0.99,
         native_layout="channels_last", single_value_training="computes",
+        frozen_call="batch_statistics",
+        frozen_note=("Flax has no trainable flag: freezing parameters is the optimizer's (optax masks), and the call "
+                     "with use_running_average=False is unchanged (batch statistics, batch_stats updated); "
+                     "use_running_average=True is an eval call"),
         notes="stats in at least float32; output dtype = result_type(x, scale, bias) (float32 for float16/bfloat16 "
               "inputs with float32 params); centered form (x - mean) * rsqrt(var + eps) * scale + bias",
     )
@@ -415,6 +419,11 @@ class FlaxAdapter(Adapter):
             out["running_var"] = np.asarray(new_stats["var"])
         state.dtypes.update({"y": str(y.dtype), "dx": str(dx.dtype), "running_var": str(new_stats["var"].dtype)})
         return out
+
+    def frozen_step(self, state: FlaxState, x, g):
+        """The training program: a frozen Flax layer is called as an unfrozen one (see ``frozen_note``)."""
+        out = self.train_step(state, x, g)
+        return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
 
     def eval_step(self, state: FlaxState, x, g):
         args = (x, g, state.params, state.stats, *state.hyper)

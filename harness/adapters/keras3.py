@@ -35,6 +35,7 @@ from harness.adapters.base import Adapter, Conventions, Mapped, Precision
 from harness.adapters.devices import gpu_visible, thread_count
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
+    KERAS_FROZEN,
     TF_DISTRIBUTIONS,
     TF_ENV,
     TFBench,
@@ -131,7 +132,7 @@ class Keras3Adapter(Adapter):
 
     framework = "keras"
     conventions = Conventions(
-        **KERAS_CONVENTIONS,
+        **KERAS_CONVENTIONS, **KERAS_FROZEN,
         notes=("momentum is the decay of the old value; the moving variance is the biased batch variance; "
                "statistics from ops.moments (one-pass E[x^2]-E[x]^2 on the torch backend)"),
     )
@@ -214,6 +215,16 @@ class Keras3Adapter(Adapter):
         out.update(state.moving_stats())
         return out
 
+    def frozen_step(self, state, x, g):
+        """``layer.trainable = False``, a call with training=True, then trainable again (as a fine-tuning loop
+        unfreezes)."""
+        state.layer.trainable = False
+        try:
+            out = self._call(state, x, g, training=True)
+        finally:
+            state.layer.trainable = True
+        return {"y": out["y"], "dx": out["dx"], **state.moving_stats()}
+
     def describe(self, state, info):
         import keras
 
@@ -291,12 +302,12 @@ class Keras3Jax(Keras3Adapter):
         return JaxLayerState(layer, case, tv=[v.value for v in layer.trainable_variables],
                              ntv=[v.value for v in layer.non_trainable_variables])
 
-    def _jit_key(self, case: Case, training: bool) -> tuple:
+    def _jit_key(self, case: Case, training: bool, frozen: bool = False) -> tuple:
         m = self.mapped(case)
         return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.has_scale, case.has_center,
-                case.use_defaults, m.momentum, m.eps, training)
+                case.use_defaults, m.momentum, m.eps, training, frozen)
 
-    def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple):
+    def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple, frozen: bool = False):
         """The jitted train/eval step for this case's settings, compiled once per shape and setting.
 
         The function only reads the layer's configuration: variables are passed in, so a layer
@@ -304,7 +315,7 @@ class Keras3Jax(Keras3Adapter):
         """
         import jax
 
-        key = self._jit_key(state.case, training)
+        key = self._jit_key(state.case, training, frozen)
         hit = self._jit_cache.get(key)
         if hit is not None:
             return hit
@@ -341,6 +352,28 @@ class Keras3Jax(Keras3Adapter):
         grads = {id(v): d for v, d in zip(layer.trainable_variables, dtv)}
         out.update({q: np.asarray(grads[id(v)]) for q, v in taped_params(layer.gamma, layer.beta).items()})
         return out
+
+    def frozen_step(self, state: JaxLayerState, x, g):
+        """The stateless call of a layer with ``trainable = False`` (gamma and beta move to its non-trainable
+        variables while it is frozen): the variables are handed over by identity, not by position."""
+        import jax.numpy as jnp
+
+        layer = state.layer
+        values = {id(v): a for v, a in zip(layer.trainable_variables, state.tv)}
+        values.update({id(v): a for v, a in zip(layer.non_trainable_variables, state.ntv)})
+        layer.trainable = False
+        try:
+            frozen_ntv = list(layer.non_trainable_variables)
+            args = ([values[id(v)] for v in layer.trainable_variables], [values[id(v)] for v in frozen_ntv],
+                    jnp.asarray(x), jnp.asarray(g))
+            y, dx, _, new_ntv = self._jax_fn(state, True, args, frozen=True)(*args)
+        finally:
+            layer.trainable = True
+        values.update({id(v): a for v, a in zip(frozen_ntv, new_ntv)})
+        state.tv = [values[id(v)] for v in layer.trainable_variables]
+        state.ntv = [values[id(v)] for v in layer.non_trainable_variables]
+        state.output_dtype = str(y.dtype)
+        return {"y": np.asarray(y), "dx": np.asarray(dx), **state.moving_stats()}
 
     def bench_devices(self) -> tuple[str, ...]:
         if self.worker_env.get("JAX_PLATFORMS") == "cpu":  # the keras3-jax worker is pinned to the CPU
@@ -419,7 +452,7 @@ class Keras3Torch(Keras3Adapter):
         y.backward(to_torch(torch, g).to(y.dtype))
         state.output_dtype = str(y.dtype).removeprefix("torch.")
         out = {"y": to_numpy(y), "dx": to_numpy(xt.grad)}
-        out.update({q: to_numpy(p.grad) for q, p in params.items()})
+        out.update({q: to_numpy(p.grad) for q, p in params.items() if p.grad is not None})  # frozen: no grad
         return out
 
     def bench_devices(self) -> tuple[str, ...]:

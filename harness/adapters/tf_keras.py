@@ -34,6 +34,7 @@ from harness.adapters.keras3 import (
 )
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
+    KERAS_FROZEN,
     TF_ENV,
     TFBench,
     fused_rank_refusal,
@@ -96,7 +97,7 @@ class TFKerasAdapter(TFBench, Adapter):
         self.name = "tf-keras-fused" if fused else "tf-keras-nonfused"
         self.refuses = (FUSED_FLOAT64,) if fused else ()
         self.conventions = Conventions(
-            **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"},
+            **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"}, **KERAS_FROZEN,
             notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
                    if fused else "fused=False: tf.nn.moments (two-pass, biased); moving average as assign_sub"),
         )
@@ -163,6 +164,15 @@ class TFKerasAdapter(TFBench, Adapter):
         out = self._call(state, x, g, training=False)
         out.update(state.moving_stats())
         return out
+
+    def frozen_step(self, state: LayerState, x, g):
+        """``layer.trainable = False``, a call with training=True, then trainable again."""
+        state.layer.trainable = False
+        try:
+            out = self._call(state, x, g, training=True)
+        finally:
+            state.layer.trainable = True
+        return {"y": out["y"], "dx": out["dx"], **state.moving_stats()}
 
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):

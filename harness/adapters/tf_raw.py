@@ -30,6 +30,7 @@ import numpy as np
 from harness.adapters.base import Adapter, Conventions, Precision, Refusal
 from harness.adapters.tf_support import (
     KERAS_CONVENTIONS,
+    NO_LAYER_TO_FREEZE,
     TF_DISTRIBUTIONS,
     TF_ENV,
     TFBench,
@@ -163,6 +164,7 @@ class TFRawAdapter(_TFAdapter):
     name = "tf-raw"
     conventions = Conventions(
         **KERAS_CONVENTIONS,
+        frozen_note=NO_LAYER_TO_FREEZE,
         notes=("tf.nn.batch_normalization has no default epsilon and tf.nn.moments no moving average: "
                "defaults cases use Keras' (epsilon 1e-3, decay 0.99), the moving average is Keras' decay form"),
     )
@@ -242,7 +244,7 @@ class TFFusedAdapter(_TFAdapter):
     conventions = Conventions(
         momentum_style="weight_of_new", running_var_estimator="unbiased_guarded",
         default_eps=1e-3, default_momentum=1.0,
-        native_layout="channels_last", single_value_training="computes",
+        native_layout="channels_last", single_value_training="computes", frozen_note=NO_LAYER_TO_FREEZE,
         notes=("exponential_avg_factor is the weight of the new statistic (default 1.0: replace); the returned "
                "variance is Bessel-corrected with n/max(n-1, 1) on CPU; epsilon default 1e-3 (the wrapper's)"),
     )

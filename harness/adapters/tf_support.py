@@ -35,6 +35,15 @@ KERAS_CONVENTIONS = dict(
     default_eps=1e-3, default_momentum=0.99,
     native_layout="channels_last", single_value_training="computes",
 )
+# Keras 3 and tf-keras: a layer with trainable = False runs in inference mode even when called with training=True
+KERAS_FROZEN = dict(
+    frozen_call="inference",
+    frozen_note=("Keras: 'setting trainable = False on the layer means that the layer will be subsequently run in "
+                 "inference mode' (keras/src/layers/normalization/batch_normalization.py, call: "
+                 "`if training and self.trainable`; tf-keras: _get_training_value, `if not self.trainable: "
+                 "training = False`)"),
+)
+NO_LAYER_TO_FREEZE = "raw TF ops have no layer to freeze (no trainable flag; the caller decides the mode)"
 
 
 def fused_rank_refusal(case: Case) -> str | None:

@@ -143,9 +143,9 @@ def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.
     y = bn(xt)
     y.backward(torch_tensor(state, g))
     out = {"y": torch_back(state, y), "dx": torch_back(state, xt.grad)}
-    if state.scale:
+    if state.scale and bn.weight.grad is not None:  # none where the parameters are frozen
         out["dgamma"] = to_numpy(bn.weight.grad)
-    if state.center:
+    if state.center and bn.bias.grad is not None:
         out["dbeta"] = to_numpy(bn.bias.grad)
     state.memory_format = memory_format(xt)
     return out
@@ -163,6 +163,19 @@ def torch_step(state: TorchState, x: np.ndarray, g: np.ndarray, training: bool) 
     return out
 
 
+def torch_frozen_step(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    """A training call with the parameters frozen the torch way (``requires_grad_(False)``), unfrozen after."""
+    params = list(state.bn.parameters())
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        out = torch_step(state, x, g, training=True)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
+
+
 class TorchAdapter(Adapter):
     name = "torch"
     framework = "torch"
@@ -177,6 +190,9 @@ class TorchAdapter(Adapter):
                                      "torch/nn/functional.py _verify_batch_size (called by batch_norm)"),
         zero_eps_training=Raises("ValueError", "eps must be positive during training",
                                  "torch/nn/functional.py batch_norm"),
+        frozen_call="batch_statistics",
+        frozen_note=("torch/nn/modules/batchnorm.py (_BatchNorm.forward: batch statistics and the running update "
+                     "follow self.training, not the parameters' requires_grad)"),
         notes="normalizes with the biased batch variance, stores the unbiased one",
     )
     # the CPU kernel takes parameters and running statistics in the input dtype, or float32 with a
@@ -238,6 +254,9 @@ class TorchAdapter(Adapter):
 
     def eval_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
         return torch_step(state, x, g, training=False)
+
+    def frozen_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+        return torch_frozen_step(state, x, g)
 
     # -- benchmark hooks (bnparity bench) ------------------------------------------
     bench_variants = ("eager", "compile")

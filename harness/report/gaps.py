@@ -28,7 +28,8 @@ from harness.expected import expected_quantities
 from harness.report.model import Model, ReportCell
 from harness.schema import Cell, Quantity
 
-Signature = tuple[str, Any, float]  # (running_var_estimator, effective momentum or "cumulative", eps)
+# (running_var_estimator, effective momentum or "cumulative", eps[, frozen_call where the case makes frozen calls])
+Signature = tuple[Any, ...]
 
 
 def signature(record: Cell | None) -> Signature | None:
@@ -39,7 +40,10 @@ def signature(record: Cell | None) -> Signature | None:
     est, m, eps = record.conventions.get("running_var_estimator"), record.effective.momentum, record.effective.eps
     if est is None or m is None or eps is None:
         return None
-    return (str(est), m if isinstance(m, str) else float(m), float(eps))
+    sig = (str(est), m if isinstance(m, str) else float(m), float(eps))
+    if "frozen" in (record.case_params.get("calls") or ()):
+        return (*sig, str(record.conventions.get("frozen_call") or ""))
+    return sig
 
 
 def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,8 +78,8 @@ def oracle_gaps(case_params: dict[str, Any], sigs: list[Signature]) -> dict[str,
         case = Case.model_validate(case_params)
         data = inputs.build(case)
         values = []
-        for est, m, eps in sigs:
-            exp = expected_quantities(case, data, est, m, eps)
+        for est, m, eps, *frozen in sigs:
+            exp = expected_quantities(case, data, est, m, eps, frozen_call=frozen[0] if frozen else "batch_statistics")
             # a quantity the settings do not touch (train y and dx under another estimator) is kept once
             values.append({k: next((v[k] for v in values if k in v and _same(v[k], e.value)), e.value)
                            for (q, s), e in exp.items() for k in [gap_key(q, s)]})

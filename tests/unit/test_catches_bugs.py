@@ -82,6 +82,12 @@ calls = ["train", "eval", "eval", "train", "eval"]
 seed = 12
 
 [[case]]
+name = "frozen"
+shape = [8, 3]
+calls = ["train", "frozen", "eval", "frozen", "train", "eval"]
+seed = 13
+
+[[case]]
 name = "double"
 dtype = "float64"
 shape = [8, 3, 2, 2]
@@ -100,6 +106,7 @@ EXPECT = {
     "EvalUsesBatchStats": ("dense", "y_eval"),
     "UpdatesAfterEval": ("sequence", "running_mean_eval"),
     "EvalNotRepeatable": ("sequence", "running_var_eval"),
+    "FrozenStillUpdates": ("frozen", "running_mean_frozen"),
 }
 
 
@@ -107,11 +114,11 @@ def test_correct_float32_implementation_passes_everything(run_parity):
     run = run_parity(CASES, ["NumpyBN"])
     assert run.result.ret == 0, run.result.stdout.str()[-3000:]
     assert {r.verdict for r in run.results()} == {"pass"}
-    assert len({r.case for r in run.results()}) == 12
+    assert len({r.case for r in run.results()}) == 13
 
 
 def test_every_planted_bug_is_flagged(run_parity):
-    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence")
+    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen")
     out = run.result.stdout.str()
     assert run.result.ret == 1
     for cls, (case, quantity) in EXPECT.items():
@@ -162,3 +169,22 @@ def test_eval_calls_leave_the_state_and_repeat(run_parity):
     assert {(r.quantity, r.step) for r in good} >= {("running_mean_eval", 1), ("running_var_eval", 2), ("y_eval", 4),
                                                     ("running_mean", 3), ("dx", 0)}
     assert {r.verdict for r in good} == {"pass"}
+
+
+def test_frozen_calls_follow_each_adapters_convention(run_parity):
+    """A training call on a frozen layer: torch-like (batch statistics, the running statistics updated) and
+    Keras-like (inference mode, left as they are) are each right for their own convention; a layer that declares
+    inference but still updates is caught where its bug lives, the state after the frozen call."""
+    run = run_parity(CASES, ["NumpyBN", "FrozenLikeKeras", "FrozenStillUpdates"], "-k", "frozen")
+    recs = {(r.adapter, r.quantity, r.step): r for r in run.results(case="frozen")}
+    for adapter in ("fake-good", "fake-frozen-inference"):
+        mine = [r for (a, _, _), r in recs.items() if a == adapter and r.quantity != "outcome"]
+        assert {r.verdict for r in mine} == {"pass"}, [r.message for r in mine if r.verdict != "pass"]
+        assert {("y_frozen", 1), ("dx_frozen", 3), ("running_var_frozen", 1)} <= {(r.quantity, r.step) for r in mine}
+        assert not any(r.quantity in ("dgamma_frozen", "dbeta_frozen") for r in mine)
+    bug = "bug-frozen-still-updates"
+    assert recs[(bug, "y_frozen", 1)].verdict == "pass"  # the output of the frozen call is right
+    assert recs[(bug, "running_mean_frozen", 1)].verdict == "fail"  # its state is not
+    # the conventions differ, so do the oracles: torch-like updates at call 1, Keras-like does not
+    assert recs[("fake-good", "running_mean_frozen", 1)].digest != recs[("fake-frozen-inference",
+                                                                          "running_mean_frozen", 1)].digest
