@@ -224,7 +224,8 @@ class Case(StrictModel):
     name: Name
     description: str = ""
     tags: Annotated[tuple[Name, ...], Field(strict=False)] = ()
-    shape: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=False)]
+    # N and the spatial sizes may be 0 (an empty batch, an empty shard): the layer then sees no value per channel
+    shape: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(strict=False)]
     layout: Literal["channels_first", "channels_last"] = "channels_first"
     dtype: Dtype = "float32"
     param_dtype: Dtype | None = None
@@ -278,6 +279,9 @@ class Case(StrictModel):
     def _shape(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not 2 <= len(v) <= MAX_RANK:
             raise ValueError(f"needs at least (N, C) and at most {MAX_RANK} axes (rank 2 to {MAX_RANK})")
+        if v[1] < 1:
+            raise ValueError(f"{list(v)} has no channel: C (the second size) is at least 1; N and the spatial sizes "
+                             f"may be 0 (an empty batch)")
         if math.prod(v) > MAX_ELEMENTS:
             raise ValueError(f"{list(v)} has more than 64M elements")
         return v

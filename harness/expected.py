@@ -191,7 +191,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     tol_rm = rounding_error(rm, p.running)
     tol_rv = rounding_error(rv, p.running)
     out: dict[tuple[str, int | None], Expected] = {}
-    absmax = lambda a: _per_channel(np.abs(a), ax, np.max)  # noqa: E731
+    absmax = lambda a: _per_channel(np.abs(a), ax, lambda v, axis: np.max(v, axis=axis, initial=0.0))  # noqa: E731
     abssum = lambda a: _per_channel(np.abs(a), ax, np.sum)  # noqa: E731
 
     def train_like(x, g):
@@ -220,6 +220,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             # a mean held in a narrower dtype is off by up to uh |mean|: a variance taken around it (the running
             # statistics of torch's pure 16-bit layers) is larger by that offset squared
             tol_var = C * (uc * k * var + (uc * k * A) ** 2 + uh * var + (uh * np.abs(mean)) ** 2)
+        if n == 0:  # an empty batch: dgamma and dbeta are empty sums, exactly 0 (the NaN statistics reach no term)
+            tol_dg, tol_db = np.zeros_like(dgamma), np.zeros_like(dbeta)
         q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
              "dx": Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)}
         if case.has_scale:
@@ -287,7 +289,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             continue
         q, mean, var, tmean, tvar = train_like(x, g)
         out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
-        if case.track_running_stats:
+        if case.track_running_stats and n > 0:  # an empty batch has nothing to fold in: the state is left as it was
             updates += 1
             m = momentum if momentum != "cumulative" else None
             rm0, rv0 = rm, rv
@@ -302,6 +304,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                 upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
                 tol_rm = (1 - w) * tol_rm + w * tmean + upd_m + ulp_of(rm, p.running)
                 tol_rv = (1 - w) * tol_rv + w * f * tvar + upd_v + ulp_of(rv, p.running)
+        if case.track_running_stats:
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
     return out

@@ -78,8 +78,9 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
             y, mean, var = train_forward(x, gamma, beta, eps, ax)
             dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)
             if case.track_running_stats and kind != "eval":
-                updates += 1
-                rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=updates)
+                if case.count:  # an empty batch leaves the state as it was
+                    updates += 1
+                    rm, rv = update_running(rm, rv, mean, var, case.count, m, estimator, num_batches_tracked=updates)
                 out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
         out[f"y{sfx}", i], out[f"dx{sfx}", i] = y, dx
         if params and case.has_scale:

@@ -126,13 +126,14 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             continue
         mean, var, vals = train(x, g)
         store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
-        if case.track_running_stats:
+        if case.track_running_stats and n > 0:  # an empty batch leaves the state as it was
             updates += 1
             w = 1.0 / updates if momentum == "cumulative" else float(momentum)
             f = ref.bessel_factor(n, estimator)
             with np.errstate(invalid="ignore", over="ignore"):
                 rm = (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr)
                 rv = (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)
+        if case.track_running_stats:
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
     return out

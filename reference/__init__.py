@@ -11,6 +11,10 @@ Degenerate inputs are defined, not accidental:
   gradient is ``gamma / sqrt(eps) * (g - mean(g))``.
 * zero variance with ``eps == 0``: ``1/sqrt(0)`` is infinite and
   ``0 * inf`` is NaN, so ``y`` and ``dx`` are NaN (``dbeta`` stays finite).
+* an empty batch (``count == 0``: N or a spatial size is 0): the batch mean and variance are 0/0, NaN;
+  ``y`` and ``dx`` are empty, ``dgamma`` and ``dbeta`` empty sums, 0. The running statistics are left as they
+  were: an empty batch has no statistics to fold in (``harness.expected`` applies this; torch does it,
+  Keras and Flax fold the NaN in).
 * ``count == 1`` with ``estimator="unbiased"``: the Bessel factor
   ``n/(n-1)`` is infinite and the batch variance is 0, so the stored running
   variance is NaN (what PyTorch's kernel does when its Python check is
@@ -47,6 +51,13 @@ def _axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
     return tuple(i for i in range(ndim) if i != c)
 
 
+def _mean(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """sum / count over ``axes`` (what ``np.mean`` computes, bit for bit); 0/0 = NaN over no value, silently."""
+    count = int(np.prod([a.shape[i] for i in axes]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a.sum(axis=axes) / float(count)
+
+
 def _bcast(v, ndim: int, channel_axis: int) -> np.ndarray:
     """Reshape a per-channel vector so it broadcasts against an ``ndim`` array."""
     shape = [1] * ndim
@@ -59,8 +70,8 @@ def batch_stats(x, channel_axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
     x = _f64(x)
     axes = _axes(x.ndim, channel_axis)
     with np.errstate(invalid="ignore", over="ignore"):
-        mean = x.mean(axis=axes)
-        var = ((x - _bcast(mean, x.ndim, channel_axis)) ** 2).mean(axis=axes)
+        mean = _mean(x, axes)
+        var = _mean((x - _bcast(mean, x.ndim, channel_axis)) ** 2, axes)
     return mean, var
 
 
@@ -103,7 +114,7 @@ def train_backward(x, g, gamma, eps, channel_axis: int = 1):
         xhat = (x - b(mean)) * b(inv)
         dgamma = (g * xhat).sum(axis=axes)
         dbeta = g.sum(axis=axes)
-        dx = b(_f64(gamma) * inv) * (g - b(g.mean(axis=axes)) - xhat * b((g * xhat).mean(axis=axes)))
+        dx = b(_f64(gamma) * inv) * (g - b(_mean(g, axes)) - xhat * b(_mean(g * xhat, axes)))
     return dx, dgamma, dbeta
 
 

@@ -109,13 +109,14 @@ class NumpyBN(Adapter):
         mean, var = self.stats(x, axes)
         inv = self.invstd(var, st["eps"])
         out = self._forward_backward(st, x, g, mean, inv, True)
-        if st["case"].track_running_stats:
+        if st["case"].track_running_stats and x.size:  # an empty batch leaves the state as it was
             st["t"] += 1
             w = self.new_weight(st)
             n = x.size // x.shape[st["axis"]]
             with np.errstate(invalid="ignore", divide="ignore"):
                 st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(wd)
                 st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n)).astype(wd)
+        if st["case"].track_running_stats:
             out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 

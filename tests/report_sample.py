@@ -49,14 +49,14 @@ def _adapter(name: str) -> Adapter:
 
 def _metrics(rng: np.random.Generator, case: Case, q: str, bad: bool) -> dict[str, Any]:
     shape = (case.channels,) if Quantity(q).per_channel else case.physical_shape
-    idx = [int(rng.integers(0, d)) for d in shape]
+    idx = [int(rng.integers(0, max(d, 1))) for d in shape]  # (an empty batch has no element: index 0 stands in)
     ulp = float(10 ** rng.uniform(3, 8)) if bad else float(10 ** rng.uniform(-1.5, 1.2))
     expected = float(rng.standard_normal())
     spacing = ulp_of(max(abs(expected), 1e-30), "float32")
     abs_err = ulp * spacing
     # error/bound: 3 to 1e4 outside the bound for a difference, 0.01 to 0.5 within it for a pass
     threshold = abs_err / 10 ** rng.uniform(0.5, 4) if bad else abs_err * 10 ** rng.uniform(0.3, 2.0)
-    total = int(np.prod(shape))
+    total = max(int(np.prod(shape)), 1)  # (made-up metrics: an empty batch gets one element too)
     rel = abs_err / max(abs(expected), 1e-30)
     stable = abs_err / 10 ** rng.uniform(-0.5, 1.0)  # the stable BN's error: 0.3x to 10x below
     m = {"max_abs_err": abs_err, "max_rel_err": rel, "max_ulp_err": ulp,

@@ -23,7 +23,7 @@ BAD = [
     ("wrong type", 'name = "c1"\nshape = [4, 3]\nsteps = "three"\n', "steps", "integer"),
     ("negative eps", GOOD + "eps = -1e-5\n", "eps", "greater than or equal to 0"),
     ("empty shape", 'name = "c1"\nshape = []\n', "shape", "at least (N, C)"),
-    ("zero dimension", 'name = "c1"\nshape = [0, 3]\n', "shape.0", "greater than or equal to 1"),
+    ("no channel", 'name = "c1"\nshape = [4, 0]\n', "shape", "has no channel"),
     ("bad layout", GOOD + 'layout = "NHWC"\n', "layout", "channels_first"),
     ("bad dtype", GOOD + 'dtype = "int8"\n', "dtype", "float16"),
     ("momentum above 1", GOOD + "momentum = 1.5\n", "momentum", "less than or equal to 1"),

@@ -138,6 +138,26 @@ name = "fresh_inf_input"
 shape = [6, 3]
 specials = [{ value = "inf", index = [2, 1] }]
 seed = 910
+
+[[case]]
+name = "fresh_empty_conv2d_channels_last"
+shape = [0, 3, 2, 5]
+layout = "channels_last"
+steps = 2
+seed = 921
+
+[[case]]
+name = "fresh_empty_spatial_conv3d"
+shape = [2, 2, 0, 3, 3]
+steps = 1
+seed = 922
+
+[[case]]
+name = "fresh_empty_conv3d_channels_last"
+shape = [0, 2, 2, 3, 4]
+layout = "channels_last"
+steps = 1
+seed = 923
 """
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
@@ -169,6 +189,14 @@ CELLS: dict[str, list[tuple[str, str]]] = {
     "flax-nnx-eval-float16-eps-underflow": [("flax-nnx-twopass", "fresh_float16_eps_1e9_momentum1")],
     "folded-affine-eps0-zero-variance-nan": [("keras3-tensorflow", "fresh_pair_eps0_momentum1"),
                                              ("tf-raw", "fresh_pair_eps0_momentum1")],
+    "keras3-empty-batch-nan-moving-statistics": [("keras3-jax", "fresh_empty_conv2d_channels_last")],
+    "folded-form-empty-batch-nan-dgamma": [("keras3-torch", "fresh_empty_conv2d_channels_last"),
+                                           ("tf-raw", "fresh_empty_conv2d_channels_last")],
+    "tf-empty-batch-nan-moving-statistics": [("tf-keras-fused", "fresh_empty_conv2d_channels_last")],
+    "tf-fused-empty-5d-dx-shape": [("tf-fused", "fresh_empty_conv3d_channels_last")],
+    "tf-fused-empty-5d-ncdhw-eval-gradient-raises": [("tf-keras-fused", "fresh_empty_spatial_conv3d")],
+    "flax-empty-batch-nan-batch-stats": [("flax-nnx", "fresh_empty_spatial_conv3d")],
+    "flax-empty-batch-nan-dscale": [("flax-linen-twopass", "fresh_empty_conv2d_channels_last")],
 }
 # entries no fresh case can show (yet): the mechanism is not traced, and other draws of the same kind pass; each
 # is judged in its evidence case, and its ledger text says so
