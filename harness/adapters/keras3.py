@@ -77,11 +77,15 @@ def keras_supports(case: Case, keras: str) -> str | None:
     return None
 
 
-def layer_kwargs(case: Case, m: Mapped) -> dict[str, Any]:
-    """BatchNormalization arguments other than the dtype; a defaults case passes no momentum or epsilon."""
+def layer_kwargs(case: Case, m: Mapped, conventions: Conventions) -> dict[str, Any]:
+    """BatchNormalization arguments other than the dtype; a defaults case passes no momentum or epsilon. A renorm
+    case passes renorm=True, its clipping (only the bounds it gives) and its momentum in the framework's style."""
     kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.has_center, scale=case.has_scale)
     if not case.use_defaults:  # defaults cases construct the layer as a user who passes nothing would
         kwargs.update(momentum=m.momentum, epsilon=m.eps)
+    if case.renorm is not None:
+        kwargs.update(renorm=True, renorm_clipping=case.renorm.clipping(),
+                      renorm_momentum=conventions.framework_momentum(case.renorm.momentum))
     return kwargs
 
 
@@ -94,6 +98,14 @@ def load_layer(layer: Any, case: Case, data: CaseData) -> Any:
         layer.beta.assign(data.beta)
     layer.moving_mean.assign(data.running_mean)
     layer.moving_variance.assign(data.running_var)
+    if case.renorm is not None:
+        # what the layer's own initializers do from moving_mean / moving_variance (renorm_mean = moving mean,
+        # moving_stddev = renorm_stddev = sqrt(moving variance), no eps; keras batch_normalization.py build(),
+        # tf-keras build()), done for the case's initial statistics: reference.renorm_initial
+        sd = np.sqrt(data.running_var.astype(np.float64))
+        for var, value in ((layer.moving_stddev, sd), (layer.renorm_stddev, sd), (layer.renorm_mean,
+                                                                                   data.running_mean)):
+            var.assign(value.astype(var.numpy().dtype))  # rounded once, to the variable's own dtype
     return layer
 
 
@@ -131,6 +143,7 @@ class Keras3Adapter(Adapter):
     """``keras.layers.BatchNormalization`` on one Keras 3 backend; a subclass per backend."""
 
     framework = "keras"
+    no_renorm = None  # renorm=True, renorm_clipping, renorm_momentum
     conventions = Conventions(
         **KERAS_CONVENTIONS, **KERAS_FROZEN,
         notes=("momentum is the decay of the old value; the moving variance is the biased batch variance; "
@@ -195,7 +208,8 @@ class Keras3Adapter(Adapter):
     def _layer(self, case: Case, data: CaseData) -> Any:
         import keras
 
-        layer = keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case)), dtype=dtype_policy(case))
+        layer = keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case), self.conventions),
+                                                dtype=dtype_policy(case))
         return load_layer(layer, case, data)
 
     def build(self, case: Case, data: CaseData) -> LayerState:
@@ -305,7 +319,7 @@ class Keras3Jax(Keras3Adapter):
     def _jit_key(self, case: Case, training: bool, frozen: bool = False) -> tuple:
         m = self.mapped(case)
         return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.has_scale, case.has_center,
-                case.use_defaults, m.momentum, m.eps, training, frozen)
+                case.use_defaults, m.momentum, m.eps, training, frozen, case.renorm)
 
     def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple, frozen: bool = False):
         """The jitted train/eval step for this case's settings, compiled once per shape and setting.
