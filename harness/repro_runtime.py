@@ -20,7 +20,6 @@ import numpy as np
 from harness.compare import ulp
 from harness.inputs import as_stored, build, digest, np_dtype
 from reference import (
-    batch_stats,
     eval_backward,
     eval_forward,
     renorm_correction,
@@ -89,7 +88,7 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
             dx, dgamma, dbeta = eval_backward(x, g, gamma, rm_s, rv_s, eps, ax)
             out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv  # the call leaves them
         elif rn is not None and kind != "eval":  # a batch-renormalization training call
-            mean, var = batch_stats(x, ax)
+            _, mean, var = train_forward(x, gamma, beta, eps, ax)  # the batch statistics
             r, d = renorm_correction(mean, var, state.renorm_mean, state.renorm_stddev, eps, getattr(rn, "rmin", None),
                                      getattr(rn, "rmax", None), getattr(rn, "dmax", None))
             y, _, _ = renorm_train_forward(x, gamma, beta, eps, r, d, ax)
