@@ -285,7 +285,7 @@ class Adapter:
             return f"{self.name} does not support dtype {case.dtype}"
         if case.momentum == "cumulative" and not self.supports_cumulative:
             return f"{self.name} has no cumulative-average (momentum=None) mode"
-        if case.renorm is not None and self.no_renorm:
+        if case.renorm is not None and self.no_renorm and self.name not in case.expect_raise:  # (as a refusal)
             return f"{self.name}: no batch renormalization: {self.no_renorm}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from packaging.version import Version
 
 from harness.adapters import jax_support
 from harness.adapters.base import Adapter, Conventions, Mapped, Precision
@@ -46,6 +47,8 @@ from harness.adapters.tf_support import (
 )
 from harness.cases import Case
 from harness.inputs import CaseData
+
+RENORM_SINCE = Version("3.14.0")  # keras-team/keras#22047 (git tag --contains 019d9ed: v3.14.0 first)
 
 
 def keras_axis(case: Case) -> int:
@@ -173,7 +176,16 @@ class Keras3Adapter(Adapter):
         return ("keras", *self.backend_distributions)
 
     def supports(self, case: Case) -> str | None:
-        return super().supports(case) or keras_supports(case, "Keras")
+        return super().supports(case) or keras_supports(case, "Keras") or self.renorm_missing(case)
+
+    def renorm_missing(self, case: Case) -> str | None:
+        """Keras 3 dropped Keras 2's renorm and brought it back in 3.14.0; before that BatchNormalization raises
+        ValueError: Unrecognized keyword arguments passed to BatchNormalization: {'renorm': True}."""
+        version = self.versions().get("keras", "")
+        if case.renorm is not None and version and Version(version) < RENORM_SINCE:
+            return (f"{self.name}: no batch renormalization: keras {version} has no renorm (added in {RENORM_SINCE}, "
+                    f"https://github.com/keras-team/keras/pull/22047)")
+        return None
 
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)

@@ -18,12 +18,13 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, Precision, Refusal
+from harness.adapters.base import Adapter, Conventions, Precision, Raises, Refusal
 from harness.adapters.keras3 import (
     LayerState,
     dtype_policy,
@@ -82,9 +83,12 @@ FUSED_FLOAT64 = Refusal(
 
 
 # BatchNormalization(fused=True, renorm=True) raises from the constructor (tf-keras 2.21), in its own words
-FUSED_RENORM = ("tf-keras says ValueError: Passing both `fused=True` and `renorm=True` is not supported "
-                "(https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/"
-                "batch_normalization.py, BatchNormalizationBase.__init__)")
+FUSED_RENORM_RAISES = Raises(
+    "ValueError", re.escape("Passing both `fused=True` and `renorm=True` is not supported"),
+    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py "
+    "(BatchNormalizationBase.__init__)")
+FUSED_RENORM = (f"tf-keras refuses it: {FUSED_RENORM_RAISES.type}: Passing both `fused=True` and `renorm=True` is "
+                f"not supported (source: {FUSED_RENORM_RAISES.source})")
 
 
 class TFKerasAdapter(TFBench, Adapter):
