@@ -215,6 +215,31 @@ class ToleranceOverride(StrictModel):
         return v
 
 
+class Renorm(StrictModel):
+    """Batch Renormalization (Ioffe 2017; Keras ``renorm=True``): in training the normalized values are corrected to
+    ``r * xhat + d`` with ``r = sqrt(var + eps) / renorm_stddev`` and ``d = (mean - renorm_mean) / renorm_stddev``,
+    each clipped (``rmin <= r <= rmax``, ``|d| <= dmax``; a bound left out does not clip that side) and held
+    constant in the backward. ``momentum`` is the weight of the new batch statistic in the renorm moving mean and
+    stddev, as the case's ``momentum`` is (Keras's ``renorm_momentum`` is ``1 - momentum``); the default 0.01 is
+    Keras's default ``renorm_momentum=0.99``."""
+
+    momentum: Annotated[float, Field(ge=0, le=1)] = 0.01
+    rmin: Magnitude | None = None
+    rmax: Magnitude | None = None
+    dmax: Annotated[float, Field(ge=0, le=MAX_MAGNITUDE)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.rmin is not None and self.rmax is not None and not self.rmin <= self.rmax:
+            raise FieldProblem("rmax", f"rmax ({self.rmax}) must be >= rmin ({self.rmin}): r is clipped to "
+                                       f"[rmin, rmax]")
+        return self
+
+    def clipping(self) -> dict[str, float]:
+        """The clipping as Keras's ``renorm_clipping`` takes it: only the bounds given."""
+        return {k: v for k, v in (("rmin", self.rmin), ("rmax", self.rmax), ("dmax", self.dmax)) if v is not None}
+
+
 AdapterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+*?\[\]-]+$")]
 
 
@@ -237,6 +262,8 @@ class Case(StrictModel):
     scale: bool | None = None
     center: bool | None = None
     track_running_stats: bool = True
+    # Batch Renormalization (Keras renorm=True): None, or its momentum and clipping (``Renorm``)
+    renorm: Renorm | None = None
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
     # the calls in order ("train": forward and backward in training mode; "eval": in inference mode; "frozen": in
@@ -317,7 +344,19 @@ class Case(StrictModel):
                                          f"true) to give {name} = true alone")
         if self.momentum == "cumulative" and not self.track_running_stats:
             raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
+        self._check_renorm()
         return self
+
+    def _check_renorm(self) -> None:
+        """Batch Renormalization keeps moving statistics and averages them with a momentum of its own."""
+        if self.renorm is None:
+            return
+        if not self.track_running_stats:
+            raise FieldProblem("renorm", "batch renormalization corrects with moving statistics: it needs "
+                                         "track_running_stats")
+        if self.momentum == "cumulative":
+            raise FieldProblem("renorm", "batch renormalization averages with a momentum (Keras has no cumulative "
+                                         "average): give a numeric momentum")
 
     @property
     def schedule(self) -> tuple[str, ...]:

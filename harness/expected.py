@@ -41,6 +41,26 @@ over ``n`` values in whatever order a correct framework sums, see below):
   ``dgamma = sum(g (x - rm) / s)``: ``k u sum|g| ((A + |rm|) / s + max|xhat|)`` plus
   ``sum|g| e(rm) / s`` and ``|dgamma| e(rv) / (2 (rv + eps))``; ``dbeta``: ``k u sum|g|``.
 
+Batch renormalization (a case's ``renorm``) is BN with a per-channel affine correction: a training call
+computes ``y = gamma r xhat + (gamma d + beta)``, so its bounds are the ones above with the effective
+parameters ``gamma r`` and ``gamma d + beta``, plus what the errors of ``r`` and ``d`` add
+(``renorm_like``):
+
+* ``sd = sqrt(var + eps)``: ``e(var) / (2 sd)`` and two roundings; ``rs = max(renorm_stddev, sqrt(eps))``:
+  renorm's stddev's own error and a rounding; ``r = sd / rs``: ``r (e(sd) / sd + e(rs) / rs + u)``;
+  ``d = (mean - renorm_mean) / rs``: ``(e(mean) + e(renorm_mean) + u |mean - renorm_mean|) / rs +
+  |d| (e(rs) / rs + u)``. Clipping is monotone: the error of ``clip(v)`` is at most how far ``clip`` moves
+  over ``v +- e(v)`` (0 where that whole interval is clipped to one bound);
+* ``y`` gains ``|gamma xhat| e(r) + |gamma| e(d)`` and the roundings of forming ``gamma r`` and
+  ``gamma d + beta``; ``dx`` (proportional to ``gamma r``, r and d constants) the relative ``e(r) / r`` and
+  one rounding; ``dgamma = r sum(g xhat) + d sum(g)``: ``|r|`` and ``|d|`` times the two sums' bounds, plus
+  ``e(r) |sum(g xhat)| + e(d) |sum(g)|``; ``dbeta`` is BN's;
+* the state: the moving mean, the moving stddev, renorm's mean and stddev are each an average
+  ``(1 - w) old + w batch`` and carry their error as the running statistics do (the batch's ``e(sd)`` for
+  the stddevs), starting from the rounding of ``sqrt(running_var)`` to ``running``; the compared running
+  variance ``relu(ms^2 - eps)`` has ``2 ms e(ms)``, three roundings of ``ms^2 + eps`` and one to ``running``.
+  Eval is BN's eval with that mean and variance.
+
 Declared precision beyond the statistics' dtype (each term is zero when the dtype is the statistics'
 own, whose few roundings the reduction terms above already cover, ``k >= 3``):
 
@@ -194,8 +214,9 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     absmax = lambda a: _per_channel(np.abs(a), ax, lambda v, axis: np.max(v, axis=axis, initial=0.0))  # noqa: E731
     abssum = lambda a: _per_channel(np.abs(a), ax, np.sum)  # noqa: E731
 
-    def train_like(x, g):
-        """Train-mode y and grads with bounds, plus the batch stats and their bounds."""
+    def train_like(x, g, gamma=gamma, beta=beta):
+        """Train-mode y and grads with bounds, plus the batch stats and their bounds (``gamma``, ``beta``: the
+        parameters the normalization applies; batch renormalization's effective ones in ``renorm_like``)."""
         y, mean, var = ref.train_forward(x, gamma, beta, eps, ax)
         dx, dgamma, dbeta = ref.train_backward(x, g, gamma, eps, ax)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -263,6 +284,80 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
         return q
 
+    rn = case.renorm
+    if rn is not None:  # batch renormalization's state and its bounds (the moving mean and variance are rm, rv)
+        st = ref.renorm_initial(rm, rv)
+        tol_st = ref.RenormState(tol_rm, rounding_error(st.moving_stddev, p.running), tol_rv, tol_rm,
+                                 rounding_error(st.renorm_stddev, p.running))
+
+    def clipped_error(v, e, lo, hi):
+        """The error of clip(v) given that of v: clipping is monotone, so at most what it does to v +- e (0 where
+        the whole interval is clipped to one bound)."""
+        lo = -np.inf if lo is None else lo
+        hi = np.inf if hi is None else hi
+        with np.errstate(invalid="ignore"):
+            c = np.clip(v, lo, hi)
+            return np.maximum(np.abs(np.clip(v + e, lo, hi) - c), np.abs(np.clip(v - e, lo, hi) - c))
+
+    def renorm_like(x, g, st, tol_st):
+        """A batch-renormalization training call: BN with the effective parameters gamma r and gamma d + beta
+        (``train_like``'s bounds), plus what the errors of r and d add, and the state after it with its bounds."""
+        mean, var = ref.batch_stats(x, ax)
+        r, d = ref.renorm_correction(mean, var, st.renorm_mean, st.renorm_stddev, eps, rn.rmin, rn.rmax, rn.dmax)
+        q, mean, var, tmean, tvar = train_like(x, g, gamma * r, gamma * d + beta)
+        y = ref.renorm_train_forward(x, gamma, beta, eps, r, d, ax)[0]  # the oracle's own composition
+        dx, dgamma, dbeta = ref.renorm_train_backward(x, g, gamma, eps, r, d, ax)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            sd = np.sqrt(var + eps)
+            rs = np.maximum(st.renorm_stddev, np.sqrt(eps))
+            # sd carries the variance's error through the square root, and two roundings (+ eps, sqrt)
+            e_sd = tvar / (2 * sd) + C * uc * 2 * sd
+            e_rs = tol_st.renorm_stddev + C * uc * rs
+            r_raw, d_raw = sd / rs, (mean - st.renorm_mean) / rs
+            e_r = clipped_error(r_raw, r_raw * (e_sd / sd + e_rs / rs) + C * uc * r_raw, rn.rmin, rn.rmax)
+            e_d = clipped_error(d_raw, (tmean + tol_st.renorm_mean + C * uc * np.abs(mean - st.renorm_mean)) / rs
+                                + np.abs(d_raw) * (e_rs / rs + C * uc), -rn.dmax if rn.dmax is not None else None,
+                                rn.dmax)
+            xhat = (x - b(mean)) / b(sd)
+            gx = np.abs(b(gamma) * xhat)
+            # y = gamma (r xhat + d) + beta: the errors of r and d, and forming gamma r and gamma d + beta
+            tol_y = (q["y"].tol + gx * b(e_r) + b(np.abs(gamma) * e_d)
+                     + C * uc * (gx * b(np.abs(r)) + b(np.abs(gamma * d) + np.abs(beta))))
+            # dx is proportional to gamma r: relative error e(r) / r, and the rounding of gamma r
+            rel_r = np.where(r != 0, e_r / np.abs(r), 0.0)
+            tol_dx = q["dx"].tol + np.abs(dx) * b(rel_r + C * uc)
+        q["y"] = Expected(y, tol_y, p.output)
+        q["dx"] = Expected(dx, tol_dx, p.output)
+        if case.has_scale:
+            # dgamma = r sum(g xhat) + d sum(g): train_like's bounds of the two sums (its dgamma, dbeta), scaled
+            s1, tol_s1 = q["dgamma"].value, q["dgamma"].tol  # sum(g xhat): train_like's dgamma
+            tol_s0 = C * uc * k0 * abssum(g)
+            tol_dg = (np.abs(r) * tol_s1 + np.abs(d) * tol_s0 + e_r * np.abs(s1) + e_d * np.abs(dbeta)
+                      + C * uc * (np.abs(r * s1) + np.abs(d * dbeta)))
+            q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
+        new = ref.renorm_update(st, mean, var, eps, momentum, rn.momentum)
+        ur = unit_roundoff(p.running)
+
+        def ema(e_old, e_batch, old, batch, w, value):
+            """The error of (1 - w) old + w batch: the inputs' errors, the update's roundings (as for the running
+            statistics below), one rounding to the stored dtype."""
+            with np.errstate(invalid="ignore", over="ignore"):
+                upd = ur * (2 * w * np.abs(old - batch) + (1 - w) * np.abs(old) + w * np.abs(batch))
+                return (1 - w) * e_old + w * e_batch + upd + ulp_of(value, p.running)
+
+        with np.errstate(invalid="ignore", over="ignore"):
+            w, wr = float(momentum), rn.momentum
+            e_ms = ema(tol_st.moving_stddev, e_sd, st.moving_stddev, sd, w, new.moving_stddev)
+            # moving_variance = relu(ms^2 - eps), formed from ms in the statistics' dtype: 2 ms e(ms), three roundings
+            e_mv = (2 * new.moving_stddev * e_ms + C * uc * (new.moving_stddev ** 2 + eps)
+                    + ulp_of(new.moving_variance, p.running))
+            tol_new = ref.RenormState(
+                moving_mean=ema(tol_st.moving_mean, tmean, st.moving_mean, mean, w, new.moving_mean),
+                moving_stddev=e_ms, moving_variance=e_mv,
+                renorm_mean=ema(tol_st.renorm_mean, tmean, st.renorm_mean, mean, wr, new.renorm_mean),
+                renorm_stddev=ema(tol_st.renorm_stddev, e_sd, st.renorm_stddev, sd, wr, new.renorm_stddev))
+        return q, new, tol_new
+
     # the calls in order (``case.schedule``), each recorded under its index; eval and frozen ones as
     # <quantity>_eval, <quantity>_frozen. A frozen call takes the next training batch; by the adapter's convention it
     # runs in inference mode (as an eval call: the running statistics, which it leaves as they are) or as a training
@@ -284,6 +379,13 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             q = eval_like(x, g, rm, rv, tol_rm, tol_rv)
             out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
             # the call leaves the state as it was: the same values, the same bound
+            out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
+            out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
+            continue
+        if rn is not None:  # batch renormalization: the moving mean and (derived) variance are rm, rv
+            q, st, tol_st = renorm_like(x, g, st, tol_st)
+            out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
+            rm, rv, tol_rm, tol_rv = st.moving_mean, st.moving_variance, tol_st.moving_mean, tol_st.moving_variance
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
             continue

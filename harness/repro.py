@@ -50,7 +50,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 """
 
 

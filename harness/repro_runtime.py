@@ -19,7 +19,18 @@ import numpy as np
 
 from harness.compare import ulp
 from harness.inputs import as_stored, build, digest, np_dtype
-from reference import eval_backward, eval_forward, train_backward, train_forward, update_running
+from reference import (
+    eval_backward,
+    eval_forward,
+    renorm_correction,
+    renorm_initial,
+    renorm_train_backward,
+    renorm_train_forward,
+    renorm_update,
+    train_backward,
+    train_forward,
+    update_running,
+)
 
 ORDER = ("running_mean", "running_var", "y", "dx", "dgamma", "dbeta", "y_eval", "dx_eval", "dgamma_eval",
          "dbeta_eval", "running_mean_eval", "running_var_eval", "y_frozen", "dx_frozen", "running_mean_frozen",
@@ -59,6 +70,8 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
     rm, rv = data.f64("running_mean"), data.f64("running_var")
     m = None if momentum == "cumulative" else momentum
     out: dict[tuple[str, int | None], np.ndarray] = {}
+    rn = getattr(case, "renorm", None)  # batch renormalization: its state, the moving mean and variance in rm, rv
+    state = renorm_initial(rm, rv) if rn is not None else None
     batch = updates = 0
     for i, kind in enumerate(case.schedule):  # the calls in order, each recorded under its index
         if kind == "eval":
@@ -74,6 +87,15 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
             y = eval_forward(x, gamma, beta, rm_s, rv_s, eps, ax)
             dx, dgamma, dbeta = eval_backward(x, g, gamma, rm_s, rv_s, eps, ax)
             out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv  # the call leaves them
+        elif rn is not None and kind != "eval":  # a batch-renormalization training call
+            _, mean, var = train_forward(x, gamma, beta, eps, ax)  # the batch statistics
+            r, d = renorm_correction(mean, var, state.renorm_mean, state.renorm_stddev, eps, getattr(rn, "rmin", None),
+                                     getattr(rn, "rmax", None), getattr(rn, "dmax", None))
+            y, _, _ = renorm_train_forward(x, gamma, beta, eps, r, d, ax)
+            dx, dgamma, dbeta = renorm_train_backward(x, g, gamma, eps, r, d, ax)
+            state = renorm_update(state, mean, var, eps, momentum, rn.momentum)
+            rm, rv = state.moving_mean, state.moving_variance
+            out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
         else:  # batch statistics (a training call; eval without stored statistics)
             y, mean, var = train_forward(x, gamma, beta, eps, ax)
             dx, dgamma, dbeta = train_backward(x, g, gamma, eps, ax)

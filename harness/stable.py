@@ -11,7 +11,10 @@ adapter declares (``Precision``), and the runner compares the two errors:
 * the normalization unfolded, ``(x - mean) * invstd * gamma + beta``, and its gradient
   ``gamma * invstd * (g - mean(g) - xhat * mean(g xhat))``, in ``normalize``;
 * running statistics updated in ``statistics`` and stored in ``running``; outputs rounded to
-  ``output``, parameter gradients to ``params``.
+  ``output``, parameter gradients to ``params``;
+* batch renormalization (a case's ``renorm``): ``r`` and ``d`` in ``statistics``, applied as
+  ``(xhat * r + d) * gamma + beta``, and its four moving statistics (mean, stddev, renorm's mean and stddev)
+  updated in ``statistics`` and stored in ``running``, the moving variance derived from the stddev.
 
 A quantity whose error exceeds ``WEAK_FACTOR`` times the stable error (plus one ulp at the quantity's
 scale, so that two answers that are both exact to the last place never compare as a ratio of
@@ -101,6 +104,39 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             else:
                 out[(f"{name}{q}", step)] = f64(_back(v.astype(wo), x_like, ax))
 
+    rn = case.renorm
+    if rn is not None:  # batch renormalization's state, stored in ``running`` like the moving statistics
+        st = {"mm": rm, "ms": np.sqrt(data.running_var.astype(np.float64)).astype(wr), "rmean": rm,
+              "rsd": np.sqrt(data.running_var.astype(np.float64)).astype(wr)}
+
+    def renorm_train(x, g):
+        """Batch renormalization, careful: r and d from the statistics above in ``statistics``, applied to xhat as
+        gamma (r xhat + d) + beta; the state updated in ``statistics`` and stored in ``running``."""
+        mean, var = stats(x)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            sd = np.sqrt(var + ws.type(eps))
+            rs = np.maximum(st["rsd"].astype(ws), np.sqrt(ws.type(eps)))
+            r, d = sd / rs, (mean - st["rmean"].astype(ws)) / rs
+            r = np.clip(r, -np.inf if rn.rmin is None else rn.rmin, np.inf if rn.rmax is None else rn.rmax).astype(ws)
+            d = (d if rn.dmax is None else np.clip(d, -rn.dmax, rn.dmax)).astype(ws)
+        y, xhat, inv, sum_g, sum_gx = normalize(x, g, mean, var)
+        with np.errstate(invalid="ignore", over="ignore"):
+            rn_, dn = r.astype(wn)[:, None], d.astype(wn)[:, None]
+            y = (xhat * rn_ + dn) * gamma.astype(wn) + beta.astype(wn)
+            mg = (sum_g / ws.type(n)).astype(wn)[:, None]
+            mgx = (sum_gx / ws.type(n)).astype(wn)[:, None]
+            dx = gamma * rn_ * inv * (g.astype(wn) - mg - xhat * mgx)
+            dgamma = r * sum_gx + d * sum_g
+            w, wr_ = ws.type(momentum), ws.type(rn.momentum)
+            one = ws.type(1)
+            ms = (one - w) * st["ms"].astype(ws) + w * sd
+            st["mm"] = ((one - w) * st["mm"].astype(ws) + w * mean).astype(wr)
+            st["ms"] = ms.astype(wr)
+            st["mv"] = np.maximum(ms * ms - ws.type(eps), ws.type(0)).astype(wr)
+            st["rmean"] = ((one - wr_) * st["rmean"].astype(ws) + wr_ * mean).astype(wr)
+            st["rsd"] = ((one - wr_) * st["rsd"].astype(ws) + wr_ * sd).astype(wr)
+        return {"y": y, "dx": dx, "dgamma": dgamma, "dbeta": sum_g}
+
     batch = updates = 0
     for i, kind in enumerate(case.schedule):
         if kind == "eval":
@@ -123,6 +159,13 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
                 out[(f"running_mean{sfx}", i)] = f64(rm)
                 out[(f"running_var{sfx}", i)] = f64(rv)
             store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
+            continue
+        if rn is not None:
+            vals = renorm_train(x, g)
+            store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
+            rm, rv = st["mm"], st["mv"]
+            out[(f"running_mean{sfx}", i)] = f64(rm)
+            out[(f"running_var{sfx}", i)] = f64(rv)
             continue
         mean, var, vals = train(x, g)
         store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)

@@ -20,9 +20,20 @@ Degenerate inputs are defined, not accidental:
   variance is NaN (what PyTorch's kernel does when its Python check is
   bypassed). ``estimator="unbiased_guarded"`` uses ``n/max(n-1, 1)``, which
   gives 0 there (TensorFlow's fused kernel).
+
+Batch Renormalization (Ioffe 2017, Keras ``renorm=True``) is BN with a
+per-channel affine correction in training: ``y = gamma * (r * xhat + d) +
+beta``, where ``r`` and ``d`` compare the batch statistics with renorm's own
+moving mean and standard deviation, are clipped, and are constants to the
+gradient (``renorm_correction``, ``renorm_train_forward``,
+``renorm_train_backward``). Its moving statistics average the standard
+deviation ``sqrt(var + eps)``, not the variance; the moving variance is derived
+from them (``renorm_update``), and eval is plain BN with it (``eval_forward``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +48,12 @@ __all__ = [
     "train_backward",
     "eval_backward",
     "update_running",
+    "RenormState",
+    "renorm_initial",
+    "renorm_correction",
+    "renorm_train_forward",
+    "renorm_train_backward",
+    "renorm_update",
 ]
 
 ESTIMATORS = ("biased", "unbiased", "unbiased_guarded")
@@ -172,3 +189,89 @@ def update_running(running_mean, running_var, batch_mean, batch_var, count: int,
         new_mean = (1.0 - m) * _f64(running_mean) + m * _f64(batch_mean)
         new_var = (1.0 - m) * _f64(running_var) + m * stored_var
     return new_mean, new_var
+
+
+# -- Batch Renormalization -----------------------------------------------------------------------------
+
+
+class RenormState(NamedTuple):
+    """What a renorm layer keeps per channel: the moving mean and stddev it evaluates with (``moving_variance``
+    derived from the stddev), and renorm's own moving mean and stddev that ``r`` and ``d`` compare against."""
+
+    moving_mean: np.ndarray
+    moving_stddev: np.ndarray
+    moving_variance: np.ndarray
+    renorm_mean: np.ndarray
+    renorm_stddev: np.ndarray
+
+
+def renorm_initial(running_mean, running_var) -> RenormState:
+    """The state a layer starts from, given its initial moving mean and variance: Keras initializes
+    ``moving_stddev`` and ``renorm_stddev`` to ``sqrt(moving_variance)`` (no eps) and ``renorm_mean`` to the
+    moving mean."""
+    rm, rv = _f64(running_mean), _f64(running_var)
+    with np.errstate(invalid="ignore"):
+        sd = np.sqrt(rv)
+    return RenormState(rm.copy(), sd, rv.copy(), rm.copy(), sd.copy())
+
+
+def renorm_correction(mean, var, renorm_mean, renorm_stddev, eps, rmin=None, rmax=None, dmax=None):
+    """(r, d) of one training call, from the batch statistics and the state before the call.
+
+    rs = max(renorm_stddev, sqrt(eps)) (no division by zero early on); r = sqrt(var + eps) / rs, then
+    max(r, rmin), then min(r, rmax); d = (mean - renorm_mean) / rs clipped to [-dmax, dmax]. A bound that is None
+    does not clip.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        rs = np.maximum(_f64(renorm_stddev), np.sqrt(float(eps)))
+        r = np.sqrt(_f64(var) + float(eps)) / rs
+        d = (_f64(mean) - _f64(renorm_mean)) / rs
+        if rmin is not None:
+            r = np.maximum(r, float(rmin))
+        if rmax is not None:
+            r = np.minimum(r, float(rmax))
+        if dmax is not None:
+            d = np.clip(d, -float(dmax), float(dmax))
+    return r, d
+
+
+def renorm_train_forward(x, gamma, beta, eps, r, d, channel_axis: int = 1):
+    """y = gamma * (r * xhat + d) + beta with the batch statistics; returns (y, mean, var)."""
+    x = _f64(x)
+    b = lambda v: _bcast(v, x.ndim, channel_axis)  # noqa: E731
+    mean, var = batch_stats(x, channel_axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xhat = (x - b(mean)) * b(_invstd(var, eps))
+        y = b(gamma) * (b(r) * xhat + b(d)) + b(beta)
+    return y, mean, var
+
+
+def renorm_train_backward(x, g, gamma, eps, r, d, channel_axis: int = 1):
+    """Gradients of sum(y * g) through the batch statistics, r and d held constant.
+
+    With r constant, y is BN with the scale gamma * r plus a constant shift: dx = train_backward's with gamma * r;
+    dgamma = sum(g * (r * xhat + d)) = r * sum(g * xhat) + d * sum(g); dbeta = sum(g).
+    """
+    dx, dgamma_bn, dbeta = train_backward(x, g, _f64(gamma) * _f64(r), eps, channel_axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dgamma = _f64(r) * train_backward(x, g, np.ones_like(_f64(r)), eps, channel_axis)[1] + _f64(d) * dbeta
+    return dx, dgamma, dbeta
+
+
+def renorm_update(state: RenormState, batch_mean, batch_var, eps, momentum: float,
+                  renorm_momentum: float) -> RenormState:
+    """The state after a training call. Each average is ``(1 - m) * old + m * batch`` with ``m`` the weight of the
+    new statistic: ``momentum`` for the moving mean and stddev, ``renorm_momentum`` for renorm's; the batch's
+    stddev is sqrt(var + eps), and moving_variance = max(moving_stddev**2 - eps, 0) (derived, not averaged)."""
+    m, mr = float(momentum), float(renorm_momentum)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sd = np.sqrt(_f64(batch_var) + float(eps))
+        mean = _f64(batch_mean)
+        ms = (1.0 - m) * state.moving_stddev + m * sd
+        return RenormState(
+            moving_mean=(1.0 - m) * state.moving_mean + m * mean,
+            moving_stddev=ms,
+            moving_variance=np.maximum(ms * ms - float(eps), 0.0),
+            renorm_mean=(1.0 - mr) * state.renorm_mean + mr * mean,
+            renorm_stddev=(1.0 - mr) * state.renorm_stddev + mr * sd,
+        )

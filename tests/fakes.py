@@ -32,6 +32,7 @@ class NumpyBN(Adapter):
     framework = "numpy"
     conventions = TORCH_LIKE
     supports_cumulative = True
+    no_renorm = None  # batch renormalization as Keras computes it (renorm_step)
 
     def work_dtype(self, case):
         return np.float64 if case.dtype == "float64" else np.float32
@@ -58,10 +59,15 @@ class NumpyBN(Adapter):
     def build(self, case, data):
         wd = self.work_dtype(case)
         m = self.mapped(case)
-        return {"case": case, "wd": wd, "axis": data.channel_axis, "eps": m.eps, "momentum": m.momentum,
-                "gamma": data.gamma.astype(wd), "beta": data.beta.astype(wd),
-                "rm": data.running_mean.astype(wd), "rv": data.running_var.astype(wd), "t": 0,
-                "out_dtype": data.x_eval.dtype}
+        st = {"case": case, "wd": wd, "axis": data.channel_axis, "eps": m.eps, "momentum": m.momentum,
+              "gamma": data.gamma.astype(wd), "beta": data.beta.astype(wd),
+              "rm": data.running_mean.astype(wd), "rv": data.running_var.astype(wd), "t": 0,
+              "out_dtype": data.x_eval.dtype}
+        if case.renorm is not None:  # renorm's moving stddev and its own mean and stddev, as Keras initializes them
+            sd = np.sqrt(data.running_var.astype(np.float64)).astype(wd)
+            st.update(ms=sd, renorm_mean=st["rm"].copy(), renorm_stddev=sd.copy(),
+                      renorm_momentum=self.conventions.framework_momentum(case.renorm.momentum))
+        return st
 
     # the pieces a planted bug overrides -------------------------------------
     def stats(self, x, axes):
@@ -79,6 +85,19 @@ class NumpyBN(Adapter):
 
     def dx_train(self, g, xhat, inv, gamma, axes):
         return gamma * inv * (g - self._mean(g, axes) - xhat * self._mean(g * xhat, axes))
+
+    def renorm_rd(self, st, mean, var):
+        """Batch renormalization's r and d from the state before the call, clipped (Keras's order: rmin, rmax)."""
+        rn, eps = st["case"].renorm, st["wd"](st["eps"])
+        rs = np.maximum(st["renorm_stddev"], np.sqrt(eps))
+        r, d = np.sqrt(var + eps) / rs, (mean - st["renorm_mean"]) / rs
+        if rn.rmin is not None:
+            r = np.maximum(r, st["wd"](rn.rmin))
+        if rn.rmax is not None:
+            r = np.minimum(r, st["wd"](rn.rmax))
+        if rn.dmax is not None:
+            d = np.clip(d, -st["wd"](rn.dmax), st["wd"](rn.dmax))
+        return r, d
 
     # --------------------------------------------------------------------------
     def _shape(self, st, v, ndim):
@@ -102,10 +121,39 @@ class NumpyBN(Adapter):
             out["dbeta"] = self._sum(g, axes).reshape(-1)
         return out
 
+    def renorm_step(self, st, x, g, axes):
+        """A batch-renormalization training call: y = xhat (gamma r) + (gamma d + beta), r and d constants to the
+        gradient, then the moving statistics (the variance derived from the averaged stddev) and renorm's own."""
+        wd, b = st["wd"], (lambda v: self._shape(st, v, x.ndim))  # noqa: E731
+        mean, var = self.stats(x, axes)
+        m, v = mean.reshape(-1), var.reshape(-1)
+        r, d = self.renorm_rd(st, m, v)
+        inv = self.invstd(var, st["eps"])
+        xhat = (x - mean) * inv
+        y = xhat * b(st["gamma"] * r) + b(st["gamma"] * d + st["beta"])
+        out = {"y": y.astype(st["out_dtype"]),
+               "dx": self.dx_train(g, xhat, inv, b(st["gamma"] * r), axes).astype(st["out_dtype"])}
+        if st["case"].has_scale:
+            out["dgamma"] = r * self._sum(g * xhat, axes).reshape(-1) + d * self._sum(g, axes).reshape(-1)
+        if st["case"].has_center:
+            out["dbeta"] = self._sum(g, axes).reshape(-1)
+        w, wr = wd(st["momentum"]), wd(st["renorm_momentum"])
+        sd = np.sqrt(v + wd(st["eps"]))
+        st["rm"] = ((1 - w) * st["rm"] + w * m).astype(wd)
+        ms = (1 - w) * st["ms"] + w * sd
+        st["ms"] = ms.astype(wd)
+        st["rv"] = np.maximum(ms * ms - wd(st["eps"]), 0).astype(wd)
+        st["renorm_mean"] = ((1 - wr) * st["renorm_mean"] + wr * m).astype(wd)
+        st["renorm_stddev"] = ((1 - wr) * st["renorm_stddev"] + wr * sd).astype(wd)
+        out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
+        return out
+
     def train_step(self, st, x, g):
         wd = st["wd"]
         x, g = x.astype(wd), g.astype(wd)
         axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
+        if st["case"].renorm is not None:
+            return self.renorm_step(st, x, g, axes)
         mean, var = self.stats(x, axes)
         inv = self.invstd(var, st["eps"])
         out = self._forward_backward(st, x, g, mean, inv, True)
@@ -251,6 +299,21 @@ class FrozenStillUpdates(FrozenLikeKeras):
         self.fold(st, x.astype(st["wd"]))
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
+
+
+class WrongRenormClipping(NumpyBN):
+    """Batch renormalization that clips d on one side only (min(d, dmax), no -dmax): a batch mean below renorm's
+    by more than dmax stddevs shifts y too far. r, the gradient with respect to x and the moving statistics are
+    right; y (and dgamma, through d) are not."""
+
+    name = "bug-wrong-renorm-clipping"
+
+    def renorm_rd(self, st, mean, var):
+        rn = st["case"].renorm
+        r, _ = super().renorm_rd(st, mean, var)
+        rs = np.maximum(st["renorm_stddev"], np.sqrt(st["wd"](st["eps"])))
+        d = (mean - st["renorm_mean"]) / rs
+        return r, (d if rn.dmax is None else np.minimum(d, st["wd"](rn.dmax)))
 
 
 class HalfPrecisionMath(NumpyBN):

@@ -250,6 +250,8 @@ class Adapter:
     supports_dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
     # what the framework refuses to run (tried on the framework, not assumed): a skip with its words
     refuses: tuple[Refusal, ...] = ()
+    # Batch Renormalization (a case's ``renorm``): None where the adapter runs it, else why not (a skip)
+    no_renorm: str | None = "the framework has no Batch Renormalization"
 
     # -- cheap, parent-side -------------------------------------------------
     def available(self) -> str | None:
@@ -283,6 +285,8 @@ class Adapter:
             return f"{self.name} does not support dtype {case.dtype}"
         if case.momentum == "cumulative" and not self.supports_cumulative:
             return f"{self.name} has no cumulative-average (momentum=None) mode"
+        if case.renorm is not None and self.no_renorm and self.name not in case.expect_raise:  # (as a refusal)
+            return f"{self.name}: no batch renormalization: {self.no_renorm}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)

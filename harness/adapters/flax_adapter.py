@@ -284,6 +284,7 @@ class FlaxAdapter(Adapter):
     """One Flax BatchNorm path: ``api`` is "linen" or "nnx", ``fast`` is ``use_fast_variance``."""
 
     framework = "flax"
+    no_renorm = "flax.linen.BatchNorm and flax.nnx.BatchNorm have no renorm option"
     requires = ("flax", "jax")
     conventions = Conventions(
         momentum_style="decay_of_old", running_var_estimator="biased",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from packaging.version import Version
 
 from harness.adapters import jax_support
 from harness.adapters.base import Adapter, Conventions, Mapped, Precision
@@ -46,6 +47,8 @@ from harness.adapters.tf_support import (
 )
 from harness.cases import Case
 from harness.inputs import CaseData
+
+RENORM_SINCE = Version("3.14.0")  # keras-team/keras#22047 (git tag --contains 019d9ed: v3.14.0 first)
 
 
 def keras_axis(case: Case) -> int:
@@ -77,11 +80,15 @@ def keras_supports(case: Case, keras: str) -> str | None:
     return None
 
 
-def layer_kwargs(case: Case, m: Mapped) -> dict[str, Any]:
-    """BatchNormalization arguments other than the dtype; a defaults case passes no momentum or epsilon."""
+def layer_kwargs(case: Case, m: Mapped, conventions: Conventions) -> dict[str, Any]:
+    """BatchNormalization arguments other than the dtype; a defaults case passes no momentum or epsilon. A renorm
+    case passes renorm=True, its clipping (only the bounds it gives) and its momentum in the framework's style."""
     kwargs: dict[str, Any] = dict(axis=keras_axis(case), center=case.has_center, scale=case.has_scale)
     if not case.use_defaults:  # defaults cases construct the layer as a user who passes nothing would
         kwargs.update(momentum=m.momentum, epsilon=m.eps)
+    if case.renorm is not None:
+        kwargs.update(renorm=True, renorm_clipping=case.renorm.clipping(),
+                      renorm_momentum=conventions.framework_momentum(case.renorm.momentum))
     return kwargs
 
 
@@ -94,6 +101,14 @@ def load_layer(layer: Any, case: Case, data: CaseData) -> Any:
         layer.beta.assign(data.beta)
     layer.moving_mean.assign(data.running_mean)
     layer.moving_variance.assign(data.running_var)
+    if case.renorm is not None:
+        # what the layer's own initializers do from moving_mean / moving_variance (renorm_mean = moving mean,
+        # moving_stddev = renorm_stddev = sqrt(moving variance), no eps; keras batch_normalization.py build(),
+        # tf-keras build()), done for the case's initial statistics: reference.renorm_initial
+        sd = np.sqrt(data.running_var.astype(np.float64))
+        for var, value in ((layer.moving_stddev, sd), (layer.renorm_stddev, sd), (layer.renorm_mean,
+                                                                                   data.running_mean)):
+            var.assign(value.astype(var.numpy().dtype))  # rounded once, to the variable's own dtype
     return layer
 
 
@@ -131,6 +146,7 @@ class Keras3Adapter(Adapter):
     """``keras.layers.BatchNormalization`` on one Keras 3 backend; a subclass per backend."""
 
     framework = "keras"
+    no_renorm = None  # renorm=True, renorm_clipping, renorm_momentum
     conventions = Conventions(
         **KERAS_CONVENTIONS, **KERAS_FROZEN,
         notes=("momentum is the decay of the old value; the moving variance is the biased batch variance; "
@@ -160,7 +176,16 @@ class Keras3Adapter(Adapter):
         return ("keras", *self.backend_distributions)
 
     def supports(self, case: Case) -> str | None:
-        return super().supports(case) or keras_supports(case, "Keras")
+        return super().supports(case) or keras_supports(case, "Keras") or self.renorm_missing(case)
+
+    def renorm_missing(self, case: Case) -> str | None:
+        """Keras 3 dropped Keras 2's renorm and brought it back in 3.14.0; before that BatchNormalization raises
+        ValueError: Unrecognized keyword arguments passed to BatchNormalization: {'renorm': True}."""
+        version = self.versions().get("keras", "")
+        if case.renorm is not None and version and Version(version) < RENORM_SINCE:
+            return (f"{self.name}: no batch renormalization: keras {version} has no renorm (added in {RENORM_SINCE}, "
+                    f"https://github.com/keras-team/keras/pull/22047)")
+        return None
 
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)
@@ -195,7 +220,8 @@ class Keras3Adapter(Adapter):
     def _layer(self, case: Case, data: CaseData) -> Any:
         import keras
 
-        layer = keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case)), dtype=dtype_policy(case))
+        layer = keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case), self.conventions),
+                                                dtype=dtype_policy(case))
         return load_layer(layer, case, data)
 
     def build(self, case: Case, data: CaseData) -> LayerState:
@@ -305,7 +331,7 @@ class Keras3Jax(Keras3Adapter):
     def _jit_key(self, case: Case, training: bool, frozen: bool = False) -> tuple:
         m = self.mapped(case)
         return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.has_scale, case.has_center,
-                case.use_defaults, m.momentum, m.eps, training, frozen)
+                case.use_defaults, m.momentum, m.eps, training, frozen, case.renorm)
 
     def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple, frozen: bool = False):
         """The jitted train/eval step for this case's settings, compiled once per shape and setting.

@@ -18,12 +18,13 @@ the ``mixed_float16`` / ``mixed_bfloat16`` policy for 16-bit cases. Eager calls,
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Adapter, Conventions, Precision, Refusal
+from harness.adapters.base import Adapter, Conventions, Precision, Raises, Refusal
 from harness.adapters.keras3 import (
     LayerState,
     dtype_policy,
@@ -81,6 +82,15 @@ FUSED_FLOAT64 = Refusal(
     "(BatchNormalizationBase._raise_if_fused_cannot_be_used)")
 
 
+# BatchNormalization(fused=True, renorm=True) raises from the constructor (tf-keras 2.21), in its own words
+FUSED_RENORM_RAISES = Raises(
+    "ValueError", re.escape("Passing both `fused=True` and `renorm=True` is not supported"),
+    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py "
+    "(BatchNormalizationBase.__init__)")
+FUSED_RENORM = (f"tf-keras refuses it: {FUSED_RENORM_RAISES.type}: Passing both `fused=True` and `renorm=True` is "
+                f"not supported (source: {FUSED_RENORM_RAISES.source})")
+
+
 class TFKerasAdapter(TFBench, Adapter):
     framework = "tf-keras"
     requires = ("tensorflow",)
@@ -96,6 +106,8 @@ class TFKerasAdapter(TFBench, Adapter):
         self.fused = fused
         self.name = "tf-keras-fused" if fused else "tf-keras-nonfused"
         self.refuses = (FUSED_FLOAT64,) if fused else ()
+        # fused=True refuses renorm in the constructor; the non-fused path runs it (fused=None resolves to it)
+        self.no_renorm = FUSED_RENORM if fused else None
         self.conventions = Conventions(
             **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"}, **KERAS_FROZEN,
             notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
@@ -144,7 +156,8 @@ class TFKerasAdapter(TFBench, Adapter):
 
     def build(self, case: Case, data: CaseData) -> LayerState:
         tf_keras = keras2()
-        layer = tf_keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case)), fused=self.fused,
+        layer = tf_keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case), self.conventions),
+                                                   fused=self.fused,
                                                    dtype=tf_keras.mixed_precision.Policy(dtype_policy(case)))
         return LayerState(load_layer(layer, case, data), case)
 

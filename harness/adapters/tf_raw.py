@@ -79,6 +79,8 @@ class _TFAdapter(TFBench, Adapter):
     """One BN step written with TF ops: ``_forward`` and ``_store`` are what the two adapters differ in."""
 
     framework = "tensorflow"
+    no_renorm = ("tf.nn.batch_normalization and fused_batch_norm are the plain transform; Batch Renormalization "
+                 "lives in the Keras layers (renorm=True)")
     requires = ("tensorflow",)
     worker_env = TF_ENV
 

@@ -179,6 +179,8 @@ def torch_frozen_step(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[s
 class TorchAdapter(Adapter):
     name = "torch"
     framework = "torch"
+    no_renorm = ("torch.nn.BatchNorm1d/2d/3d have no renorm option (torch's only 'renorm' is torch.renorm / "
+                 "F.embedding's max_norm, unrelated)")
     requires = ("torch",)
     supports_cumulative = True
     # F.batch_norm checks the batch size, then eps, where it normalizes with the batch statistics

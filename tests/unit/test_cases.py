@@ -38,6 +38,13 @@ BAD = [
     ("bad regex", GOOD + '[case.expect_raise.torch]\ntype = "ValueError"\nmatch = "("\n',
      "expect_raise.torch.match", "regular expression"),
     ("short tolerance reason", GOOD + "tolerance = { factor = 2.0, reason = 'why' }\n", "tolerance.reason", ""),
+    ("renorm rmax below rmin", GOOD + "renorm = { rmin = 2.0, rmax = 1.0 }\n", "renorm.rmax", "must be >= rmin"),
+    ("renorm negative dmax", GOOD + "renorm = { dmax = -0.5 }\n", "renorm.dmax", "greater than or equal to 0"),
+    ("renorm unknown key", GOOD + "renorm = { rmax = 2.0, dmin = 1.0 }\n", "renorm.dmin", "unknown field"),
+    ("renorm momentum above 1", GOOD + "renorm = { momentum = 1.5 }\n", "renorm.momentum", "less than or equal to 1"),
+    ("renorm untracked", GOOD + "renorm = { rmax = 2.0 }\ntrack_running_stats = false\n", "renorm",
+     "needs track_running_stats"),
+    ("renorm cumulative", GOOD + "renorm = { rmax = 2.0 }\nmomentum = 'cumulative'\n", "renorm", "numeric momentum"),
 ]
 
 
@@ -253,3 +260,12 @@ def test_calls_and_steps(tmp_path):
     assert (loop.steps, loop.schedule) == (2, ("train", "eval", "train"))
     assert (short.steps, short.schedule) == (3, ("train", "train", "train", "eval"))
     assert Case.model_validate(loop.summary()).schedule == loop.schedule  # a results file's case_params read back
+
+
+def test_renorm_defaults_and_clipping(tmp_path):
+    """A renorm table's bounds are each optional (no clipping on that side); momentum defaults to Keras's."""
+    f = tmp_path / "c.toml"
+    f.write_text("[[case]]\n" + GOOD + "renorm = { rmax = 3.0, dmax = 0.0 }\n\n[[case]]\nname = 'c2'\nshape = [4, 3]\n")
+    with_renorm, plain = load_file(f)
+    assert with_renorm.renorm.momentum == 0.01 and with_renorm.renorm.clipping() == {"rmax": 3.0, "dmax": 0.0}
+    assert plain.renorm is None

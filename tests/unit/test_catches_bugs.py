@@ -88,6 +88,14 @@ calls = ["train", "frozen", "eval", "frozen", "train", "eval"]
 seed = 13
 
 [[case]]
+name = "renorm"
+shape = [16, 4]
+input = { kind = "normal", loc = -2.0, scale = 3.0 }
+renorm = { momentum = 0.2, rmin = 0.5, rmax = 2.0, dmax = 0.5 }
+calls = ["train", "train", "eval", "train"]
+seed = 14
+
+[[case]]
 name = "double"
 dtype = "float64"
 shape = [8, 3, 2, 2]
@@ -107,6 +115,7 @@ EXPECT = {
     "UpdatesAfterEval": ("sequence", "running_mean_eval"),
     "EvalNotRepeatable": ("sequence", "running_var_eval"),
     "FrozenStillUpdates": ("frozen", "running_mean_frozen"),
+    "WrongRenormClipping": ("renorm", "y"),
 }
 
 
@@ -114,11 +123,11 @@ def test_correct_float32_implementation_passes_everything(run_parity):
     run = run_parity(CASES, ["NumpyBN"])
     assert run.result.ret == 0, run.result.stdout.str()[-3000:]
     assert {r.verdict for r in run.results()} == {"pass"}
-    assert len({r.case for r in run.results()}) == 13
+    assert len({r.case for r in run.results()}) == 14
 
 
 def test_every_planted_bug_is_flagged(run_parity):
-    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen")
+    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen or renorm")
     out = run.result.stdout.str()
     assert run.result.ret == 1
     for cls, (case, quantity) in EXPECT.items():
@@ -188,3 +197,21 @@ def test_frozen_calls_follow_each_adapters_convention(run_parity):
     # the conventions differ, so do the oracles: torch-like updates at call 1, Keras-like does not
     assert recs[("fake-good", "running_mean_frozen", 1)].digest != recs[("fake-frozen-inference",
                                                                           "running_mean_frozen", 1)].digest
+
+
+def test_renorm_clipping_bug_is_flagged_where_it_lives(run_parity):
+    """d clipped on one side only: y fails in every training call (d < -dmax there), dgamma with it (it sums
+    g * (r xhat + d)); dx, dbeta and the moving statistics do not depend on d and pass; the correct renorm passes
+    everything, eval calls included."""
+    run = run_parity(CASES, ["WrongRenormClipping", "NumpyBN"], "-k", "renorm")
+    recs = {(r.adapter, r.quantity, r.step): r for r in run.results(case="renorm")}
+    bug = "bug-wrong-renorm-clipping"
+    for step in (0, 1, 3):
+        assert recs[(bug, "y", step)].verdict == "fail", step
+        assert recs[(bug, "dgamma", step)].verdict == "fail", step
+        for q in ("dx", "dbeta", "running_mean", "running_var"):
+            assert recs[(bug, q, step)].verdict == "pass", (q, step, recs[(bug, q, step)].message)
+    assert recs[(bug, "y_eval", 2)].verdict == "pass"  # eval has no d
+    good = [r for (a, _, _), r in recs.items() if a == "fake-good" and r.quantity != "outcome"]
+    assert {r.verdict for r in good} == {"pass"}, [r.message for r in good if r.verdict != "pass"]
+    assert {("y", 0), ("running_var", 3), ("y_eval", 2)} <= {(r.quantity, r.step) for r in good}

@@ -104,3 +104,16 @@ def test_every_declared_raise_is_what_the_framework_raises(name: str, workers: W
             assert out.verdict == Verdict.EXPECTED_RAISE, (field, body, out.message)
             checked += 1
     assert checked
+
+
+def test_tf_keras_fused_refuses_renorm_in_the_words_the_skip_quotes(workers: Workers) -> None:
+    """tf-keras-fused skips renorm cases quoting the constructor's ValueError: a case that expects that raise runs,
+    and must come out expected-raise (a tf-keras that starts accepting fused renorm fails this)."""
+    from harness.adapters.tf_keras import FUSED_RENORM_RAISES
+
+    adapter, spec = installed_adapter("tf-keras-fused")
+    body = {"name": "fused_renorm", "shape": [4, 3, 2, 2], "steps": 1, "renorm": {"rmax": 2.0}}
+    assert "fused=True" in (adapter.supports(Case.model_validate(body)) or "")
+    body["expect_raise"] = {"tf-keras-fused": {"type": FUSED_RENORM_RAISES.type, "match": FUSED_RENORM_RAISES.match}}
+    out = _outcome(Case.model_validate(body), adapter, spec, workers)
+    assert out.verdict == Verdict.EXPECTED_RAISE, out.message

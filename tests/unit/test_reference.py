@@ -167,3 +167,88 @@ def test_channels_last_equals_channels_first():
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_allclose(np.moveaxis(y1, 1, -1), y2, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(v1, v2, rtol=1e-15)
+
+
+# -- Batch Renormalization -----------------------------------------------------------------------------------
+
+def _renorm_batches():
+    """The measured example (/tmp research notes, Scenario 4): two (8, 3) float32 batches, Keras 3 on TF, JAX and
+    torch and tf-keras non-fused all returned the numbers below."""
+    r = np.random.RandomState(5)
+    b1 = (r.randn(8, 3) * np.array([2.0, 0.5, 1.0]) + np.array([3.0, -1.0, 0.0])).astype(np.float32)
+    b2 = (r.randn(8, 3) * np.array([1.0, 3.0, 0.2]) + np.array([1.0, 2.0, 0.5])).astype(np.float32)
+    return [b1, b2], np.random.RandomState(7).randn(8, 3).astype(np.float32)
+
+
+def test_renorm_matches_the_measured_frameworks():
+    """Keras momentum 0.9 (weight of new 0.1), renorm_momentum 0.8 (0.2), eps 1e-3, clipping rmax 1.5, rmin 0.5,
+    dmax 0.3: r, d, the state after each step, the gradients and the eval output as Keras 3 (three backends) and
+    tf-keras non-fused measured them (printed to 6 decimals)."""
+    batches, w = _renorm_batches()
+    gamma, beta, eps = np.array([1.0, 2.0, 0.5]), np.array([0.1, -0.2, 0.3]), 1e-3
+    st = ref.renorm_initial(np.zeros(3), np.ones(3))
+    measured = [
+        dict(r=[1.078696, 0.5, 1.364256], d=[0.3, -0.3, 0.3], y0=[2.401707, -1.151379, 1.491298],
+             moving_mean=[0.188075, -0.102986, 0.034818], moving_variance=[1.014801, 0.879937, 1.073178],
+             moving_stddev=[1.00787, 0.938583, 1.036426], renorm_mean=[0.37615, -0.205973, 0.069635],
+             renorm_stddev=[1.015739, 0.877165, 1.072851], dgamma=[4.562065, 2.465588, -1.746657],
+             dbeta=[2.178503, -5.255454, 4.441899]),
+        dict(r=[0.644019, 1.5, 0.5], d=[0.3, 0.3, 0.3], y0=[0.830045, 2.210104, 0.457607],
+             moving_mean=[0.32523, 0.203147, 0.082325], moving_variance=[0.944753, 1.080834, 0.880999],
+             moving_stddev=[0.972498, 1.040113, 0.939148], renorm_mean=[0.612845, 0.426892, 0.157687],
+             renorm_stddev=[0.943422, 1.092509, 0.871011], dgamma=[-1.006771, 0.687566, 3.128644],
+             dbeta=[2.178503, -5.255454, 4.441899]),
+    ]
+    for x, want in zip(batches, measured):
+        mean, var = ref.batch_stats(x, 1)
+        r, d = ref.renorm_correction(mean, var, st.renorm_mean, st.renorm_stddev, eps, rmin=0.5, rmax=1.5, dmax=0.3)
+        y, _, _ = ref.renorm_train_forward(x, gamma, beta, eps, r, d, 1)
+        _, dgamma, dbeta = ref.renorm_train_backward(x, w, gamma, eps, r, d, 1)
+        st = ref.renorm_update(st, mean, var, eps, 0.1, 0.2)
+        got = dict(r=r, d=d, y0=y[0], dgamma=dgamma, dbeta=dbeta, **st._asdict())
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, atol=2e-6, err_msg=key)
+    y_eval = ref.eval_forward(batches[1], gamma, beta, st.moving_mean, st.moving_variance, eps, 1)
+    np.testing.assert_allclose(y_eval[0], [1.818471, 7.364789, 0.528667], atol=2e-6)
+
+
+def test_renorm_clipping_by_hand():
+    """r = sd / max(renorm_stddev, sqrt(eps)) clipped to [rmin, rmax]; d = (mean - renorm_mean) / rs to +-dmax; a
+    bound left out does not clip."""
+    mean, var, eps = np.array([3.0, -3.0, 0.1]), np.array([16.0 - 1e-2, 0.0, 1.0 - 1e-2]), 1e-2
+    rm, rsd = np.zeros(3), np.array([2.0, 1e-3, 1.0])
+    r, d = ref.renorm_correction(mean, var, rm, rsd, eps)
+    np.testing.assert_allclose(r, [2.0, 1.0, 1.0])  # rs floored at sqrt(eps) = 0.1 on channel 1: 0.1 / 0.1
+    np.testing.assert_allclose(d, [1.5, -30.0, 0.1])
+    r, d = ref.renorm_correction(mean, var, rm, rsd, eps, rmin=1.2, rmax=1.5, dmax=1.0)
+    np.testing.assert_allclose(r, [1.5, 1.2, 1.2])
+    np.testing.assert_allclose(d, [1.0, -1.0, 0.1])
+    r, d = ref.renorm_correction(mean, var, rm, rsd, eps, rmax=1.5)
+    np.testing.assert_allclose(r, [1.5, 1.0, 1.0])
+    np.testing.assert_allclose(d, [1.5, -30.0, 0.1])
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 3), 1), ((3, 2, 2, 3), -1)])
+def test_renorm_gradients_match_central_differences_with_r_and_d_constant(shape, axis):
+    """The forward differentiated numerically, r and d computed once and held fixed (stop_gradient): the oracle's
+    dx, dgamma and dbeta."""
+    rng = np.random.default_rng(3)
+    x, g = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
+    c = shape[axis]
+    gamma, beta, eps = rng.uniform(0.5, 1.5, c), rng.normal(size=c), 1e-3
+    mean, var = ref.batch_stats(x, axis)
+    r, d = ref.renorm_correction(mean, var, rng.normal(size=c), rng.uniform(0.5, 2.0, c), eps, rmin=0.8, rmax=1.2,
+                                 dmax=0.5)
+    assert not np.allclose(r, 1.0) and not np.allclose(d, 0.0)
+
+    def loss():
+        return float((ref.renorm_train_forward(x, gamma, beta, eps, r, d, axis)[0] * g).sum())
+
+    dx, dgamma, dbeta = ref.renorm_train_backward(x, g, gamma, eps, r, d, axis)
+    assert _rel(dx, _central_diff(loss, x)) <= 1e-7
+    assert _rel(dgamma, _central_diff(loss, gamma)) <= 1e-7
+    assert _rel(dbeta, _central_diff(loss, beta)) <= 1e-7
+    # r = 1, d = 0 is plain BN
+    ones, zeros = np.ones(c), np.zeros(c)
+    np.testing.assert_allclose(ref.renorm_train_forward(x, gamma, beta, eps, ones, zeros, axis)[0],
+                               ref.train_forward(x, gamma, beta, eps, axis)[0], rtol=1e-14, atol=1e-14)
