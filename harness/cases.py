@@ -357,6 +357,9 @@ class Case(StrictModel):
         if self.momentum == "cumulative":
             raise FieldProblem("renorm", "batch renormalization averages with a momentum (Keras has no cumulative "
                                          "average): give a numeric momentum")
+        if self.count == 0:
+            raise FieldProblem("renorm", "batch renormalization of an empty batch (N or a spatial size 0) is not "
+                                         "defined by the oracle yet: give a non-empty shape")
 
     @property
     def schedule(self) -> tuple[str, ...]:
