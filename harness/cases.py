@@ -252,6 +252,9 @@ class Case(StrictModel):
     # N and the spatial sizes may be 0 (an empty batch, an empty shard): the layer then sees no value per channel
     shape: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(strict=False)]
     layout: Literal["channels_first", "channels_last"] = "channels_first"
+    # the channel axis as the layer is given it, for an input that is neither channels first nor last (2 of a rank-4
+    # input: (N, H, C, W)); negative counts from the end; default: from layout (1 or -1)
+    axis: int | None = None
     dtype: Dtype = "float32"
     param_dtype: Dtype | None = None
     precision: Policy | None = None
@@ -332,6 +335,15 @@ class Case(StrictModel):
         for s in self.specials:
             if len(s.index) != len(self.shape) or any(i >= d for i, d in zip(s.index, self.shape)):
                 raise FieldProblem("specials", f"index {s.index} outside logical shape {list(self.shape)}")
+        if self.axis is not None:
+            rank = len(self.shape)
+            if self.layout == "channels_last":
+                raise FieldProblem("axis", "give layout = channels_last or an axis, not both: the axis places the "
+                                           "channels itself")
+            if not -rank <= self.axis < rank:
+                raise FieldProblem("axis", f"axis {self.axis} is outside a rank-{rank} input (-{rank} to {rank - 1})")
+            if self.axis % rank == 0:
+                raise FieldProblem("axis", f"axis {self.axis} is the batch axis (axis 0): the channel axis is another")
         if self.precision and self.param_dtype:
             raise FieldProblem("param_dtype", "give precision (pure or mixed) or param_dtype, not both: the "
                                               "policy decides the parameter dtype")
@@ -393,13 +405,19 @@ class Case(StrictModel):
 
     @property
     def channel_axis(self) -> int:
+        """The channel axis of the input as the layer is given it (the physical array): ``axis``, or 1 for
+        channels_first and -1 for channels_last."""
+        if self.axis is not None:
+            return self.axis
         return 1 if self.layout == "channels_first" else -1
 
     @property
     def physical_shape(self) -> tuple[int, ...]:
-        if self.layout == "channels_first":
-            return self.shape
-        return (self.shape[0], *self.shape[2:], self.shape[1])
+        """The input's shape as the layer is given it: the logical (N, C, *spatial) with C moved to the channel
+        axis."""
+        dims = [self.shape[0], *self.shape[2:]]
+        dims.insert(self.channel_axis % len(self.shape), self.shape[1])
+        return tuple(dims)
 
     @property
     def resolved_param_dtype(self) -> str:

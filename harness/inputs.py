@@ -3,7 +3,7 @@
 Every adapter receives the same cast arrays (bit-identical), and the oracle
 receives those arrays converted back to float64, so rounding of the inputs is
 never counted as a framework error. Arrays are in the case's physical layout:
-(N, C, *spatial) for channels_first, (N, *spatial, C) for channels_last.
+(N, C, *spatial) for channels_first, (N, *spatial, C) for channels_last, the channels at ``axis`` otherwise.
 
 This module needs only NumPy (and ml_dtypes for bfloat16): ``bnparity repro``
 copies it into the standalone torch reproducer (``harness/repro.py``), where
@@ -82,8 +82,9 @@ def _batch(case: Case, spec, stream: str, step: int) -> np.ndarray:
     return x
 
 
-def to_physical(a: np.ndarray, layout: str) -> np.ndarray:
-    return np.ascontiguousarray(a if layout == "channels_first" else np.moveaxis(a, 1, -1))
+def to_physical(a: np.ndarray, channel_axis: int) -> np.ndarray:
+    """A logical (N, C, *spatial) array with its channels moved to ``channel_axis``, contiguous."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, channel_axis))
 
 
 @dataclass
@@ -135,7 +136,7 @@ def build(case: Case) -> CaseData:
     dt, pdt = np_dtype(case.dtype), np_dtype(case.resolved_param_dtype)
     def cast(a: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # beyond the dtype's range is inf, as the framework would see it
-            return to_physical(a, case.layout).astype(dt)
+            return to_physical(a, case.channel_axis).astype(dt)
 
     x = [cast(_batch(case, case.input, "x", i)) for i in range(case.steps)]
     g = [cast(generate(case.grad, case.shape, _rng(case, "g", i))) for i in range(case.steps)]

@@ -52,8 +52,8 @@ RENORM_SINCE = Version("3.14.0")  # keras-team/keras#22047 (git tag --contains 0
 
 
 def keras_axis(case: Case) -> int:
-    """The channel axis of the physical array: 1 for channels_first, -1 for channels_last."""
-    return 1 if case.layout == "channels_first" else -1
+    """The channel axis of the physical array: 1 for channels_first, -1 for channels_last, the case's axis."""
+    return case.channel_axis
 
 
 def dtype_policy(case: Case) -> str | None:

@@ -286,7 +286,7 @@ class TFFusedAdapter(_TFAdapter):
     @staticmethod
     def _data_format(case: Case) -> str:
         spatial = "DHW" if case.rank == 5 else "HW"
-        return f"NC{spatial}" if case.layout == "channels_first" else f"N{spatial}C"
+        return f"NC{spatial}" if case.channel_axis % case.rank == 1 else f"N{spatial}C"
 
     def build(self, case: Case, data: CaseData) -> FusedState:
         import tensorflow as tf

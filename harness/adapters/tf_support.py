@@ -50,6 +50,12 @@ def fused_rank_refusal(case: Case) -> str | None:
     """Why the fused kernel (FusedBatchNormV3, behind tf-keras fused=True too) cannot take the case, if it cannot."""
     if case.rank not in (4, 5):
         return f"FusedBatchNormV3 takes 4D or 5D inputs only (this case is {case.rank}D)"
+    if case.channel_axis % case.rank not in (1, case.rank - 1):
+        # tf-keras: "Passing `fused=True` is only supported when axis is 1 or 3 for input rank = 4 or 1 or 4 for
+        # input rank = 5" (tf_keras/src/layers/normalization/batch_normalization.py, __init__)
+        return (f"FusedBatchNormV3 takes the channels first or last (data_format NC... or N...C), not at axis "
+                f"{case.channel_axis} of a rank-{case.rank} input (tf-keras: 'Passing `fused=True` is only supported "
+                f"when axis is 1 or 3 for input rank = 4 or 1 or 4 for input rank = 5')")
     return None
 
 

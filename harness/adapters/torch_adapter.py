@@ -30,7 +30,7 @@ class TorchState:
     """What ``torch_build`` makes for one case and every step uses."""
 
     bn: Any  # the torch.nn.BatchNorm1d/2d/3d module
-    layout: str  # the case's: "channels_first" or "channels_last" (arrays arrive in that physical layout)
+    axis: int  # the channel axis of the arrays as they arrive (1: channels first; rank - 1: channels last)
     contiguous: bool  # False: inputs are strided views (every other element along the batch axis)
     scale: bool  # the module has a weight (gamma)
     center: bool  # the module has a bias (beta)
@@ -97,11 +97,12 @@ def torch_build(case: Case, data: CaseData, momentum: float | None, eps: float) 
         if case.track_running_stats:
             bn.running_mean.copy_(to_torch(torch, data.running_mean))
             bn.running_var.copy_(to_torch(torch, data.running_var))
-    return TorchState(bn, case.layout, case.contiguous, case.has_scale, case.has_center)
+    return TorchState(bn, case.channel_axis % case.rank, case.contiguous, case.has_scale, case.has_center)
 
 
 def torch_tensor(state: TorchState, a: np.ndarray):
-    """Physical array -> logical (N, C, ...) tensor; channels_last keeps NHWC strides.
+    """Physical array -> logical (N, C, ...) tensor (the channels moved to dim 1, as a torch user permutes them);
+    channels_last keeps NHWC strides.
 
     ``contiguous = false`` cases get a strided view: every other element of a buffer twice
     as long along the batch axis.
@@ -113,8 +114,8 @@ def torch_tensor(state: TorchState, a: np.ndarray):
         buf = torch.zeros((2 * t.shape[0], *t.shape[1:]), dtype=t.dtype)
         buf[::2] = t
         t = buf[::2]
-    if state.layout == "channels_last" and t.dim() > 2:
-        t = t.movedim(-1, 1)
+    if state.axis != 1:
+        t = t.movedim(state.axis, 1)
     return t
 
 
@@ -129,8 +130,8 @@ def torch_leaf(state: TorchState, a: np.ndarray):
 
 def torch_back(state: TorchState, t) -> np.ndarray:
     """Logical tensor -> array in the case's physical layout."""
-    if state.layout == "channels_last" and t.dim() > 2:
-        t = t.movedim(1, -1)
+    if state.axis != 1:
+        t = t.movedim(1, state.axis)
     return to_numpy(t)
 
 

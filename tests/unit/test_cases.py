@@ -269,3 +269,20 @@ def test_renorm_defaults_and_clipping(tmp_path):
     with_renorm, plain = load_file(f)
     assert with_renorm.renorm.momentum == 0.01 and with_renorm.renorm.clipping() == {"rmax": 3.0, "dmax": 0.0}
     assert plain.renorm is None
+
+
+def test_any_channel_axis(tmp_path):
+    mid = Case.model_validate({"name": "a", "shape": [2, 3, 4, 5], "axis": 2})
+    assert (mid.channel_axis, mid.physical_shape) == (2, (2, 4, 3, 5))
+    data = inputs.build(mid)
+    assert data.x[0].shape == (2, 4, 3, 5) and data.channel_axis == 2
+    # the same logical values, the channels moved: channel c of the logical batch is [:, :, c] of the physical one
+    logical = inputs.build(Case.model_validate({"name": "a", "shape": [2, 3, 4, 5]})).x[0]
+    assert np.array_equal(np.moveaxis(data.x[0], 2, 1), logical)
+    last = Case.model_validate({"name": "a", "shape": [2, 3, 4, 5], "layout": "channels_last"})
+    assert Case.model_validate({"name": "a", "shape": [2, 3, 4, 5], "axis": -1}).physical_shape == last.physical_shape
+    for axis, words in ((0, "is the batch axis"), (-4, "is the batch axis"), (4, "outside a rank-4 input")):
+        path = tmp_path / "c.toml"
+        path.write_text(f'[[case]]\nname = "x"\nshape = [2, 3, 4, 5]\naxis = {axis}\n')
+        with pytest.raises(CaseError, match=rf"case 'x': field 'axis': .*{words}"):
+            load_file(path)
