@@ -1,13 +1,13 @@
 """``bnparity fuzz``: search the case space for unexplained differences and shrink each to a ready case.
 
-Hypothesis draws cases (rank 2 to 5 with small shapes, layout, dtype and precision policy, input
-distributions with offsets, spreads, heavy tails, constant channels and planted NaN/Inf, eps, momentum,
-steps or a sequence of train and eval calls, the affine and tracking flags, parameters and initial running
-statistics) and runs each through the same workers, oracle, comparison and ledger as the parity suite
-(``harness.runner.run_cell``). A *finding* is a record that fails a run (``fail``, ``raised``, ``crashed``,
-``timeout``): ``pass``, ``weak``, ``known``, ``skip`` and ``expected-raise`` are not. The search is steered toward large
-error/bound and weak ratios with ``hypothesis.target``, and Hypothesis shrinks each finding to a minimal
-case. Findings are grouped by their signature (adapter, quantity, verdict and kind of difference, or the
+Hypothesis draws cases (rank 2 to 5 with small shapes, layout or a middle channel axis, dtype and precision
+policy, input distributions with offsets, spreads, heavy tails, constant channels and planted NaN/Inf, eps,
+momentum, steps or a sequence of train, eval and frozen calls, the affine (gamma and beta apart) and tracking
+flags, parameters and initial running statistics) and runs each through the same workers, oracle, comparison and
+ledger as the parity suite (``harness.runner.run_cell``). A *finding* is a record that fails a run (``fail``,
+``raised``, ``crashed``, ``timeout``): ``pass``, ``weak``, ``known``, ``skip`` and ``expected-raise`` are not.
+The search is steered toward large error/bound and weak ratios with ``hypothesis.target``, and Hypothesis shrinks
+each finding to a minimal case. Findings are grouped by their signature (adapter, quantity, verdict and kind of difference, or the
 exception type): one mechanism is reported once, with its smallest case.
 
 Each finding is written to the output folder as a ready TOML case (loaded back by the case loader, tagged
@@ -62,7 +62,9 @@ def case_bodies():
             policy = draw(st.sampled_from((None, "pure", "mixed")))
             if policy:
                 out["precision"] = policy
-        if rank > 2 or draw(st.booleans()):
+        if rank > 3 and draw(st.integers(0, 4)) == 0:  # the channels at a middle axis
+            out["axis"] = draw(st.sampled_from([k for k in range(2, rank - 1)] + [-k for k in range(2, rank - 1)]))
+        elif rank > 2 or draw(st.booleans()):
             out["layout"] = draw(st.sampled_from(("channels_first", "channels_last")))
         loc = draw(st.sampled_from(LOCS))
         if dtype == "float16":
@@ -86,9 +88,11 @@ def case_bodies():
         out["eps"] = draw(st.sampled_from(EPS))
         out["momentum"] = draw(st.sampled_from(MOMENTA))
         out["affine"] = draw(st.booleans()) or draw(st.booleans())
+        if out["affine"] and draw(st.integers(0, 4)) == 0:  # gamma or beta alone
+            out[draw(st.sampled_from(("scale", "center")))] = False
         out["track_running_stats"] = out["momentum"] == "cumulative" or draw(st.integers(0, 5)) > 0
         if draw(st.integers(0, 3)) == 0:  # a training loop's sequence: eval calls between and after training calls
-            out["calls"] = draw(st.lists(st.sampled_from(("train", "eval")), min_size=1, max_size=6))
+            out["calls"] = draw(st.lists(st.sampled_from(("train", "eval", "frozen")), min_size=1, max_size=6))
         else:
             out["steps"] = draw(st.integers(0 if out["track_running_stats"] else 1, 4))
         if draw(st.integers(0, 3)) == 0:

@@ -225,7 +225,7 @@ class MomentumFlipped(NumpyBN):
     name = "bug-momentum-flipped"
 
     def new_weight(self, st):
-        return 1.0 - st["momentum"]
+        return 1.0 - super().new_weight(st)  # the cumulative average's 1/t flipped too
 
 
 class EstimatorSwapped(NumpyBN):
