@@ -7,8 +7,8 @@ flags, parameters and initial running statistics) and runs each through the same
 ledger as the parity suite (``harness.runner.run_cell``). A *finding* is a record that fails a run (``fail``,
 ``raised``, ``crashed``, ``timeout``): ``pass``, ``weak``, ``known``, ``skip`` and ``expected-raise`` are not.
 The search is steered toward large error/bound and weak ratios with ``hypothesis.target``, and Hypothesis shrinks
-each finding to a minimal case. Findings are grouped by their signature (adapter, quantity, verdict and kind of difference, or the
-exception type): one mechanism is reported once, with its smallest case.
+each finding to a minimal case. Findings are grouped by their signature (adapter, quantity, verdict and kind of
+difference, or the exception type): one mechanism is reported once, with its smallest case.
 
 Each finding is written to the output folder as a ready TOML case (loaded back by the case loader, tagged
 ``fuzz``, with the seed and the framework versions in its description), the reproducer script

@@ -199,7 +199,8 @@ def _gen(kind: str, **kw) -> dict:
 OUT_OF_RANGE: list[tuple[str, Callable[[], Any], str]] = [
     # (field, bad value, field the message names)
     ("shape", lambda: [4], "shape"), ("shape", lambda: [2] * 6, "shape"), ("shape", lambda: [2] * 10, "shape"),
-    ("shape", lambda: [], "shape"), ("shape", lambda: [0, 3], "shape.0"), ("shape", lambda: [4, -3], "shape.1"),
+    ("shape", lambda: [], "shape"), ("shape", lambda: [-1, 3], "shape.0"), ("shape", lambda: [4, 0], "shape"),
+    ("shape", lambda: [4, -3], "shape.1"),
     ("shape", lambda: [2**20, 2**20], "shape"),
     ("eps", lambda: -1e-5, "eps"), ("eps", lambda: -1, "eps"),
     ("momentum", lambda: -0.1, "momentum"), ("momentum", lambda: 1.5, "momentum"),
