@@ -43,6 +43,12 @@ shape = [4, 1, 2, 2]
 layout = "channels_last"
 mask = { keep = 0.5 }
 seed = 923
+
+[[case]]
+name = "fresh_mask_single_channel_dense"
+shape = [5, 1]
+mask = { keep = 0.6 }
+seed = 924
 [[case]]
 name = "fresh_overflow_3e25"
 shape = [12, 3, 2]
@@ -223,7 +229,8 @@ CELLS: dict[str, list[tuple[str, str]]] = {
                                                     ("flax-linen-twopass",
                                                      "fresh_mask_all_masked_conv1d_channels_last")],
     "keras3-mask-single-channel-raises": [("keras3-torch", "fresh_mask_single_channel_conv2d_channels_last"),
-                                          ("keras3-tensorflow", "fresh_mask_single_channel_conv2d_channels_last")],
+                                          ("keras3-jax", "fresh_mask_single_channel_conv2d_channels_last")],
+    "keras3-tensorflow-mask-single-channel-axis1-raises": [("keras3-tensorflow", "fresh_mask_single_channel_dense")],
 }
 # entries no fresh case can show (yet): the mechanism is not traced, and other draws of the same kind pass; each
 # is judged in its evidence case, and its ledger text says so
