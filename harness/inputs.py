@@ -121,17 +121,18 @@ def build_mask(case: Case, stream: str, step: int) -> np.ndarray:
     """The logical-layout boolean mask of one batch (True: unmasked, counted in the statistics): the positions
     ``case.mask`` keeps (``keep``: that fraction of the N x spatial positions, rounded, drawn from the seed per batch;
     ``samples``: every position of the samples marked 1), in every channel but ``masked_channels``."""
-    spec = case.mask
+    spec = case.mask  # (in a reproducer, a namespace of the fields given: getattr for those left out)
+    samples, frac = getattr(spec, "samples", None), getattr(spec, "keep", None)
     n, c, spatial = case.shape[0], case.shape[1], case.shape[2:]
     positions = n * int(np.prod(spatial, dtype=np.int64))
-    if spec.samples is not None:
-        keep = np.repeat(np.asarray(spec.samples, dtype=bool), positions // n)
+    if samples is not None:
+        keep = np.repeat(np.asarray(samples, dtype=bool), positions // n)
     else:
-        frac = 1.0 if spec.keep is None else spec.keep
+        frac = 1.0 if frac is None else frac
         keep = np.zeros(positions, dtype=bool)
         keep[_rng(case, stream, step).permutation(positions)[:int(round(frac * positions))]] = True
     mask = np.repeat(keep.reshape(n, 1, *spatial), c, axis=1)
-    mask[:, list(spec.masked_channels)] = False
+    mask[:, list(getattr(spec, "masked_channels", ()))] = False
     return mask
 
 
