@@ -240,6 +240,27 @@ class Renorm(StrictModel):
         return {k: v for k, v in (("rmin", self.rmin), ("rmax", self.rmax), ("dmax", self.dmax)) if v is not None}
 
 
+class Mask(StrictModel):
+    """Which positions of each batch are unmasked (count in the statistics), framework-neutral: ``harness.inputs``
+    builds the boolean mask from the case's seed and every adapter converts it to its framework's mask. A position
+    is a sample and a spatial location; ``keep`` (the fraction of positions unmasked in each batch, drawn per batch
+    from the seed) or ``samples`` (an explicit 0/1 per sample, the same in every batch) choose them, for every
+    channel alike; ``masked_channels`` masks whole channels besides (a per-channel mask: Flax only). Every
+    framework that takes a mask computes the statistics over the unmasked values and normalizes every position
+    with them; the oracle defines the statistics exactly (``reference.masked_batch_stats``)."""
+
+    keep: Annotated[float, Field(ge=0, le=1)] | None = None
+    samples: Annotated[tuple[Annotated[int, Field(ge=0, le=1)], ...], Field(strict=False, min_length=1)] | None = None
+    masked_channels: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(strict=False)] = ()
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.keep is not None and self.samples is not None:
+            raise FieldProblem("samples", "give keep (a fraction of the positions) or samples (a 0/1 per sample), "
+                                          "not both")
+        return self
+
+
 AdapterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+*?\[\]-]+$")]
 
 
@@ -267,6 +288,8 @@ class Case(StrictModel):
     track_running_stats: bool = True
     # Batch Renormalization (Keras renorm=True): None, or its momentum and clipping (``Renorm``)
     renorm: Renorm | None = None
+    # a mask over the training batches' positions (``Mask``): the statistics come from the unmasked values only
+    mask: Mask | None = None
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
     # the calls in order ("train": forward and backward in training mode; "eval": in inference mode; "frozen": in
@@ -357,7 +380,28 @@ class Case(StrictModel):
         if self.momentum == "cumulative" and not self.track_running_stats:
             raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
         self._check_renorm()
+        self._check_mask()
         return self
+
+    def _check_mask(self) -> None:
+        """A mask selects positions of a non-empty batch whose masked statistics go into running statistics."""
+        mk = self.mask
+        if mk is None:
+            return
+        if mk.samples is not None and len(mk.samples) != self.shape[0]:
+            raise FieldProblem("mask", f"samples has {len(mk.samples)} entries for N = {self.shape[0]}: one 0/1 "
+                                       f"per sample")
+        bad = [ch for ch in mk.masked_channels if ch >= self.channels]
+        if bad:
+            raise FieldProblem("mask", f"masked_channels {bad} out of range for C={self.channels}")
+        for what, problem in ((self.count == 0, "an empty batch has no position to mask"),
+                              (not self.track_running_stats, "the masked statistics are defined with running "
+                                                             "statistics only (eval ignores the mask)"),
+                              (self.renorm is not None, "batch renormalization with a mask is not defined by the "
+                                                        "oracle yet"),
+                              (self.momentum == "cumulative", "no framework with a mask has a cumulative average")):
+            if what:
+                raise FieldProblem("mask", problem)
 
     def _check_renorm(self) -> None:
         """Batch Renormalization keeps moving statistics and averages them with a momentum of its own."""

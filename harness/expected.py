@@ -214,11 +214,17 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     absmax = lambda a: _per_channel(np.abs(a), ax, lambda v, axis: np.max(v, axis=axis, initial=0.0))  # noqa: E731
     abssum = lambda a: _per_channel(np.abs(a), ax, np.sum)  # noqa: E731
 
-    def train_like(x, g, gamma=gamma, beta=beta):
+    def train_like(x, g, gamma=gamma, beta=beta, mask=None):
         """Train-mode y and grads with bounds, plus the batch stats and their bounds (``gamma``, ``beta``: the
-        parameters the normalization applies; batch renormalization's effective ones in ``renorm_like``)."""
-        y, mean, var = ref.train_forward(x, gamma, beta, eps, ax)
-        dx, dgamma, dbeta = ref.train_backward(x, g, gamma, eps, ax)
+        parameters the normalization applies; batch renormalization's effective ones in ``renorm_like``; ``mask``:
+        the statistics over the unmasked values, whose bounds the same terms cover: a sum over fewer than ``n``
+        values, each at most ``A``)."""
+        if mask is None:
+            y, mean, var = ref.train_forward(x, gamma, beta, eps, ax)
+            dx, dgamma, dbeta = ref.train_backward(x, g, gamma, eps, ax)
+        else:
+            y, mean, var = ref.masked_train_forward(x, mask, gamma, beta, eps, ax)
+            dx, dgamma, dbeta = ref.masked_train_backward(x, g, mask, gamma, eps, ax)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             # a channel whose spread is below the spacing of its partial sums (2 u n |mean|) rounds every
             # addition the same way: the deterministic bound of recursive summation holds there
@@ -358,6 +364,21 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                 renorm_stddev=ema(tol_st.renorm_stddev, e_sd, st.renorm_stddev, sd, wr, new.renorm_stddev))
         return q, new, tol_new
 
+    def masked_update(mask, rm0, rv0, tol_rm0, tol_rv0, mean, var, tmean, tvar):
+        """The running statistics after a masked training call and their bounds, per channel (the Bessel factor of
+        its unmasked count); a channel with no unmasked value keeps its statistics and their bounds."""
+        count = ref.masked_batch_stats(np.zeros(mask.shape), mask, ax)[2]
+        w = float(momentum)
+        rm, rv = ref.masked_update_running(rm0, rv0, mean, var, count, w, estimator)
+        f = np.array([ref.bessel_factor(int(c), estimator) if c > 0 else 1.0 for c in count])
+        ur = unit_roundoff(p.running)
+        with np.errstate(invalid="ignore", over="ignore"):
+            upd_m = ur * (2 * w * np.abs(rm0 - mean) + (1 - w) * np.abs(rm0) + w * np.abs(mean))
+            upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
+            t_rm = (1 - w) * tol_rm0 + w * tmean + upd_m + ulp_of(rm, p.running)
+            t_rv = (1 - w) * tol_rv0 + w * f * tvar + upd_v + ulp_of(rv, p.running)
+        return rm, rv, np.where(count > 0, t_rm, tol_rm0), np.where(count > 0, t_rv, tol_rv0)
+
     # the calls in order (``case.schedule``), each recorded under its index; eval and frozen ones as
     # <quantity>_eval, <quantity>_frozen. A frozen call takes the next training batch; by the adapter's convention it
     # runs in inference mode (as an eval call: the running statistics, which it leaves as they are) or as a training
@@ -389,8 +410,14 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
             continue
-        q, mean, var, tmean, tvar = train_like(x, g)
+        mask = data.mask[batch - 1] if data.mask is not None else None  # the call's training batch's mask
+        q, mean, var, tmean, tvar = train_like(x, g, mask=mask)
         out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
+        if mask is not None:  # masked statistics, per channel over its unmasked count
+            rm, rv, tol_rm, tol_rv = masked_update(mask, rm, rv, tol_rm, tol_rv, mean, var, tmean, tvar)
+            out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
+            out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
+            continue
         if case.track_running_stats and n > 0:  # an empty batch has nothing to fold in: the state is left as it was
             updates += 1
             m = momentum if momentum != "cumulative" else None

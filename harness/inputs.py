@@ -25,7 +25,8 @@ DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 # one independent stream per component, so adding a step never changes another
 _STREAMS = {"x": 1, "g": 2, "x_eval": 3, "g_eval": 4, "gamma": 5, "beta": 6,
-            "running_mean": 7, "running_var": 8, "override": 9}
+            "running_mean": 7, "running_var": 8, "override": 9,
+            "mask": 10, "mask_eval": 11}
 
 
 def np_dtype(name: str) -> np.dtype:
@@ -106,12 +107,34 @@ class CaseData:
     running_var: np.ndarray
     channel_axis: int
     digests: dict[str, str] = field(default_factory=dict)
+    # a case's ``mask``: per training batch and for the eval batch, boolean, the physical shape (True = unmasked)
+    mask: list[np.ndarray] | None = None
+    mask_eval: np.ndarray | None = None
 
     def f64(self, name: str, step: int | None = None) -> np.ndarray:
         a = getattr(self, name)
         if step is not None:
             a = a[step]
         return np.asarray(a, dtype=np.float64)
+
+
+def build_mask(case: Case, stream: str, step: int) -> np.ndarray:
+    """The logical-layout boolean mask of one batch (True: unmasked, counted in the statistics): the positions
+    ``case.mask`` keeps (``keep``: that fraction of the N x spatial positions, rounded, drawn from the seed per batch;
+    ``samples``: every position of the samples marked 1), in every channel but ``masked_channels``."""
+    spec = case.mask  # (in a reproducer, a namespace of the fields given: getattr for those left out)
+    samples, frac = getattr(spec, "samples", None), getattr(spec, "keep", None)
+    n, c, spatial = case.shape[0], case.shape[1], case.shape[2:]
+    positions = n * int(np.prod(spatial, dtype=np.int64))
+    if samples is not None:
+        keep = np.repeat(np.asarray(samples, dtype=bool), positions // n)
+    else:
+        frac = 1.0 if frac is None else frac
+        keep = np.zeros(positions, dtype=bool)
+        keep[_rng(case, stream, step).permutation(positions)[:int(round(frac * positions))]] = True
+    mask = np.repeat(keep.reshape(n, 1, *spatial), c, axis=1)
+    mask[:, list(getattr(spec, "masked_channels", ()))] = False
+    return mask
 
 
 def as_stored(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -150,4 +173,7 @@ def build(case: Case) -> CaseData:
     rv = generate(case.running_var, c, _rng(case, "running_var")).astype(pdt)
     data = CaseData(x, g, x_eval, g_eval, gamma, beta, rm, rv, case.channel_axis)
     data.digests = {"x": digest(np.stack(x)) if x else "", "x_eval": digest(x_eval)}
+    if case.mask is not None:
+        data.mask = [to_physical(build_mask(case, "mask", i), case.channel_axis) for i in range(case.steps)]
+        data.mask_eval = to_physical(build_mask(case, "mask_eval", 0), case.channel_axis)
     return data

@@ -109,6 +109,11 @@ class Facts:
     offset_ratio: float
     max_abs: float
     nonfinite: tuple[str, ...]
+    # a case's ``mask``: whether it has one, and the fewest unmasked values of a channel in a training batch (the
+    # count without a mask; 0 where a batch or a channel is fully masked); ``channels``: C
+    mask: bool = False
+    unmasked: int = 0
+    channels: int = 0
 
 
 def _channel_stats(x, axis: int) -> tuple[float, float, set[str]]:
@@ -130,6 +135,16 @@ def _channel_stats(x, axis: int) -> tuple[float, float, set[str]]:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(std > 0, np.abs(mean) / std, np.where(mean != 0, np.inf, 0.0))
     return float(ratio.max()), top, kinds
+
+
+def _fewest_unmasked(case: Case, data: CaseData) -> int:
+    """The fewest unmasked values of a channel in a training batch: ``case.count`` without a mask."""
+    if data.mask is None or not data.mask:
+        return case.count
+    import numpy as np
+
+    ax = data.channel_axis % len(case.shape)
+    return int(min(np.moveaxis(m, ax, 0).reshape(case.channels, -1).sum(axis=1).min() for m in data.mask))
 
 
 _FACTS: dict[tuple, Facts] = {}
@@ -160,7 +175,8 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
     facts = Facts(dtype=case.dtype, policy=case.policy, layout=case.layout, affine=case.has_scale or case.has_center,
                   track_running_stats=case.track_running_stats, count=case.count, steps=case.steps,
                   eps=case.eps, momentum=None if case.momentum == "cumulative" else float(case.momentum),
-                  offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",))
+                  offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",),
+                  mask=data.mask is not None, unmasked=_fewest_unmasked(case, data), channels=case.channels)
     if len(_FACTS) > 4096:
         _FACTS.clear()
     _FACTS[key] = facts
@@ -222,6 +238,9 @@ class When(StrictModel):
     momentum: Range | None = None
     offset_ratio: Range | None = None
     max_abs: Range | None = None
+    mask: bool | None = None
+    unmasked: Range | None = None
+    channels: Range | None = None
 
     @model_validator(mode="after")
     def _something(self):

@@ -22,6 +22,9 @@ from harness.inputs import as_stored, build, digest, np_dtype
 from reference import (
     eval_backward,
     eval_forward,
+    masked_train_backward,
+    masked_train_forward,
+    masked_update_running,
     renorm_correction,
     renorm_initial,
     renorm_train_backward,
@@ -95,6 +98,13 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
             dx, dgamma, dbeta = renorm_train_backward(x, g, gamma, eps, r, d, ax)
             state = renorm_update(state, mean, var, eps, momentum, rn.momentum)
             rm, rv = state.moving_mean, state.moving_variance
+            out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
+        elif getattr(data, "mask", None) is not None and kind != "eval":  # a masked training call
+            mask = data.mask[batch - 1]
+            y, mean, var = masked_train_forward(x, mask, gamma, beta, eps, ax)
+            dx, dgamma, dbeta = masked_train_backward(x, g, mask, gamma, eps, ax)
+            count = np.moveaxis(np.broadcast_to(mask, x.shape), ax, 0).reshape(x.shape[ax], -1).sum(axis=1)
+            rm, rv = masked_update_running(rm, rv, mean, var, count, momentum, estimator)
             out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
         else:  # batch statistics (a training call; eval without stored statistics)
             y, mean, var = train_forward(x, gamma, beta, eps, ax)

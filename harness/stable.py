@@ -67,12 +67,16 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
     out: dict[tuple[str, int | None], np.ndarray] = {}
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
 
-    def stats(x):
+    def stats(x, m=None):
+        """Two-pass mean and biased variance per channel (row); ``m``: over the unmasked values only."""
         xs = x.astype(ws)
-        with np.errstate(invalid="ignore", over="ignore"):
-            mean = xs.sum(axis=1) / ws.type(n)
+        cnt = ws.type(n) if m is None else m.sum(axis=1).astype(ws)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            mean = (xs if m is None else np.where(m, xs, ws.type(0))).sum(axis=1) / cnt
             d = xs - mean[:, None]
-            var = (d * d).sum(axis=1) / ws.type(n)
+            if m is not None:
+                d = np.where(m, d, ws.type(0))
+            var = (d * d).sum(axis=1) / cnt
         return mean, var
 
     def normalize(x, g, mean, var, wh=wh, wn=wn):
@@ -87,13 +91,17 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             sum_gx = (gs * xhat.astype(ws)).sum(axis=1)
         return y, xhat, inv, sum_g, sum_gx
 
-    def train(x, g):
-        mean, var = stats(x)
+    def train(x, g, m=None):
+        mean, var = stats(x, m)
         y, xhat, inv, sum_g, sum_gx = normalize(x, g, mean, var)
-        with np.errstate(invalid="ignore", over="ignore"):
-            mg = (sum_g / ws.type(n)).astype(wn)[:, None]
-            mgx = (sum_gx / ws.type(n)).astype(wn)[:, None]
-            dx = gamma * inv * (g.astype(wn) - mg - xhat * mgx)
+        cnt = ws.type(n) if m is None else m.sum(axis=1).astype(ws)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            mg = (sum_g / cnt).astype(wn)[:, None]
+            mgx = (sum_gx / cnt).astype(wn)[:, None]
+            if m is None:
+                dx = gamma * inv * (g.astype(wn) - mg - xhat * mgx)
+            else:  # the statistics depend on the unmasked values only (reference.masked_train_backward)
+                dx = gamma * inv * (g.astype(wn) - np.where(m, mg, wn.type(0)) - np.where(m, xhat * mgx, wn.type(0)))
         return mean, var, {"y": y, "dx": dx, "dgamma": sum_gx, "dbeta": sum_g}
 
     def store(q, vals, step, x_like):
@@ -167,8 +175,19 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
             continue
-        mean, var, vals = train(x, g)
+        mk = _cn(data.mask[batch - 1], ax) if data.mask is not None else None
+        mean, var, vals = train(x, g, mk)
         store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
+        if mk is not None:  # masked: per channel, with its unmasked count; an empty channel keeps its statistics
+            cnt = mk.sum(axis=1)
+            w = float(momentum)
+            f = np.array([ref.bessel_factor(int(c), estimator) if c else 1.0 for c in cnt], dtype=ws)
+            with np.errstate(invalid="ignore", over="ignore"):
+                rm = np.where(cnt > 0, (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr), rm)
+                rv = np.where(cnt > 0, (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * f)).astype(wr), rv)
+            out[(f"running_mean{sfx}", i)] = f64(rm)
+            out[(f"running_var{sfx}", i)] = f64(rv)
+            continue
         if case.track_running_stats and n > 0:  # an empty batch leaves the state as it was
             updates += 1
             w = 1.0 / updates if momentum == "cumulative" else float(momentum)

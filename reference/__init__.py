@@ -21,6 +21,15 @@ Degenerate inputs are defined, not accidental:
   bypassed). ``estimator="unbiased_guarded"`` uses ``n/max(n-1, 1)``, which
   gives 0 there (TensorFlow's fused kernel).
 
+A mask (Keras 3, tf-keras and Flax ``mask=``; ``mask`` is boolean, broadcastable to ``x``,
+True where a value counts): the batch statistics are over the unmasked values only, exactly
+``mean = sum(mask x) / M`` and ``var = sum(mask (x - mean)^2) / M`` with ``M`` the unmasked
+count per channel, and every position, masked ones too, is normalized with them
+(``masked_batch_stats``, ``masked_train_forward``, ``masked_train_backward``). A channel with
+no unmasked value has undefined statistics, 0/0 = NaN: its ``y``, ``dx`` and ``dgamma`` are
+NaN (``dbeta = sum(g)`` stays finite), and, as for an empty batch, there is nothing to fold
+into its running statistics, which are left as they were (``masked_update_running``).
+
 Batch Renormalization (Ioffe 2017, Keras ``renorm=True``) is BN with a
 per-channel affine correction in training: ``y = gamma * (r * xhat + d) +
 beta``, where ``r`` and ``d`` compare the batch statistics with renorm's own
@@ -48,6 +57,10 @@ __all__ = [
     "train_backward",
     "eval_backward",
     "update_running",
+    "masked_batch_stats",
+    "masked_train_forward",
+    "masked_train_backward",
+    "masked_update_running",
     "RenormState",
     "renorm_initial",
     "renorm_correction",
@@ -189,6 +202,67 @@ def update_running(running_mean, running_var, batch_mean, batch_var, count: int,
         new_mean = (1.0 - m) * _f64(running_mean) + m * _f64(batch_mean)
         new_var = (1.0 - m) * _f64(running_var) + m * stored_var
     return new_mean, new_var
+
+
+# -- masks ---------------------------------------------------------------------------------------------
+
+
+def _mask_f64(mask, x: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(np.asarray(mask, dtype=bool), x.shape).astype(np.float64)
+
+
+def masked_batch_stats(x, mask, channel_axis: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, biased var, count) over the unmasked values of each channel, two-pass: mean = sum(m x) / M,
+    var = sum(m (x - mean)^2) / M, M = sum(m); 0/0 = NaN where a channel has no unmasked value. Masked values
+    never reach a sum (a NaN or inf there does not spread)."""
+    x = _f64(x)
+    m = _mask_f64(mask, x)
+    axes = _axes(x.ndim, channel_axis)
+    count = m.sum(axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = np.where(m > 0, x, 0.0).sum(axis=axes) / count
+        dev = np.where(m > 0, x - _bcast(mean, x.ndim, channel_axis), 0.0)
+        var = (dev * dev).sum(axis=axes) / count
+    return mean, var, count
+
+
+def masked_train_forward(x, mask, gamma, beta, eps, channel_axis: int = 1):
+    """y = normalize(x, masked mean, masked biased var) at every position, masked ones too; (y, mean, var)."""
+    mean, var, _ = masked_batch_stats(x, mask, channel_axis)
+    return normalize(x, mean, var, gamma, beta, eps, channel_axis), mean, var
+
+
+def masked_train_backward(x, g, mask, gamma, eps, channel_axis: int = 1):
+    """Gradients of sum(y * g) over every position, through the masked statistics.
+
+    With d mean / d x_j = m_j / M and d s / d x_j = m_j xhat_j / M:
+    dx_j = gamma / s * (g_j - m_j / M * sum(g) - m_j xhat_j / M * sum(g xhat)) (sums over every position);
+    dgamma = sum(g xhat); dbeta = sum(g). An all-ones mask gives ``train_backward``.
+    """
+    x, g = _f64(x), _f64(g)
+    m = _mask_f64(mask, x)
+    axes = _axes(x.ndim, channel_axis)
+    b = lambda v: _bcast(v, x.ndim, channel_axis)  # noqa: E731
+    mean, var, count = masked_batch_stats(x, mask, channel_axis)
+    inv = _invstd(var, eps)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        xhat = (x - b(mean)) * b(inv)
+        dgamma = (g * xhat).sum(axis=axes)
+        dbeta = g.sum(axis=axes)
+        dx = b(_f64(gamma) * inv) * (g - m * b(dbeta / count) - m * xhat * b(dgamma / count))
+    return dx, dgamma, dbeta
+
+
+def masked_update_running(running_mean, running_var, batch_mean, batch_var, count, momentum: float,
+                          estimator: str = "biased"):
+    """``update_running`` per channel with that channel's unmasked ``count`` (the Bessel factor's n); a channel
+    with no unmasked value has no statistics to fold in and keeps its running statistics."""
+    count = np.asarray(count)
+    f = np.array([bessel_factor(int(c), estimator) if c > 0 else 1.0 for c in count.reshape(-1)])
+    new_mean, new_var = update_running(running_mean, running_var, batch_mean, _f64(batch_var) * f, 1, momentum,
+                                       "biased")
+    empty = count == 0
+    return np.where(empty, _f64(running_mean), new_mean), np.where(empty, _f64(running_var), new_var)
 
 
 # -- Batch Renormalization -----------------------------------------------------------------------------

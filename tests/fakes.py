@@ -33,6 +33,7 @@ class NumpyBN(Adapter):
     conventions = TORCH_LIKE
     supports_cumulative = True
     no_renorm = None  # batch renormalization as Keras computes it (renorm_step)
+    no_mask = None  # a mask: statistics over the unmasked values, every position normalized (masked_step)
 
     def work_dtype(self, case):
         return np.float64 if case.dtype == "float64" else np.float32
@@ -83,8 +84,22 @@ class NumpyBN(Adapter):
     def stored_var(self, var, n):
         return var * (n / (n - 1)) if n > 1 else var * np.nan
 
-    def dx_train(self, g, xhat, inv, gamma, axes):
-        return gamma * inv * (g - self._mean(g, axes) - xhat * self._mean(g * xhat, axes))
+    def dx_train(self, g, xhat, inv, gamma, axes, m=None):
+        """``m``: (mask, unmasked count per channel) of a masked call: the statistics depend on the unmasked values
+        only, so the mean terms reach those alone."""
+        if m is None:
+            return gamma * inv * (g - self._mean(g, axes) - xhat * self._mean(g * xhat, axes))
+        mk, cnt = m
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return gamma * inv * (g - mk * (self._sum(g, axes) / cnt) - mk * xhat * (self._sum(g * xhat, axes) / cnt))
+
+    def masked_stats(self, x, mask, axes):
+        """(mean, biased var, count) over the unmasked values of each channel, two-pass; 0/0 = NaN where none is."""
+        zero = x.dtype.type(0)
+        cnt = self._sum(mask.astype(x.dtype), axes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self._sum(np.where(mask, x, zero), axes) / cnt
+            return mean, self._sum(np.where(mask, (x - mean) ** 2, zero), axes) / cnt, cnt
 
     def renorm_rd(self, st, mean, var):
         """Batch renormalization's r and d from the state before the call, clipped (Keras's order: rmin, rmax)."""
@@ -105,13 +120,14 @@ class NumpyBN(Adapter):
         shape[st["axis"] % ndim] = -1
         return v.reshape(shape)
 
-    def _forward_backward(self, st, x, g, mean, inv, train):
+    def _forward_backward(self, st, x, g, mean, inv, train, m=None):
         axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
         b = lambda v: self._shape(st, v, x.ndim)  # noqa: E731
-        xhat = (x - mean) * inv
-        y = xhat * b(st["gamma"]) + b(st["beta"])
+        with np.errstate(invalid="ignore"):
+            xhat = (x - mean) * inv
+            y = xhat * b(st["gamma"]) + b(st["beta"])
         if train:
-            dx = self.dx_train(g, xhat, inv, b(st["gamma"]), axes)
+            dx = self.dx_train(g, xhat, inv, b(st["gamma"]), axes, *([m] if m is not None else []))
         else:
             dx = g * b(st["gamma"]) * inv
         out = {"y": y.astype(st["out_dtype"]), "dx": dx.astype(st["out_dtype"])}
@@ -148,12 +164,34 @@ class NumpyBN(Adapter):
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
-    def train_step(self, st, x, g):
+    def masked_step(self, st, x, g, mask, axes):
+        """A masked training call: the statistics over the unmasked values, every position normalized with them;
+        each channel's running statistics updated with its own count, a channel without unmasked values left."""
+        wd = st["wd"]
+        mask = np.broadcast_to(mask, x.shape)
+        mean, var, cnt = self.masked_stats(x, mask, axes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inv = self.invstd(var, st["eps"])
+        out = self._forward_backward(st, x, g, mean, inv, True, (mask, cnt))
+        counts = cnt.reshape(-1)
+        if counts.any():
+            st["t"] += 1
+        w = self.new_weight(st)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sv = np.array([self.stored_var(v, int(k)) if k else 0.0 for v, k in zip(var.reshape(-1), counts)], wd)
+            st["rm"] = np.where(counts > 0, (1 - w) * st["rm"] + w * mean.reshape(-1), st["rm"]).astype(wd)
+            st["rv"] = np.where(counts > 0, (1 - w) * st["rv"] + w * sv, st["rv"]).astype(wd)
+        out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
+        return out
+
+    def train_step(self, st, x, g, mask=None):
         wd = st["wd"]
         x, g = x.astype(wd), g.astype(wd)
         axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
         if st["case"].renorm is not None:
             return self.renorm_step(st, x, g, axes)
+        if mask is not None:
+            return self.masked_step(st, x, g, mask, axes)
         mean, var = self.stats(x, axes)
         inv = self.invstd(var, st["eps"])
         out = self._forward_backward(st, x, g, mean, inv, True)
@@ -168,7 +206,7 @@ class NumpyBN(Adapter):
             out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
-    def eval_step(self, st, x, g):
+    def eval_step(self, st, x, g, mask=None):  # eval ignores the mask, as every framework with one does
         wd = st["wd"]
         x, g = x.astype(wd), g.astype(wd)
         if not st["case"].track_running_stats:
@@ -181,9 +219,9 @@ class NumpyBN(Adapter):
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
-    def frozen_step(self, st, x, g):
+    def frozen_step(self, st, x, g, mask=None):
         """Frozen the torch way: a training call whose parameters' gradients nobody asks for."""
-        out = self.train_step(st, x, g)
+        out = self.train_step(st, x, g, mask)
         return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
 
     def after_eval(self, st, x):
@@ -242,7 +280,7 @@ class GradIgnoresStats(NumpyBN):
 
     name = "bug-grad-ignores-stats"
 
-    def dx_train(self, g, xhat, inv, gamma, axes):
+    def dx_train(self, g, xhat, inv, gamma, axes, m=None):
         return gamma * inv * g
 
 
@@ -251,7 +289,7 @@ class UpdatesInEval(NumpyBN):
 
     name = "bug-updates-in-eval"
 
-    def eval_step(self, st, x, g):
+    def eval_step(self, st, x, g, mask=None):
         self.fold(st, x.astype(st["wd"]))
         return super().eval_step(st, x, g)
 
@@ -283,7 +321,7 @@ class FrozenLikeKeras(NumpyBN):
     name = "fake-frozen-inference"
     conventions = replace(TORCH_LIKE, frozen_call="inference", frozen_note="as Keras: trainable = False")
 
-    def frozen_step(self, st, x, g):
+    def frozen_step(self, st, x, g, mask=None):
         out = self.eval_step(st, x, g)
         return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
 
@@ -294,7 +332,7 @@ class FrozenStillUpdates(FrozenLikeKeras):
 
     name = "bug-frozen-still-updates"
 
-    def frozen_step(self, st, x, g):
+    def frozen_step(self, st, x, g, mask=None):
         out = super().frozen_step(st, x, g)
         self.fold(st, x.astype(st["wd"]))
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
@@ -316,6 +354,17 @@ class WrongRenormClipping(NumpyBN):
         return r, (d if rn.dmax is None else np.minimum(d, st["wd"](rn.dmax)))
 
 
+class IgnoresMask(NumpyBN):
+    """Takes a mask and ignores it: the statistics over every position (what tf-keras fused=True does, with a
+    warning). y, dx and the running statistics of a masked training call are off; eval and unmasked cases are
+    right."""
+
+    name = "bug-ignores-mask"
+
+    def masked_stats(self, x, mask, axes):
+        return super().masked_stats(x, np.ones_like(mask), axes)
+
+
 class HalfPrecisionMath(NumpyBN):
     """Computes float32 cases in float16: subtle (a few hundred ulps), must still be caught."""
 
@@ -328,7 +377,7 @@ class HalfPrecisionMath(NumpyBN):
 class EvalUsesBatchStats(NumpyBN):
     name = "bug-eval-uses-batch-stats"
 
-    def eval_step(self, st, x, g):
+    def eval_step(self, st, x, g, mask=None):
         wd = st["wd"]
         x, g = x.astype(wd), g.astype(wd)
         axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
@@ -403,11 +452,11 @@ class RefusesLikeTorch(NumpyBN):
         if st["eps"] <= 0:
             raise ValueError(f"eps must be positive during training, but got {st['eps']}")
 
-    def train_step(self, st, x, g):
+    def train_step(self, st, x, g, mask=None):
         self._check(st, x)
-        return super().train_step(st, x, g)
+        return super().train_step(st, x, g, mask)
 
-    def eval_step(self, st, x, g):
+    def eval_step(self, st, x, g, mask=None):
         if not st["case"].track_running_stats:  # eval normalizes with the batch statistics too
             self._check(st, x)
         return super().eval_step(st, x, g)

@@ -252,6 +252,9 @@ class Adapter:
     refuses: tuple[Refusal, ...] = ()
     # Batch Renormalization (a case's ``renorm``): None where the adapter runs it, else why not (a skip)
     no_renorm: str | None = "the framework has no Batch Renormalization"
+    # a case's ``mask``: None where the adapter takes it (its steps then get ``mask=``, the batch's boolean mask in
+    # the physical layout, True where a value counts), else why not (a skip)
+    no_mask: str | None = "the framework's BatchNorm takes no mask"
 
     # -- cheap, parent-side -------------------------------------------------
     def available(self) -> str | None:
@@ -287,6 +290,8 @@ class Adapter:
             return f"{self.name} has no cumulative-average (momentum=None) mode"
         if case.renorm is not None and self.no_renorm and self.name not in case.expect_raise:  # (as a refusal)
             return f"{self.name}: no batch renormalization: {self.no_renorm}"
+        if case.mask is not None and self.no_mask:
+            return f"{self.name}: no mask: {self.no_mask}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)
@@ -366,10 +371,12 @@ class Adapter:
             for i, kind in enumerate(case.schedule):
                 stage = f"call {i} ({kind})"
                 if kind == "eval":
-                    out = self.eval_step(state, data.x_eval, data.g_eval)
+                    kw = {} if data.mask is None else {"mask": data.mask_eval}  # (frameworks ignore it in eval)
+                    out = self.eval_step(state, data.x_eval, data.g_eval, **kw)
                 else:
                     step = self.train_step if kind == "train" else self.frozen_step
-                    out = step(state, data.x[batch], data.g[batch])
+                    kw = {} if data.mask is None else {"mask": data.mask[batch]}
+                    out = step(state, data.x[batch], data.g[batch], **kw)
                     batch += 1
                 for q, v in out.items():
                     obs.put(q if kind == "train" else f"{q}_{kind}", i, v)

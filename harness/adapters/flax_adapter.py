@@ -76,9 +76,9 @@ def _linen_module(axis: int, fast: bool, uses: tuple[bool, bool], dtype: str | N
                         param_dtype=param_dtype)
 
 
-def _linen_train_apply(bn, params, stats, x):
-    """(y, updated batch_stats) of a linen BatchNorm called in training mode."""
-    y, updated = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+def _linen_train_apply(bn, params, stats, x, mask=None):
+    """(y, updated batch_stats) of a linen BatchNorm called in training mode (``mask``: its ``mask=``)."""
+    y, updated = bn.apply({"params": params, "batch_stats": stats}, x, mask=mask, mutable=["batch_stats"])
     return y, updated["batch_stats"]
 
 
@@ -126,17 +126,17 @@ def _linen_program(mode: str, axis: int, fast: bool, uses: tuple[bool, bool], dt
         return _PROGRAMS[key]
     import jax
 
-    def train(x, g, params, stats, momentum, eps):
+    def train(x, g, params, stats, momentum, eps, mask=None):
         bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, False)
-        return _train_vjp(lambda x, params: _linen_train_apply(bn, params, stats, x), x, g, params)
+        return _train_vjp(lambda x, params: _linen_train_apply(bn, params, stats, x, mask), x, g, params)
 
-    def evaluate(x, g, params, stats, momentum, eps):
+    def evaluate(x, g, params, stats, momentum, eps, mask=None):
         # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
         bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, mode == "eval")
 
         def f(x, params):
             # mutable: the batch_stats come back as the call leaves them (an eval call must not change them)
-            y, after = bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+            y, after = bn.apply({"params": params, "batch_stats": stats}, x, mask=mask, mutable=["batch_stats"])
             return y, (after["batch_stats"] if mode == "eval" else stats)
 
         return _eval_vjp(f, x, g, params)
@@ -167,18 +167,18 @@ def _nnx_program(mode: str, graphdef):
         return _PROGRAMS[key]
     import jax
 
-    def train(x, g, params, stats, momentum, eps):
+    def train(x, g, params, stats, momentum, eps, mask=None):
         def f(x, params):
             bn = _nnx_module(graphdef, params, stats, momentum, eps, True)
-            y = bn(x)
+            y = bn(x, mask=mask)
             return y, _nnx_stats(bn)
 
         return _train_vjp(f, x, g, params)
 
-    def evaluate(x, g, params, stats, momentum, eps):
+    def evaluate(x, g, params, stats, momentum, eps, mask=None):
         def f(x, params):
             bn = _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")
-            y = bn(x)
+            y = bn(x, mask=mask)
             return y, (_nnx_stats(bn) if mode == "eval" else stats)  # as the call leaves them
 
         return _eval_vjp(f, x, g, params)
@@ -285,6 +285,7 @@ class FlaxAdapter(Adapter):
 
     framework = "flax"
     no_renorm = "flax.linen.BatchNorm and flax.nnx.BatchNorm have no renorm option"
+    no_mask = None  # mask= broadcast to the input: the case's full mask, per channel too
     requires = ("flax", "jax")
     conventions = Conventions(
         momentum_style="decay_of_old", running_var_estimator="biased",
@@ -403,13 +404,13 @@ class FlaxAdapter(Adapter):
             return
         import jax
 
-        key = (id(fn), tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args[:4])))
+        key = (id(fn), tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves((*args[:4], *args[6:]))))
         if key not in _F64_CHECKED:
             _F64_CHECKED[key] = bool(_F64_ARRAY.search(fn.lower(*args).as_text()))
         state.f64_arrays = bool(state.f64_arrays) or _F64_CHECKED[key]
 
-    def train_step(self, state: FlaxState, x, g):
-        args = (x, g, state.params, state.stats, *state.hyper)
+    def train_step(self, state: FlaxState, x, g, mask=None):
+        args = (x, g, state.params, state.stats, *state.hyper, *(() if mask is None else (mask,)))
         self._check_program(state, state.train, args)
         y, dx, dparams, new_stats = state.train(*args)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
@@ -421,13 +422,13 @@ class FlaxAdapter(Adapter):
         state.dtypes.update({"y": str(y.dtype), "dx": str(dx.dtype), "running_var": str(new_stats["var"].dtype)})
         return out
 
-    def frozen_step(self, state: FlaxState, x, g):
+    def frozen_step(self, state: FlaxState, x, g, mask=None):
         """The training program: a frozen Flax layer is called as an unfrozen one (see ``frozen_note``)."""
-        out = self.train_step(state, x, g)
+        out = self.train_step(state, x, g, mask)
         return {q: v for q, v in out.items() if q not in ("dgamma", "dbeta")}
 
-    def eval_step(self, state: FlaxState, x, g):
-        args = (x, g, state.params, state.stats, *state.hyper)
+    def eval_step(self, state: FlaxState, x, g, mask=None):
+        args = (x, g, state.params, state.stats, *state.hyper, *(() if mask is None else (mask,)))
         self._check_program(state, state.evaluate, args)
         y, dx, dparams, after = state.evaluate(*args)
         state.dtypes.update({"y_eval": str(y.dtype), "dx_eval": str(dx.dtype)})

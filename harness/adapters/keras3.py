@@ -80,6 +80,28 @@ def keras_supports(case: Case, keras: str) -> str | None:
     return None
 
 
+def keras_mask_refusal(case: Case, keras: str) -> str | None:
+    """Why a ``keras`` BatchNormalization cannot take ``case``'s mask, or None. Its mask has the input's rank minus
+    one and covers every axis but the last, whatever ``axis`` is (``expand_dims(mask, -1)``): one mask for every
+    channel of a channels-last input, none that fits a channels-first one of rank 3 or more (its last axis is
+    spatial), and no per-channel mask."""
+    if case.mask is None:
+        return None
+    if case.channel_axis % case.rank != case.rank - 1:
+        return (f"{keras} BatchNormalization's mask covers every axis but the last (expand_dims(mask, -1)), whatever "
+                f"the axis: an input whose channels are at axis {case.channel_axis} of rank {case.rank} has no mask "
+                f"it can take")
+    if case.mask.masked_channels:
+        return (f"{keras} BatchNormalization's mask has no channel axis: a per-channel mask (masked_channels) has no "
+                f"form")
+    return None
+
+
+def keras_mask(mask: np.ndarray | None) -> np.ndarray | None:
+    """The case's mask (physical shape, channels last) as Keras takes it: without the channel axis."""
+    return None if mask is None else np.ascontiguousarray(mask[..., 0])
+
+
 def layer_kwargs(case: Case, m: Mapped, conventions: Conventions) -> dict[str, Any]:
     """BatchNormalization arguments other than the dtype; a defaults case passes no momentum or epsilon. A renorm
     case passes renorm=True, its clipping (only the bounds it gives) and its momentum in the framework's style."""
@@ -147,6 +169,7 @@ class Keras3Adapter(Adapter):
 
     framework = "keras"
     no_renorm = None  # renorm=True, renorm_clipping, renorm_momentum
+    no_mask = None  # layer(x, training=..., mask=...): keras_mask_refusal says which masks it cannot take
     conventions = Conventions(
         **KERAS_CONVENTIONS, **KERAS_FROZEN,
         notes=("momentum is the decay of the old value; the moving variance is the biased batch variance; "
@@ -176,7 +199,8 @@ class Keras3Adapter(Adapter):
         return ("keras", *self.backend_distributions)
 
     def supports(self, case: Case) -> str | None:
-        return super().supports(case) or keras_supports(case, "Keras") or self.renorm_missing(case)
+        return (super().supports(case) or keras_supports(case, "Keras") or self.renorm_missing(case)
+            or keras_mask_refusal(case, "Keras"))
 
     def renorm_missing(self, case: Case) -> str | None:
         """Keras 3 dropped Keras 2's renorm and brought it back in 3.14.0; before that BatchNormalization raises
@@ -227,26 +251,28 @@ class Keras3Adapter(Adapter):
     def build(self, case: Case, data: CaseData) -> LayerState:
         return LayerState(self._layer(case, data), case)
 
-    def _call(self, state: Any, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
-        """One call in ``training`` mode and its backward: y, dx (and dgamma, dbeta where the layer is affine)."""
+    def _call(self, state: Any, x: np.ndarray, g: np.ndarray, training: bool,
+              mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One call in ``training`` mode and its backward: y, dx (and dgamma, dbeta where the layer is affine);
+        ``mask`` as Keras takes it (``keras_mask``), or None for no mask argument."""
         raise NotImplementedError
 
-    def train_step(self, state, x, g):
-        out = self._call(state, x, g, training=True)
+    def train_step(self, state, x, g, mask=None):
+        out = self._call(state, x, g, training=True, mask=keras_mask(mask))
         out.update(state.moving_stats())
         return out
 
-    def eval_step(self, state, x, g):
-        out = self._call(state, x, g, training=False)
+    def eval_step(self, state, x, g, mask=None):
+        out = self._call(state, x, g, training=False, mask=keras_mask(mask))
         out.update(state.moving_stats())
         return out
 
-    def frozen_step(self, state, x, g):
+    def frozen_step(self, state, x, g, mask=None):
         """``layer.trainable = False``, a call with training=True, then trainable again (as a fine-tuning loop
         unfreezes)."""
         state.layer.trainable = False
         try:
-            out = self._call(state, x, g, training=True)
+            out = self._call(state, x, g, training=True, mask=keras_mask(mask))
         finally:
             state.layer.trainable = True
         return {"y": out["y"], "dx": out["dx"], **state.moving_stats()}
@@ -287,10 +313,11 @@ class Keras3TF(TFBench, Keras3Adapter):
     def setup_backend(self) -> None:
         setup_tf()
 
-    def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
+    def _call(self, state: LayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
         layer = state.layer
         params = {q: v.value for q, v in taped_params(layer.gamma, layer.beta).items()}
-        taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
+        kw = {} if mask is None else {"mask": mask}
+        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params)
         state.output_dtype = taped.output_dtype
         return taped.out
 
@@ -331,7 +358,7 @@ class Keras3Jax(Keras3Adapter):
     def _jit_key(self, case: Case, training: bool, frozen: bool = False) -> tuple:
         m = self.mapped(case)
         return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.has_scale, case.has_center,
-                case.use_defaults, m.momentum, m.eps, training, frozen, case.renorm)
+                case.use_defaults, m.momentum, m.eps, training, frozen, case.renorm, case.mask is not None)
 
     def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple, frozen: bool = False):
         """The jitted train/eval step for this case's settings, compiled once per shape and setting.
@@ -347,9 +374,11 @@ class Keras3Jax(Keras3Adapter):
             return hit
         template = state.layer
 
-        def step(tv, ntv, x, g):
+        def step(tv, ntv, x, g, *mask):  # the mask, where the case has one, comes last
+            kw = {"mask": mask[0]} if mask else {}
+
             def fwd(tv, x):
-                return template.stateless_call(tv, ntv, x, training=training)
+                return template.stateless_call(tv, ntv, x, training=training, **kw)
 
             y, vjp, new_ntv = jax.vjp(fwd, tv, x, has_aux=True)
             dtv, dx = vjp(g.astype(y.dtype))
@@ -366,11 +395,11 @@ class Keras3Jax(Keras3Adapter):
         self._jit_cache[key] = compiled
         return compiled
 
-    def _call(self, state: JaxLayerState, x, g, training: bool) -> dict[str, np.ndarray]:
+    def _call(self, state: JaxLayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
         import jax.numpy as jnp
 
         layer = state.layer
-        args = (state.tv, state.ntv, jnp.asarray(x), jnp.asarray(g))
+        args = (state.tv, state.ntv, jnp.asarray(x), jnp.asarray(g), *(() if mask is None else (jnp.asarray(mask),)))
         y, dx, dtv, new_ntv = self._jax_fn(state, training, args)(*args)
         state.ntv = list(new_ntv)  # what the stateless call returns, in eval too (it must return them unchanged)
         state.output_dtype = str(y.dtype)
@@ -379,7 +408,7 @@ class Keras3Jax(Keras3Adapter):
         out.update({q: np.asarray(grads[id(v)]) for q, v in taped_params(layer.gamma, layer.beta).items()})
         return out
 
-    def frozen_step(self, state: JaxLayerState, x, g):
+    def frozen_step(self, state: JaxLayerState, x, g, mask=None):
         """The stateless call of a layer with ``trainable = False`` (gamma and beta move to its non-trainable
         variables while it is frozen): the variables are handed over by identity, not by position."""
         import jax.numpy as jnp
@@ -391,7 +420,7 @@ class Keras3Jax(Keras3Adapter):
         try:
             frozen_ntv = list(layer.non_trainable_variables)
             args = ([values[id(v)] for v in layer.trainable_variables], [values[id(v)] for v in frozen_ntv],
-                    jnp.asarray(x), jnp.asarray(g))
+                    jnp.asarray(x), jnp.asarray(g), *(() if mask is None else (jnp.asarray(keras_mask(mask)),)))
             y, dx, _, new_ntv = self._jax_fn(state, True, args, frozen=True)(*args)
         finally:
             layer.trainable = True
@@ -464,7 +493,7 @@ class Keras3Torch(Keras3Adapter):
         torch.set_num_threads(thread_count())
         torch.use_deterministic_algorithms(True)
 
-    def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
+    def _call(self, state: LayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
         import torch
 
         from harness.adapters.torch_adapter import to_numpy, to_torch
@@ -474,7 +503,8 @@ class Keras3Torch(Keras3Adapter):
         params = {q: v.value for q, v in taped_params(layer.gamma, layer.beta).items()}
         for p in params.values():
             p.grad = None
-        y = layer(xt, training=training)
+        kw = {} if mask is None else {"mask": torch.from_numpy(mask)}
+        y = layer(xt, training=training, **kw)
         y.backward(to_torch(torch, g).to(y.dtype))
         state.output_dtype = str(y.dtype).removeprefix("torch.")
         out = {"y": to_numpy(y), "dx": to_numpy(xt.grad)}

@@ -29,6 +29,8 @@ from harness.adapters.keras3 import (
     LayerState,
     dtype_policy,
     keras_axis,
+    keras_mask,
+    keras_mask_refusal,
     keras_supports,
     layer_kwargs,
     load_layer,
@@ -91,6 +93,14 @@ FUSED_RENORM = (f"tf-keras refuses it: {FUSED_RENORM_RAISES.type}: Passing both 
                 f"not supported (source: {FUSED_RENORM_RAISES.source})")
 
 
+# BatchNormalization(fused=True) called with a mask normalizes with the statistics of every position and warns
+# (measured on tf-keras 2.21: y equals the unmasked layer's); the non-fused path uses tf.nn.weighted_moments
+FUSED_MASK = ("tf-keras ignores it: UserWarning: Masking is not supported with `fused=True`. You should either turn "
+              "off fusing (`fused=False`) or you should not pass a `mask` argument when calling the layer. For the "
+              "moment `mask` will be ignored for the normalization. (source: https://github.com/keras-team/tf-keras/"
+              "blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py, BatchNormalizationBase.call)")
+
+
 class TFKerasAdapter(TFBench, Adapter):
     framework = "tf-keras"
     requires = ("tensorflow",)
@@ -108,6 +118,8 @@ class TFKerasAdapter(TFBench, Adapter):
         self.refuses = (FUSED_FLOAT64,) if fused else ()
         # fused=True refuses renorm in the constructor; the non-fused path runs it (fused=None resolves to it)
         self.no_renorm = FUSED_RENORM if fused else None
+        # fused=True takes a mask and ignores it, with a warning (a mask it cannot use is one it does not take)
+        self.no_mask = FUSED_MASK if fused else None
         self.conventions = Conventions(
             **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"}, **KERAS_FROZEN,
             notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
@@ -130,7 +142,7 @@ class TFKerasAdapter(TFBench, Adapter):
         return self.versions().get(dist) if dist else None
 
     def supports(self, case: Case) -> str | None:
-        reason = super().supports(case) or keras_supports(case, "tf-keras")
+        reason = super().supports(case) or keras_supports(case, "tf-keras") or keras_mask_refusal(case, "tf-keras")
         return reason or (fused_rank_refusal(case) if self.fused else None)
 
     def settings(self, case: Case) -> dict[str, Any]:
@@ -161,28 +173,29 @@ class TFKerasAdapter(TFBench, Adapter):
                                                    dtype=tf_keras.mixed_precision.Policy(dtype_policy(case)))
         return LayerState(load_layer(layer, case, data), case)
 
-    def _call(self, state: LayerState, x, g, training: bool) -> dict[str, np.ndarray]:
+    def _call(self, state: LayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
         layer = state.layer
         params = taped_params(layer.gamma, layer.beta)
-        taped = tape_call(lambda xt: (layer(xt, training=training),), x, g, params)
+        kw = {} if mask is None else {"mask": keras_mask(mask)}
+        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params)
         state.output_dtype = taped.output_dtype
         return taped.out
 
-    def train_step(self, state: LayerState, x, g):
-        out = self._call(state, x, g, training=True)
+    def train_step(self, state: LayerState, x, g, mask=None):
+        out = self._call(state, x, g, training=True, mask=mask)
         out.update(state.moving_stats())
         return out
 
-    def eval_step(self, state: LayerState, x, g):
-        out = self._call(state, x, g, training=False)
+    def eval_step(self, state: LayerState, x, g, mask=None):
+        out = self._call(state, x, g, training=False, mask=mask)
         out.update(state.moving_stats())
         return out
 
-    def frozen_step(self, state: LayerState, x, g):
+    def frozen_step(self, state: LayerState, x, g, mask=None):
         """``layer.trainable = False``, a call with training=True, then trainable again."""
         state.layer.trainable = False
         try:
-            out = self._call(state, x, g, training=True)
+            out = self._call(state, x, g, training=True, mask=mask)
         finally:
             state.layer.trainable = True
         return {"y": out["y"], "dx": out["dx"], **state.moving_stats()}

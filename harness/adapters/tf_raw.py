@@ -81,6 +81,8 @@ class _TFAdapter(TFBench, Adapter):
     framework = "tensorflow"
     no_renorm = ("tf.nn.batch_normalization and fused_batch_norm are the plain transform; Batch Renormalization "
                  "lives in the Keras layers (renorm=True)")
+    no_mask = ("tf.nn.moments, tf.nn.batch_normalization and fused_batch_norm take no mask (masked statistics are "
+               "tf.nn.weighted_moments, which the tf-keras non-fused layer uses)")
     requires = ("tensorflow",)
     worker_env = TF_ENV
 

@@ -182,6 +182,7 @@ class TorchAdapter(Adapter):
     framework = "torch"
     no_renorm = ("torch.nn.BatchNorm1d/2d/3d have no renorm option (torch's only 'renorm' is torch.renorm / "
                  "F.embedding's max_norm, unrelated)")
+    no_mask = "torch.nn.BatchNorm1d/2d/3d and F.batch_norm take no mask argument"
     requires = ("torch",)
     supports_cumulative = True
     # F.batch_norm checks the batch size, then eps, where it normalizes with the batch statistics

@@ -96,6 +96,28 @@ calls = ["train", "train", "eval", "train"]
 seed = 14
 
 [[case]]
+name = "masked"
+shape = [16, 4, 3]
+layout = "channels_last"
+mask = { keep = 0.5 }
+calls = ["train", "train", "eval"]
+seed = 15
+
+[[case]]
+name = "masked_all"
+shape = [8, 3]
+mask = { keep = 0.0 }
+calls = ["train", "eval"]
+seed = 16
+
+[[case]]
+name = "masked_channel"
+shape = [8, 3, 2]
+mask = { samples = [1, 1, 0, 1, 1, 0, 1, 1], masked_channels = [2] }
+steps = 2
+seed = 17
+
+[[case]]
 name = "double"
 dtype = "float64"
 shape = [8, 3, 2, 2]
@@ -116,6 +138,7 @@ EXPECT = {
     "EvalNotRepeatable": ("sequence", "running_var_eval"),
     "FrozenStillUpdates": ("frozen", "running_mean_frozen"),
     "WrongRenormClipping": ("renorm", "y"),
+    "IgnoresMask": ("masked", "y"),
 }
 
 
@@ -123,11 +146,12 @@ def test_correct_float32_implementation_passes_everything(run_parity):
     run = run_parity(CASES, ["NumpyBN"])
     assert run.result.ret == 0, run.result.stdout.str()[-3000:]
     assert {r.verdict for r in run.results()} == {"pass"}
-    assert len({r.case for r in run.results()}) == 14
+    assert len({r.case for r in run.results()}) == 17
 
 
 def test_every_planted_bug_is_flagged(run_parity):
-    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen or renorm")
+    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen or renorm or (masked and not all and not "
+                                                "channel)")
     out = run.result.stdout.str()
     assert run.result.ret == 1
     for cls, (case, quantity) in EXPECT.items():
@@ -215,3 +239,28 @@ def test_renorm_clipping_bug_is_flagged_where_it_lives(run_parity):
     good = [r for (a, _, _), r in recs.items() if a == "fake-good" and r.quantity != "outcome"]
     assert {r.verdict for r in good} == {"pass"}, [r.message for r in good if r.verdict != "pass"]
     assert {("y", 0), ("running_var", 3), ("y_eval", 2)} <= {(r.quantity, r.step) for r in good}
+
+
+def test_mask_bug_is_flagged_where_it_lives(run_parity):
+    """A layer that takes a mask and ignores it (tf-keras fused=True does, with a warning): its masked training
+    calls' y, dx and running statistics fail, and the eval after them (normalized with those statistics); on a fully
+    masked batch it returns finite values where the statistics are undefined. Its unmasked case and the fully masked
+    channel's other channels are right. The correct masked BN passes every masked case: NaN where no value is
+    unmasked (y, dx, dgamma), a finite dbeta, the running statistics of such a channel left as they were."""
+    run = run_parity(CASES, ["IgnoresMask", "NumpyBN"], "-k", "masked or dense")
+    recs = {(r.adapter, r.case, r.quantity, r.step): r for r in run.results()}
+    bug = "bug-ignores-mask"
+    for q in ("y", "dx", "running_mean", "running_var"):
+        for step in (0, 1):
+            assert recs[(bug, "masked", q, step)].verdict == "fail", (q, step)
+    assert recs[(bug, "masked", "y_eval", 2)].verdict == "fail"
+    assert recs[(bug, "masked", "dbeta", 0)].verdict == "pass"  # sum(g) does not depend on the statistics
+    nan = recs[(bug, "masked_all", "y", 0)]
+    assert (nan.verdict, nan.mismatch_kind) == ("fail", "finite_where_nan"), nan.message
+    assert {r.verdict for r in run.results(adapter=bug, case="dense")} == {"pass"}
+    good = [r for (a, *_), r in recs.items() if a == "fake-good" and r.quantity != "outcome"]
+    assert {r.case for r in good} >= {"masked", "masked_all", "masked_channel"}
+    assert {r.verdict for r in good} == {"pass"}, [r.message for r in good if r.verdict != "pass"]
+    undefined = recs[("fake-good", "masked_all", "y", 0)]
+    assert undefined.nan_expected == undefined.total == undefined.nan_observed  # every y undefined, and NaN
+    assert recs[("fake-good", "masked_channel", "dgamma", 0)].nan_expected == 1  # channel 2 only

@@ -25,6 +25,31 @@ pytestmark = pytest.mark.frameworks
 
 FRESH = """
 [[case]]
+name = "fresh_mask_all_masked_conv1d_channels_last"
+shape = [3, 2, 4]
+layout = "channels_last"
+mask = { keep = 0.0 }
+seed = 921
+
+[[case]]
+name = "fresh_mask_channel_dense"
+shape = [10, 3]
+mask = { keep = 0.5, masked_channels = [0] }
+seed = 922
+
+[[case]]
+name = "fresh_mask_single_channel_conv2d_channels_last"
+shape = [4, 1, 2, 2]
+layout = "channels_last"
+mask = { keep = 0.5 }
+seed = 923
+
+[[case]]
+name = "fresh_mask_single_channel_dense"
+shape = [5, 1]
+mask = { keep = 0.6 }
+seed = 924
+[[case]]
 name = "fresh_overflow_3e25"
 shape = [12, 3, 2]
 input = { kind = "normal", loc = 0.0, scale = 3e25 }
@@ -197,6 +222,15 @@ CELLS: dict[str, list[tuple[str, str]]] = {
     "tf-fused-empty-5d-ncdhw-eval-gradient-raises": [("tf-keras-fused", "fresh_empty_spatial_conv3d")],
     "flax-empty-batch-nan-batch-stats": [("flax-nnx", "fresh_empty_spatial_conv3d")],
     "flax-empty-batch-nan-dscale": [("flax-linen-twopass", "fresh_empty_conv2d_channels_last")],
+    "keras3-mask-no-unmasked-value-zero-statistics": [("keras3-jax", "fresh_mask_all_masked_conv1d_channels_last")],
+    "tf-keras-mask-no-unmasked-value-zero-statistics": [("tf-keras-nonfused",
+                                                         "fresh_mask_all_masked_conv1d_channels_last")],
+    "flax-mask-no-unmasked-value-nan-batch-stats": [("flax-nnx", "fresh_mask_channel_dense"),
+                                                    ("flax-linen-twopass",
+                                                     "fresh_mask_all_masked_conv1d_channels_last")],
+    "keras3-mask-single-channel-raises": [("keras3-torch", "fresh_mask_single_channel_conv2d_channels_last"),
+                                          ("keras3-jax", "fresh_mask_single_channel_conv2d_channels_last")],
+    "keras3-tensorflow-mask-single-channel-axis1-raises": [("keras3-tensorflow", "fresh_mask_single_channel_dense")],
 }
 # entries no fresh case can show (yet): the mechanism is not traced, and other draws of the same kind pass; each
 # is judged in its evidence case, and its ledger text says so
