@@ -58,6 +58,8 @@ from harness.schema import LedgerRef, MismatchKind, Quantity, Result, Verdict
 
 # the running statistics after an eval or frozen call: the same state a training call's entry speaks of
 _STATE_AFTER_OTHER_CALLS = {q.value: q.base.value for q in Quantity if q.is_state and q.phase != "train"}
+# a frozen call's results: a training call's or an eval call's, by the adapter's Conventions.frozen_call
+_FROZEN_RESULTS = {q.value: q.base.value for q in Quantity if q.phase == "frozen" and not q.is_state}
 
 if TYPE_CHECKING:
     from harness.inputs import CaseData
@@ -356,14 +358,19 @@ class Entry(StrictModel):
             return False
         return self.when is None or self.when.holds(facts or case_facts(case))
 
-    def covers(self, quantity: str, same_state: bool = True) -> bool:
+    def covers(self, quantity: str, same_state: bool = True, frozen_call: str = "") -> bool:
         """Does a glob match ``quantity``? The state after an eval call (``running_var_eval``) is the state the
         call before it left, and after a frozen call it is that state or its training update, so an entry that
         explains ``running_var`` explains them too (``same_state``), unless an eval call itself changed it
-        (mismatch kind ``changed``: a mechanism of its own, named only as such)."""
+        (mismatch kind ``changed``: a mechanism of its own, named only as such). A frozen call's y and dx are a
+        training call's or an eval call's, as the adapter declares (``frozen_call``): an entry that explains
+        ``y`` (or ``y_eval``) there explains ``y_frozen``."""
         names = [quantity]
         if same_state and quantity in _STATE_AFTER_OTHER_CALLS:
             names.append(_STATE_AFTER_OTHER_CALLS[quantity])
+        if quantity in _FROZEN_RESULTS and frozen_call:
+            base = _FROZEN_RESULTS[quantity]
+            names.append(base if frozen_call == "batch_statistics" else f"{base}_eval")
         return any(fnmatch.fnmatchcase(n, q) for n in names for q in self.quantity)
 
     def as_record(self) -> LedgerRef:
@@ -403,7 +410,7 @@ def load_ledger(path: Path | None) -> list[Entry]:
 
 
 def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Entry],
-                 records: list[Result], data: CaseData | None = None) -> list[Result]:
+                 records: list[Result], data: CaseData | None = None, frozen_call: str = "") -> list[Result]:
     """Mark every failing record an applicable entry covers ``known``; return a ``stale`` record for each
     applicable entry that is judged in this case (``Entry.judged_in``) and covered nothing where what it covers
     was compared.
@@ -418,7 +425,8 @@ def apply_ledger(case: Case, adapter: str, version: str | None, ledger: list[Ent
     used: set[str] = set()
     for r in records:
         if r.verdict.fails_run and r.verdict != Verdict.STALE:
-            explaining = [e for e in entries if e.covers(r.quantity, r.mismatch_kind != MismatchKind.CHANGED)]
+            explaining = [e for e in entries
+                          if e.covers(r.quantity, r.mismatch_kind != MismatchKind.CHANGED, frozen_call)]
             if explaining:  # every entry that explains a failure is in use, the first is shown
                 r.verdict = Verdict.KNOWN
                 r.ledger = explaining[0].as_record()

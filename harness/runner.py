@@ -138,7 +138,7 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
 
         flag_changes(case.schedule, records)
 
-    records += apply_ledger(case, adapter.name, version, ledger, records, data)
+    records += apply_ledger(case, adapter.name, version, ledger, records, data, adapter.conventions.frozen_call)
     for r in records:
         if r.verdict.fails_run:
             r.repro = repro

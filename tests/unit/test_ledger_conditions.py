@@ -259,3 +259,17 @@ def test_every_catalogue_entry_states_the_conditions_of_its_mechanism():
     ledger = load_ledger(Path(__file__).resolve().parents[2] / "cases" / "known_differences.toml")
     assert ledger and all(e.when is not None for e in ledger), [e.id for e in ledger if e.when is None]
     assert not [e.id for e in ledger if e.tags]  # a tag covered every quantity of every tagged case
+
+
+def test_the_state_and_a_frozen_calls_results_are_covered_as_the_call_runs():
+    """The running statistics after an eval or frozen call are the state a training entry speaks of (unless an eval
+    call changed them: that is a mechanism of its own); a frozen call's y is a training y or an eval y, as the
+    adapter declares."""
+    e = entry({"dtype": "float32"})  # covers y, running_var, y_eval
+    assert e.covers("running_var_eval") and e.covers("running_var_frozen")
+    assert not e.covers("running_var_eval", same_state=False)
+    assert not e.covers("y_frozen")  # without the adapter's convention nothing says which y it is
+    assert e.covers("y_frozen", frozen_call="batch_statistics") and e.covers("y_frozen", frozen_call="inference")
+    only_eval = entry({"dtype": "float32"}, quantity=["dx_eval"])
+    assert only_eval.covers("dx_frozen", frozen_call="inference")
+    assert not only_eval.covers("dx_frozen", frozen_call="batch_statistics")
