@@ -97,7 +97,11 @@ class Facts:
     out: the training batches, the eval batch and the initial running statistics (``inf`` where one of them
     holds inf, e.g. a running mean beyond the parameter dtype's range). ``nonfinite``: the kinds of non-finite
     value the training batches hold, ``("nan",)``, ``("inf",)``, ``("inf", "nan")``, or ``("none",)``
-    (planted by ``specials``, or a value beyond the dtype's range). ``momentum`` is None for "cumulative"."""
+    (planted by ``specials``, or a value beyond the dtype's range). ``momentum`` is None for "cumulative".
+    ``layout``: ``channels_first`` or ``channels_last`` as the case says, ``other`` for channels at a middle axis
+    (``axis``). ``batch_calls``: the calls that normalize with their own batch's statistics (train and frozen
+    calls, and eval calls of a case without running statistics): where a mechanism of the batch statistics can
+    show, whether or not a running statistic is updated (``steps``)."""
 
     dtype: str
     policy: str
@@ -106,6 +110,7 @@ class Facts:
     track_running_stats: bool
     count: int
     steps: int
+    batch_calls: int
     eps: float
     momentum: float | None
     offset_ratio: float
@@ -174,8 +179,11 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
         a = np.abs(np.asarray(a, dtype=np.float64))
         if (~np.isnan(a)).any():
             top = max(top, float(a[~np.isnan(a)].max()))
-    facts = Facts(dtype=case.dtype, policy=case.policy, layout=case.layout, affine=case.has_scale or case.has_center,
-                  track_running_stats=case.track_running_stats, count=case.count, steps=case.steps,
+    middle = case.channel_axis % case.rank not in (1, case.rank - 1)
+    batch_calls = sum(kind != "eval" or not case.track_running_stats for kind in case.schedule)
+    facts = Facts(dtype=case.dtype, policy=case.policy, layout="other" if middle else case.layout,
+                  affine=case.has_scale or case.has_center, track_running_stats=case.track_running_stats,
+                  count=case.count, steps=case.steps, batch_calls=batch_calls,
                   eps=case.eps, momentum=None if case.momentum == "cumulative" else float(case.momentum),
                   offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",),
                   mask=data.mask is not None, unmasked=_fewest_unmasked(case, data), channels=case.channels)
@@ -219,7 +227,7 @@ class Range(StrictModel):
 
 
 Policy = Literal["pure", "mixed", "custom"]
-Layout = Literal["channels_first", "channels_last"]
+Layout = Literal["channels_first", "channels_last", "other"]
 
 
 class When(StrictModel):
@@ -236,6 +244,7 @@ class When(StrictModel):
                          Field(strict=False, min_length=1)] | None = None
     count: Range | None = None
     steps: Range | None = None
+    batch_calls: Range | None = None
     eps: Range | None = None
     momentum: Range | None = None
     offset_ratio: Range | None = None

@@ -178,6 +178,17 @@ steps = 1
 seed = 922
 
 [[case]]
+name = "fresh_bfloat16_axis2_constant_channel"
+shape = [6, 2, 3, 2]
+axis = 2
+dtype = "bfloat16"
+track_running_stats = false
+steps = 1
+seed = 924
+channel_overrides = [{ channels = [1], input = { kind = "constant", value = 0.0 } }]
+gamma = { kind = "uniform", low = -2.0, high = 2.0 }
+
+[[case]]
 name = "fresh_empty_conv3d_channels_last"
 shape = [0, 2, 2, 3, 4]
 layout = "channels_last"
@@ -219,6 +230,7 @@ CELLS: dict[str, list[tuple[str, str]]] = {
                                            ("tf-raw", "fresh_empty_conv2d_channels_last")],
     "tf-empty-batch-nan-moving-statistics": [("tf-keras-fused", "fresh_empty_conv2d_channels_last")],
     "tf-fused-empty-5d-dx-shape": [("tf-fused", "fresh_empty_conv3d_channels_last")],
+    "torch-16bit-permuted-input-generic-path": [("torch", "fresh_bfloat16_axis2_constant_channel")],
     "tf-fused-empty-5d-ncdhw-eval-gradient-raises": [("tf-keras-fused", "fresh_empty_spatial_conv3d")],
     "flax-empty-batch-nan-batch-stats": [("flax-nnx", "fresh_empty_spatial_conv3d")],
     "flax-empty-batch-nan-dscale": [("flax-linen-twopass", "fresh_empty_conv2d_channels_last")],
