@@ -425,6 +425,16 @@ class Case(StrictModel):
         return tuple(self.calls) if self.calls is not None else ("train",) * self.steps + ("eval",)
 
     @property
+    def batches(self) -> tuple[int | None, ...]:
+        """The batch each call of ``schedule`` takes: the index of the training batch for a train or frozen call
+        (its place among them), None for an eval call (the eval batch)."""
+        out, batch = [], 0
+        for kind in self.schedule:
+            out.append(None if kind == "eval" else batch)
+            batch += kind != "eval"
+        return tuple(out)
+
+    @property
     def has_scale(self) -> bool:
         """Does the layer have gamma (``scale``, which defaults to ``affine``)?"""
         return self.affine if self.scale is None else self.scale

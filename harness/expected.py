@@ -249,13 +249,17 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             tol_var = C * (uc * k * var + (uc * k * A) ** 2 + uh * var + (uh * np.abs(mean)) ** 2)
         if n == 0:  # an empty batch: dgamma and dbeta are empty sums, exactly 0 (the NaN statistics reach no term)
             tol_dg, tol_db = np.zeros_like(dgamma), np.zeros_like(dbeta)
+        return results(y, tol_y, dx, tol_dx, dgamma, tol_dg, dbeta, tol_db), mean, var, tol_mean, tol_var
+
+    def results(y, tol_y, dx, tol_dx, dgamma, tol_dg, dbeta, tol_db) -> dict[str, Expected]:
+        """A call's y, dx and the gradients of the parameters the layer has, each bound with its own rounding."""
         q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
              "dx": Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)}
         if case.has_scale:
             q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
         if case.has_center:
             q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
-        return q, mean, var, tol_mean, tol_var
+        return q
 
     def eval_like(x, g, rm, rv, tol_rm, tol_rv):
         """Eval-mode y and grads with bounds, normalized with the running statistics as stored."""
@@ -282,13 +286,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                                        + (un + uhe) * 3 * absmax(xhat) + uhe * np.abs(rm) / s)
                       + abssum(g) * tol_rm / s + np.abs(dgamma) * tol_rv / (2 * (rv + eps)))
             tol_db = C * ue * k0 * abssum(g)
-        q = {"y": Expected(y, tol_y + ulp_of(y, p.output), p.output),
-             "dx": Expected(dx, tol_dx + ulp_of(dx, p.output), p.output)}
-        if case.has_scale:
-            q["dgamma"] = Expected(dgamma, tol_dg + ulp_of(dgamma, p.params), p.params)
-        if case.has_center:
-            q["dbeta"] = Expected(dbeta, tol_db + ulp_of(dbeta, p.params), p.params)
-        return q
+        return results(y, tol_y, dx, tol_dx, dgamma, tol_dg, dbeta, tol_db)
 
     rn = case.renorm
     if rn is not None:  # batch renormalization's state and its bounds (the moving mean and variance are rm, rv)
@@ -383,13 +381,10 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     # <quantity>_eval, <quantity>_frozen. A frozen call takes the next training batch; by the adapter's convention it
     # runs in inference mode (as an eval call: the running statistics, which it leaves as they are) or as a training
     # call whose parameters' gradients are not compared
-    batch = updates = 0
-    for i, kind in enumerate(case.schedule):
-        if kind == "eval":
-            x, g = data.f64("x_eval"), data.f64("g_eval")
-        else:
-            x, g = data.f64("x", batch), data.f64("g", batch)
-            batch += 1
+    updates = 0
+    for i, (kind, batch) in enumerate(zip(case.schedule, case.batches)):
+        x, g = ((data.f64("x_eval"), data.f64("g_eval")) if batch is None
+                else (data.f64("x", batch), data.f64("g", batch)))
         sfx = "" if kind == "train" else f"_{kind}"
         keep = (lambda name: True) if kind != "frozen" else (lambda name: name in ("y", "dx"))  # noqa: E731
         if kind == "eval" or (kind == "frozen" and frozen_call == "inference"):
@@ -410,7 +405,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
             continue
-        mask = data.mask[batch - 1] if data.mask is not None else None  # the call's training batch's mask
+        mask = data.mask[batch] if data.mask is not None else None  # the call's training batch's mask
         q, mean, var, tmean, tvar = train_like(x, g, mask=mask)
         out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
         if mask is not None:  # masked statistics, per channel over its unmasked count

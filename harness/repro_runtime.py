@@ -75,13 +75,10 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
     out: dict[tuple[str, int | None], np.ndarray] = {}
     rn = getattr(case, "renorm", None)  # batch renormalization: its state, the moving mean and variance in rm, rv
     state = renorm_initial(rm, rv) if rn is not None else None
-    batch = updates = 0
-    for i, kind in enumerate(case.schedule):  # the calls in order, each recorded under its index
-        if kind == "eval":
-            x, g = data.f64("x_eval"), data.f64("g_eval")
-        else:
-            x, g = data.f64("x", batch), data.f64("g", batch)
-            batch += 1
+    updates = 0
+    for i, (kind, batch) in enumerate(zip(case.schedule, case.batches)):  # the calls in order, under their index
+        x, g = ((data.f64("x_eval"), data.f64("g_eval")) if batch is None
+                else (data.f64("x", batch), data.f64("g", batch)))
         sfx = "" if kind == "train" else f"_{kind}"
         params = kind != "frozen"  # a frozen layer's parameter gradients are not compared
         if (kind == "eval" or frozen_call == "inference") and case.track_running_stats and kind != "train":
@@ -100,7 +97,7 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str,
             rm, rv = state.moving_mean, state.moving_variance
             out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
         elif getattr(data, "mask", None) is not None and kind != "eval":  # a masked training call
-            mask = data.mask[batch - 1]
+            mask = data.mask[batch]
             y, mean, var = masked_train_forward(x, mask, gamma, beta, eps, ax)
             dx, dgamma, dbeta = masked_train_backward(x, g, mask, gamma, eps, ax)
             count = np.moveaxis(np.broadcast_to(mask, x.shape), ax, 0).reshape(x.shape[ax], -1).sum(axis=1)

@@ -145,13 +145,9 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             st["rsd"] = ((one - wr_) * st["rsd"].astype(ws) + wr_ * sd).astype(wr)
         return {"y": y, "dx": dx, "dgamma": dgamma, "dbeta": sum_g}
 
-    batch = updates = 0
-    for i, kind in enumerate(case.schedule):
-        if kind == "eval":
-            x_like, g_like = data.x_eval, data.g_eval
-        else:
-            x_like, g_like = data.x[batch], data.g[batch]
-            batch += 1
+    updates = 0
+    for i, (kind, batch) in enumerate(zip(case.schedule, case.batches)):
+        x_like, g_like = (data.x_eval, data.g_eval) if batch is None else (data.x[batch], data.g[batch])
         x, g = _cn(x_like, ax), _cn(g_like, ax)
         sfx = "" if kind == "train" else f"_{kind}"
         keep = ("y", "dx") if kind == "frozen" else ("y", "dx", "dgamma", "dbeta")
@@ -175,7 +171,7 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
             continue
-        mk = _cn(data.mask[batch - 1], ax) if data.mask is not None else None
+        mk = _cn(data.mask[batch], ax) if data.mask is not None else None
         mean, var, vals = train(x, g, mk)
         store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
         if mk is not None:  # masked: per channel, with its unmasked count; an empty channel keeps its statistics

@@ -367,17 +367,15 @@ class Adapter:
         t0 = time.perf_counter()
         try:
             state = self.build(case, data)
-            batch = 0
-            for i, kind in enumerate(case.schedule):
+            for i, (kind, batch) in enumerate(zip(case.schedule, case.batches)):
                 stage = f"call {i} ({kind})"
-                if kind == "eval":
+                if batch is None:  # an eval call: the eval batch
                     kw = {} if data.mask is None else {"mask": data.mask_eval}  # (frameworks ignore it in eval)
                     out = self.eval_step(state, data.x_eval, data.g_eval, **kw)
                 else:
                     step = self.train_step if kind == "train" else self.frozen_step
                     kw = {} if data.mask is None else {"mask": data.mask[batch]}
                     out = step(state, data.x[batch], data.g[batch], **kw)
-                    batch += 1
                 for q, v in out.items():
                     obs.put(q if kind == "train" else f"{q}_{kind}", i, v)
             self.describe(state, obs.info)
