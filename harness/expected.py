@@ -362,6 +362,19 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                 renorm_stddev=ema(tol_st.renorm_stddev, e_sd, st.renorm_stddev, sd, wr, new.renorm_stddev))
         return q, new, tol_new
 
+
+    def ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar):
+        """The bounds of the running statistics after one update ``r = (1 - w) r0 + w f b``: the earlier bounds and
+        the batch statistics' carried through, plus the update's own roundings and one rounding to the stored
+        dtype."""
+        ur = unit_roundoff(p.running)
+        with np.errstate(invalid="ignore", over="ignore"):
+            # the update's own roundings, for any of its standard forms: (1 - w) r + w b, r + w (b - r), and
+            # Keras's r - (r - b) w (assign_sub), whose subtraction costs u |r - b| even where w = 1
+            upd_m = ur * (2 * w * np.abs(rm0 - mean) + (1 - w) * np.abs(rm0) + w * np.abs(mean))
+            upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
+            return ((1 - w) * tol_rm0 + w * tmean + upd_m + ulp_of(rm, p.running),
+                    (1 - w) * tol_rv0 + w * f * tvar + upd_v + ulp_of(rv, p.running))
     def masked_update(mask, rm0, rv0, tol_rm0, tol_rv0, mean, var, tmean, tvar):
         """The running statistics after a masked training call and their bounds, per channel (the Bessel factor of
         its unmasked count); a channel with no unmasked value keeps its statistics and their bounds."""
@@ -369,12 +382,7 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         w = float(momentum)
         rm, rv = ref.masked_update_running(rm0, rv0, mean, var, count, w, estimator)
         f = np.array([ref.bessel_factor(int(c), estimator) if c > 0 else 1.0 for c in count])
-        ur = unit_roundoff(p.running)
-        with np.errstate(invalid="ignore", over="ignore"):
-            upd_m = ur * (2 * w * np.abs(rm0 - mean) + (1 - w) * np.abs(rm0) + w * np.abs(mean))
-            upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
-            t_rm = (1 - w) * tol_rm0 + w * tmean + upd_m + ulp_of(rm, p.running)
-            t_rv = (1 - w) * tol_rv0 + w * f * tvar + upd_v + ulp_of(rv, p.running)
+        t_rm, t_rv = ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar)
         return rm, rv, np.where(count > 0, t_rm, tol_rm0), np.where(count > 0, t_rv, tol_rv0)
 
     # the calls in order (``case.schedule``), each recorded under its index; eval and frozen ones as
@@ -419,15 +427,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             rm0, rv0 = rm, rv
             rm, rv = ref.update_running(rm, rv, mean, var, n, m, estimator, num_batches_tracked=updates)
             w = 1.0 / updates if m is None else m
-            f = ref.bessel_factor(n, estimator)
-            ur = unit_roundoff(p.running)
-            with np.errstate(invalid="ignore", over="ignore"):
-                # the update's own roundings, for any of its standard forms: (1 - w) r + w b, r + w (b - r), and
-                # Keras's r - (r - b) w (assign_sub), whose subtraction costs u |r - b| even where w = 1
-                upd_m = ur * (2 * w * np.abs(rm0 - mean) + (1 - w) * np.abs(rm0) + w * np.abs(mean))
-                upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
-                tol_rm = (1 - w) * tol_rm + w * tmean + upd_m + ulp_of(rm, p.running)
-                tol_rv = (1 - w) * tol_rv + w * f * tvar + upd_v + ulp_of(rv, p.running)
+            tol_rm, tol_rv = ema_bounds(rm0, rv0, rm, rv, mean, var, w, ref.bessel_factor(n, estimator), tol_rm,
+                                        tol_rv, tmean, tvar)
         if case.track_running_stats:
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
