@@ -73,7 +73,14 @@ class NumpyBN(Adapter):
     # the pieces a planted bug overrides -------------------------------------
     def stats(self, x, axes):
         mean = self._mean(x, axes)
-        return mean, self._mean((x - mean) ** 2, axes)
+        with np.errstate(over="ignore"):
+            var = self._mean((x - mean) ** 2, axes)
+        if np.isinf(var).any() and np.isfinite(x).all():
+            # the squared deviations overflow the working dtype (float32 inputs ~1e20 and up): accumulate them in
+            # float64, as pytorch/pytorch#178123 proposes for torch's kernel; the variance is then kept in float64
+            # for the normalization, and rounds to the stored dtype (inf) only in the running statistics
+            var = self._mean((x - mean).astype(np.float64) ** 2, axes)
+        return mean, var
 
     def invstd(self, var, eps):
         return 1.0 / np.sqrt(var + eps)
@@ -255,6 +262,19 @@ class EpsOutsideSqrt(NumpyBN):
 
     def invstd(self, var, eps):
         return 1.0 / (np.sqrt(var) + eps)
+
+
+class EpsDroppedInTraining(NumpyBN):
+    """eps only in eval: a training call normalizes with 1 / sqrt(var)."""
+
+    name = "bug-eps-dropped-in-training"
+
+    def train_step(self, st, x, g, mask=None):
+        eps, st["eps"] = st["eps"], 0.0
+        try:
+            return super().train_step(st, x, g, mask)
+        finally:
+            st["eps"] = eps
 
 
 class MomentumFlipped(NumpyBN):

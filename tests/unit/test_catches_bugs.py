@@ -128,6 +128,7 @@ seed = 11
 # each planted bug, the case it must be caught on, and the quantity that must flag it
 EXPECT = {
     "EpsOutsideSqrt": ("dense", "y"),
+    "EpsDroppedInTraining": ("dense", "y"),
     "MomentumFlipped": ("dense", "running_mean"),
     "EstimatorSwapped": ("dense", "running_var"),
     "GradIgnoresStats": ("dense", "dx"),
@@ -264,3 +265,4 @@ def test_mask_bug_is_flagged_where_it_lives(run_parity):
     undefined = recs[("fake-good", "masked_all", "y", 0)]
     assert undefined.nan_expected == undefined.total == undefined.nan_observed  # every y undefined, and NaN
     assert recs[("fake-good", "masked_channel", "dgamma", 0)].nan_expected == 1  # channel 2 only
+

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from harness.cases import load_cases
 from harness.runner import run_cell
 from harness.schema import Result, Verdict
@@ -22,11 +24,12 @@ from tests.unit.test_catches_bugs import EXPECT as BUG_EXPECT
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What a careful float32 BN fails, and why: huge_float32, |x| ~ 1e30, where the squared deviations overflow
-# float32 (inf), so the variance is inf; the bound does not admit an intermediate that overflows
-# (harness.expected). Its sums are pairwise (reversed, so they round otherwise than harness.stable's): with them
-# offset_narrow_1e7 passes, where NumPy's default float32 reduction over the batch axis (sequential) did not.
-EXPECTED_FAILURES = {"huge_float32"}
+# What a careful float32 BN fails, and why: nothing. On huge_float32 (|x| ~ 1e30) the float32 squared deviations
+# overflow; fake-good then accumulates them in float64 (as pytorch/pytorch#178123 proposes for torch), since the
+# bound does not admit an intermediate that overflows (harness.expected). Its sums are pairwise (reversed, so they
+# round otherwise than harness.stable's): with them offset_narrow_1e7 passes, where NumPy's default float32
+# reduction over the batch axis (sequential) did not.
+EXPECTED_FAILURES: set[str] = set()
 
 
 # planted bugs caught by the bits, not the bound (an eval call that drifts by one ulp): no margin to measure
@@ -91,3 +94,36 @@ def test_the_bound_sits_between_a_correct_float32_bn_and_every_planted_bug(tmp_p
     assert max(r for r, _ in worst.values()) < min(bugs.values())
     # and no weak verdict: a careful float32 BN loses no digits that the stable baseline keeps
     assert worst_weak[0] < WEAK_FACTOR
+
+
+# -- the catalogue itself: in every input dtype, cases that catch an eps placement error and a one-pass variance --
+
+# each numerical bug, and the quantities where it lives
+NUMERICAL_BUGS = {
+    "EpsOutsideSqrt": {"y", "dx"},
+    "EpsDroppedInTraining": {"y", "dx"},
+    "FastVariance": {"running_var", "y", "dx"},
+}
+
+
+def _catalogue_verdicts(cls: str) -> dict[str, tuple[str, set[str]]]:
+    """{case: (dtype, failing quantities)} of one fake over every catalogue case, run in this process (the fakes
+    are NumPy: no worker isolation needed) with no ledger."""
+    adapter, workers, out = getattr(fakes, cls)(), Workers(in_process=True), {}
+    for case in load_cases([REPO / "cases"]):
+        res = run_cell(case, adapter, f"tests.fakes:{cls}", workers, env="t", ledger=[], timeout=600, repro="")
+        out[case.name] = (case.dtype, {str(r.quantity) for r in res.records
+                                       if getattr(r, "quantity", None) and r.verdict.value == "fail"})
+    return out
+
+
+@pytest.mark.parametrize("cls", sorted(NUMERICAL_BUGS))
+def test_numerical_bugs_are_caught_within_every_dtype(cls):
+    """A float16 or bfloat16 output rounds away an eps effect of 5e-6: each dtype needs cases of its own where an
+    eps placement error or a one-pass variance is far outside the bound (cases/dtypes.toml)."""
+    caught: dict[str, list[str]] = {d: [] for d in ("float16", "bfloat16", "float32", "float64")}
+    for name, (dtype, bad) in _catalogue_verdicts(cls).items():
+        if bad & NUMERICAL_BUGS[cls]:
+            caught[dtype].append(name)
+    thin = {d: names for d, names in caught.items() if len(names) < 2}
+    assert not thin, f"{getattr(fakes, cls).name} is caught on fewer than two cases in: {thin}"
