@@ -458,6 +458,7 @@ class RefusesLikeTorch(NumpyBN):
 
     name = "fake-refuses"
     conventions = replace(TORCH_LIKE, single_value_training=SINGLE_VALUE, zero_eps_training=ZERO_EPS)
+    no_mask = "as torch: BatchNorm takes no mask"
     refuses = (Refusal(frozenset({("float32", "float16")}), "RuntimeError", "no kernel for float16 parameters",
                        "tests/fakes.py RefusesLikeTorch.build"),)
 

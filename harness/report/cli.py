@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from harness.report.families import families, markdown
 from harness.report.page import write
 from harness.report.views import DEFAULT_BASELINE
 from harness.schema import SchemaError
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="ADAPTER",
                    help=f"the adapter the defaults-vs-defaults view compares the others with (default: "
                         f"{DEFAULT_BASELINE})")
+    p.add_argument("--families", default=None, metavar="FILE",
+                   help="also write the Families view as Markdown tables (one per family and environment) to FILE")
     args = p.parse_args(argv)
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     try:
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     partial = [e.key for e in m.envs if e.partial]
     print(f"wrote {done.path} ({done.chars / 1e6:.2f} MB): {len(m.envs)} environment(s), {len(m.cases)} cases, "
           f"{len(m.cells)} cells" + (f"; PARTIAL: {', '.join(partial)}" if partial else ""))
+    if args.families:
+        Path(args.families).write_text(markdown(families(m)))
+        print(f"wrote {args.families}: the Families view as Markdown")
     skipped = [s for e in m.envs for s in e.skipped]
     if skipped:
         print(f"bnparity report: {len(skipped)} damaged line(s) left out (the page lists them):", file=sys.stderr)

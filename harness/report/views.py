@@ -12,10 +12,11 @@ from functools import cached_property
 from typing import Any
 
 from harness.report.analysis import Divergence, Drift, drift, first_divergence
+from harness.report.families import FAMILY_CONVENTIONS, families
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
 from harness.report.story import summaries
-from harness.report.text import fmt_g, fmt_ulp
+from harness.report.text import fmt_g, fmt_ratio, fmt_ulp
 from harness.schema import Quantity, Verdict
 
 DEFAULT_BASELINE = "torch"  # the adapter the defaults-vs-defaults view compares the others with
@@ -141,6 +142,19 @@ class Builder:
                          "tags": " ".join(self.model.cases[d.case].tags) if d.case in self.model.cases else "",
                          "verdicts": " ".join(sorted({c.verdict.value for c in d.cells.values()})), "cells": cells})
         return rows
+
+    def family_views(self) -> list[dict[str, Any]]:
+        """Each scenario family per environment, adapters side by side (``harness.report.families``)."""
+        out = []
+        for f in families(self.model):
+            conv = FAMILY_CONVENTIONS.get(f.name)
+            rows = [{"adapter": r.adapter, "ran": r.ran, "verdicts": r.verdict_text(),
+                     "worst": fmt_ratio(r.worst) if r.worst is not None else "", "does": r.does,
+                     "skips": [{"reason": reason, "n": n} for reason, n in r.skips.most_common()],
+                     "mechanisms": sorted(r.mechanisms.values(), key=lambda m: m.id)} for r in f.rows]
+            out.append({"name": f.name, "env": f.env, "cases": len(f.cases), "convention": conv[0] if conv else "",
+                        "rows": rows, "mechanisms": f.mechanisms})
+        return out
 
     def defaults_views(self) -> list[dict[str, Any]]:
         """Cases run with each framework's own defaults: settings side by side and how far apart the results are."""

@@ -266,3 +266,38 @@ def test_mask_bug_is_flagged_where_it_lives(run_parity):
     assert undefined.nan_expected == undefined.total == undefined.nan_observed  # every y undefined, and NaN
     assert recs[("fake-good", "masked_channel", "dgamma", 0)].nan_expected == 1  # channel 2 only
 
+
+
+def test_families_view_sets_frameworks_side_by_side(run_parity, tmp_path):
+    """The report's Families view: per family, each adapter's declared convention (a frozen layer in inference mode
+    or with batch statistics), its verdicts, and why it skipped (a framework without a mask)."""
+    from harness.report.families import families, markdown
+    from harness.report.model import load
+
+    cases = """
+[[case]]
+name = "frozen"
+shape = [8, 3]
+calls = ["train", "frozen", "eval", "frozen", "train", "eval"]
+tags = ["frozen"]
+seed = 13
+
+[[case]]
+name = "masked_sample"
+shape = [8, 3]
+mask = { keep = 0.5 }
+steps = 2
+tags = ["frozen"]
+seed = 18
+"""
+    run = run_parity(cases, ["NumpyBN", "FrozenLikeKeras", "RefusesLikeTorch"])
+    fams = [f for f in families(load([run.path])) if f.name == "frozen"]
+    assert len(fams) == 1
+    rows = {r.adapter: r for r in fams[0].rows}
+    assert rows["fake-frozen-inference"].does.startswith("inference: as Keras")
+    assert rows["fake-good"].does.startswith("batch_statistics")
+    assert rows["fake-good"].verdict_text() == "2 pass"
+    refuses = rows[fakes.RefusesLikeTorch.name]
+    assert sum(refuses.skips.values()) == 1 and "no mask" in next(iter(refuses.skips))
+    text = markdown(fams)
+    assert "| fake-frozen-inference | 2 | 2 pass |" in text and "frozen_call" in text
