@@ -62,15 +62,6 @@ class Family:
     cases: list[str]
     rows: list[FamilyRow]
 
-    @property
-    def mechanisms(self) -> list[Mechanism]:
-        """Every ledger mechanism the family's known records cite, over all adapters."""
-        out: dict[str, Mechanism] = {}
-        for r in self.rows:
-            for m in r.mechanisms.values():
-                out.setdefault(m.id, Mechanism(m.id, m.link, m.kind)).records += m.records
-        return sorted(out.values(), key=lambda m: m.id)
-
 
 def _does(cell: ReportCell, family: str) -> str:
     conv = FAMILY_CONVENTIONS.get(family)

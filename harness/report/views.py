@@ -16,7 +16,7 @@ from harness.report.families import FAMILY_CONVENTIONS, families
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
 from harness.report.story import summaries
-from harness.report.text import fmt_g, fmt_ratio, fmt_ulp
+from harness.report.text import fmt_g, fmt_ratio, fmt_ulp, safe_link
 from harness.schema import Quantity, Verdict
 
 DEFAULT_BASELINE = "torch"  # the adapter the defaults-vs-defaults view compares the others with
@@ -151,9 +151,10 @@ class Builder:
             rows = [{"adapter": r.adapter, "ran": r.ran, "verdicts": r.verdict_text(),
                      "worst": fmt_ratio(r.worst) if r.worst is not None else "", "does": r.does,
                      "skips": [{"reason": reason, "n": n} for reason, n in r.skips.most_common()],
-                     "mechanisms": sorted(r.mechanisms.values(), key=lambda m: m.id)} for r in f.rows]
+                     "mechanisms": [{"id": m.id, "kind": m.kind, "records": m.records, "link": safe_link(m.link)}
+                                    for m in sorted(r.mechanisms.values(), key=lambda m: m.id)]} for r in f.rows]
             out.append({"name": f.name, "env": f.env, "cases": len(f.cases), "convention": conv[0] if conv else "",
-                        "rows": rows, "mechanisms": f.mechanisms})
+                        "rows": rows})
         return out
 
     def defaults_views(self) -> list[dict[str, Any]]:
