@@ -255,6 +255,9 @@ class Adapter:
     # a case's ``mask``: None where the adapter takes it (its steps then get ``mask=``, the batch's boolean mask in
     # the physical layout, True where a value counts), else why not (a skip)
     no_mask: str | None = "the framework's BatchNorm takes no mask"
+    # a case's ``virtual_batch_size`` (ghost batch normalization): None where the adapter runs it, else why not (a
+    # skip, unless the case expects the framework's raise); never emulated where the framework has no such option
+    no_virtual_batch: str | None = "the framework's BatchNorm has no virtual batch size"
 
     # -- cheap, parent-side -------------------------------------------------
     def available(self) -> str | None:
@@ -292,6 +295,8 @@ class Adapter:
             return f"{self.name}: no batch renormalization: {self.no_renorm}"
         if case.mask is not None and self.no_mask:
             return f"{self.name}: no mask: {self.no_mask}"
+        if case.virtual_batch_size is not None and self.no_virtual_batch and self.name not in case.expect_raise:
+            return f"{self.name}: no virtual batch (ghost BN): {self.no_virtual_batch}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)
