@@ -70,10 +70,12 @@ above with that group's own statistics, ``A`` and ``G`` and ``n_v = v * prod(spa
   ``G`` partial sums, ``k_n u sum_j |partial_j|`` (``k_n`` of the whole batch: whatever order the
   framework sums the ``n`` terms in, one reduction over them is inside that growth, and a sum of
   partial sums is one);
-* the running statistics are updated once with the average over the groups of the group means and
-  of the group variances: an average is linear, so its error is the average of the groups' bounds, plus
-  the rounding of the average itself, ``k_G u mean_j |b_j|`` (a sum of ``G`` values and a division);
-  the update then propagates it as above, with the Bessel factor of a group's ``n_v`` values.
+* the running statistics (``Conventions.virtual_batch_update``): ``group_average`` updates them once with
+  the average over the groups of the group means and of the group variances: an average is linear, so its
+  error is the average of the groups' bounds, plus the rounding of the average itself,
+  ``k_G u mean_j |b_j|`` (a sum of ``G`` values and a division); the update then propagates it as above,
+  with the Bessel factor of a group's ``n_v`` values. ``sequential`` makes ``G`` updates in turn, each
+  with its group's statistics and their bounds, propagated through the recurrence above.
 
 Eval and inference-mode calls use the running statistics and are plain BN. A case whose ``v`` does not
 divide ``N`` exists only to record a framework's refusal: the oracle defines nothing for it (no
@@ -200,15 +202,17 @@ def _per_channel(a: np.ndarray, axis: int, fn) -> np.ndarray:
 
 
 def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str,
-                        eps: float, precision: Precision | None = None,
-                        frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], Expected]:
+                        eps: float, precision: Precision | None = None, frozen_call: str = "batch_statistics",
+                        virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], Expected]:
     """Oracle values and bounds for every quantity an adapter reports.
 
     ``momentum`` is the weight of the new statistic (or ``"cumulative"``) and
     ``eps`` the value the framework actually uses; ``estimator`` is the
     adapter's declared running-variance estimator, ``precision`` the dtypes it
-    declares it works in (``Precision.of(case)`` when not given) and ``frozen_call``
-    what its training call on a frozen layer does (``Conventions.frozen_call``).
+    declares it works in (``Precision.of(case)`` when not given), ``frozen_call``
+    what its training call on a frozen layer does (``Conventions.frozen_call``) and
+    ``virtual_batch_update`` how a ghost-BN call updates the running statistics
+    (``Conventions.virtual_batch_update``).
     """
     p = precision or Precision.of(case)
     ax = data.channel_axis
@@ -390,7 +394,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         y, means, variances = ref.ghost_train_forward(x, gamma, beta, eps, case.virtual_batch_size, ax)
         dx, dgamma, dbeta = ref.ghost_train_backward(x, g, gamma, eps, case.virtual_batch_size, ax)
         tol_y, tol_dx = np.zeros_like(x), np.zeros_like(x)
-        tol_dg = tol_db = part_dg = part_db = tmean = tvar = 0.0
+        tol_dg = tol_db = part_dg = part_db = 0.0
+        tmeans, tvars = [], []
         for idx in groups:
             q, _, _, tm, tv = train_like(x[idx], g[idx], n=n_v)
             tol_y[idx] = np.broadcast_to(q["y"].tol, x[idx].shape)
@@ -399,21 +404,29 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
                 tol_dg, part_dg = tol_dg + q["dgamma"].tol, part_dg + np.abs(q["dgamma"].value)
             if "dbeta" in q:
                 tol_db, part_db = tol_db + q["dbeta"].tol, part_db + np.abs(q["dbeta"].value)
-            tmean, tvar = tmean + tm / len(groups), tvar + tv / len(groups)
+            tmeans.append(tm)
+            tvars.append(tv)
         q = {"y": Expected(y, tol_y, p.output), "dx": Expected(dx, tol_dx, p.output)}
         if case.has_scale:
             q["dgamma"] = Expected(dgamma, tol_dg + C * uc * k0 * part_dg + ulp_of(dgamma, p.params), p.params)
         if case.has_center:
             q["dbeta"] = Expected(dbeta, tol_db + C * uc * k0 * part_db + ulp_of(dbeta, p.params), p.params)
+        w, f = float(momentum), ref.bessel_factor(n_v, estimator)
+        rm, rv = ref.ghost_update_running(rm0, rv0, means, variances, n_v, w, estimator, virtual_batch_update)
+        if virtual_batch_update == "sequential":  # one update per virtual batch, each with that group's bounds
+            tol_rm, tol_rv = tol_rm0, tol_rv0
+            for mean, var, tm, tv in zip(means, variances, tmeans, tvars):
+                rm1, rv1 = ref.update_running(rm0, rv0, mean, var, n_v, w, estimator)
+                tol_rm, tol_rv = ema_bounds(rm0, rv0, rm1, rv1, mean, var, w, f, tol_rm, tol_rv, tm, tv)
+                rm0, rv0 = rm1, rv1
+            return q, rm, rv, tol_rm, tol_rv
         kg = reduction_growth(len(groups))
         mean, var = means.mean(axis=0), variances.mean(axis=0)
         with np.errstate(invalid="ignore", over="ignore"):
-            tmean = tmean + C * uc * kg * np.abs(means).mean(axis=0)  # the average's own rounding
-            tvar = tvar + C * uc * kg * var
-        w = float(momentum)
-        rm, rv = ref.ghost_update_running(rm0, rv0, means, variances, n_v, w, estimator)
-        tol_rm, tol_rv = ema_bounds(rm0, rv0, rm, rv, mean, var, w, ref.bessel_factor(n_v, estimator), tol_rm0,
-                                    tol_rv0, tmean, tvar)
+            # an average is linear: the average of the groups' bounds, plus the average's own rounding
+            tmean = sum(tmeans) / len(groups) + C * uc * kg * np.abs(means).mean(axis=0)
+            tvar = sum(tvars) / len(groups) + C * uc * kg * var
+        tol_rm, tol_rv = ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar)
         return q, rm, rv, tol_rm, tol_rv
 
     def ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar):

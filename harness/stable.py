@@ -16,7 +16,8 @@ adapter declares (``Precision``), and the runner compares the two errors:
   ``(xhat * r + d) * gamma + beta``, and its four moving statistics (mean, stddev, renorm's mean and stddev)
   updated in ``statistics`` and stored in ``running``, the moving variance derived from the stddev;
 * ghost BN (a case's ``virtual_batch_size``): the above per virtual batch, dgamma and dbeta summed over
-  the groups and the group statistics averaged in ``statistics``.
+  the groups, and the running statistics updated as the adapter declares (``virtual_batch_update``: once
+  with the group statistics averaged in ``statistics``, or once per group).
 
 A quantity whose error exceeds ``WEAK_FACTOR`` times the stable error (plus one ulp at the quantity's
 scale, so that two answers that are both exact to the last place never compare as a ratio of
@@ -53,8 +54,8 @@ def _back(a_cn: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
 
 
 def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str, eps: float,
-                      precision: Precision | None = None,
-                      frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], np.ndarray]:
+                      precision: Precision | None = None, frozen_call: str = "batch_statistics",
+                      virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], np.ndarray]:
     """The stable BN's value of every quantity the oracle has (float64 arrays of the stored values), over the
     calls as ``harness.expected`` composes them."""
     p = precision or Precision.of(case)
@@ -148,8 +149,8 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
         return {"y": y, "dx": dx, "dgamma": dgamma, "dbeta": sum_g}
 
     def ghost_train(x_like, g_like):
-        """Ghost BN, careful: ``train`` on each virtual batch, dgamma and dbeta the sum of the groups' sums, and the
-        averages of the group means and variances, all in ``statistics``; y and dx as (C, n) of the whole batch."""
+        """Ghost BN, careful: ``train`` on each virtual batch, dgamma and dbeta the sum of the groups' sums, in
+        ``statistics``; (the group means, the group variances, the values), y and dx as (C, n) of the whole batch."""
         groups = ref.ghost_groups(x_like.shape[0], case.virtual_batch_size)
         y, dx = np.empty(x_like.shape, wn), np.empty(x_like.shape, wn)
         means, variances, sum_gx, sum_g = [], [], ws.type(0), ws.type(0)
@@ -159,10 +160,7 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             means.append(mean)
             variances.append(var)
             sum_gx, sum_g = sum_gx + vals["dgamma"], sum_g + vals["dbeta"]
-        with np.errstate(invalid="ignore", over="ignore"):
-            mean, var = np.sum(means, axis=0, dtype=ws) / ws.type(len(groups)), np.sum(variances, axis=0,
-                                                                                     dtype=ws) / ws.type(len(groups))
-        return mean, var, {"y": _cn(y, ax), "dx": _cn(dx, ax), "dgamma": sum_gx, "dbeta": sum_g}
+        return means, variances, {"y": _cn(y, ax), "dx": _cn(dx, ax), "dgamma": sum_gx, "dbeta": sum_g}
 
     if case.virtual_batch_size and case.shape[0] % case.virtual_batch_size:
         return out  # an uneven split: the oracle defines nothing (harness.expected)
@@ -192,13 +190,18 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
             continue
-        if case.virtual_batch_size is not None:  # ghost BN: one update with the averaged group statistics
-            mean, var, vals = ghost_train(x_like, g_like)
+        if case.virtual_batch_size is not None:  # ghost BN: the averaged group statistics, or each group in turn
+            means, variances, vals = ghost_train(x_like, g_like)
             store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
             w, f = float(momentum), ref.bessel_factor(n // case.groups, estimator)
             with np.errstate(invalid="ignore", over="ignore"):
-                rm = (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr)
-                rv = (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)
+                if virtual_batch_update == "group_average":
+                    cnt = ws.type(len(means))
+                    means, variances = [np.sum(means, axis=0, dtype=ws) / cnt], [np.sum(variances, axis=0,
+                                                                                        dtype=ws) / cnt]
+                for mean, var in zip(means, variances):
+                    rm = (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr)
+                    rv = (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
             continue

@@ -38,6 +38,19 @@ gradient (``renorm_correction``, ``renorm_train_forward``,
 ``renorm_train_backward``). Its moving statistics average the standard
 deviation ``sqrt(var + eps)``, not the variance; the moving variance is derived
 from them (``renorm_update``), and eval is plain BN with it (``eval_forward``).
+
+Ghost batch normalization (tf-keras ``virtual_batch_size=v``): a training call splits the batch
+(axis 0) into ``G = N / v`` virtual batches of ``v`` samples and normalizes each with its own
+mean and biased variance. Virtual batch ``j`` is the strided set of samples ``{j, j + G, ...}``
+(tf-keras reshapes ``(N, ...)`` to ``(v, G, ...)`` and keeps the new axis 1 out of the
+reduction), not a contiguous block (``ghost_groups``). The gradient flows through each group's
+statistics only; ``dgamma`` and ``dbeta`` sum over the groups (``ghost_train_forward``,
+``ghost_train_backward``). The running statistics are updated once per call with the average
+over the groups of the group means and of the group variances (``update="group_average"``,
+tf-keras), so the running variance takes the mean within-group variance, not the batch
+variance; or once per virtual batch, in order (``update="sequential"``, the ghost BN paper's
+algorithm, and what a BN module called per chunk does) (``ghost_update_running``). Eval is
+plain BN with the running statistics, for any N.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import numpy as np
 
 __all__ = [
     "ESTIMATORS",
+    "GHOST_UPDATES",
     "batch_stats",
     "bessel_factor",
     "normalize",
@@ -75,6 +89,7 @@ __all__ = [
 ]
 
 ESTIMATORS = ("biased", "unbiased", "unbiased_guarded")
+GHOST_UPDATES = ("group_average", "sequential")  # how a ghost-BN call updates the running statistics
 
 
 def _f64(a) -> np.ndarray:
@@ -398,8 +413,16 @@ def ghost_train_backward(x, g, gamma, eps, virtual_batch_size: int, channel_axis
 
 
 def ghost_update_running(running_mean, running_var, group_means, group_vars, group_count: int, momentum: float,
-                         estimator: str = "biased"):
-    """``update_running`` once with mean_j(group means) and mean_j(group vars): the Bessel factor's n is a group's
+                         estimator: str = "biased", update: str = "group_average"):
+    """group_average: ``update_running`` once with mean_j(group means) and mean_j(group vars); sequential:
+    ``update_running`` with each group's statistics in turn, j = 0 .. G - 1. The Bessel factor's n is a group's
     ``group_count`` (v times the spatial size)."""
-    return update_running(running_mean, running_var, _f64(group_means).mean(axis=0), _f64(group_vars).mean(axis=0),
-                          group_count, momentum, estimator)
+    if update == "group_average":
+        return update_running(running_mean, running_var, _f64(group_means).mean(axis=0),
+                              _f64(group_vars).mean(axis=0), group_count, momentum, estimator)
+    if update != "sequential":
+        raise ValueError(f"update must be one of {GHOST_UPDATES}, got {update!r}")
+    rm, rv = _f64(running_mean), _f64(running_var)
+    for mean, var in zip(_f64(group_means), _f64(group_vars)):
+        rm, rv = update_running(rm, rv, mean, var, group_count, momentum, estimator)
+    return rm, rv

@@ -124,8 +124,9 @@ class NumpyBN(Adapter):
         return [np.arange(j, n, groups) for j in range(groups)]
 
     def ghost_folded(self, x, means, variances, axes):
-        """What one ghost call folds into the running statistics: the averages of the group means and variances."""
-        return sum(means) / x.dtype.type(len(means)), sum(variances) / x.dtype.type(len(variances))
+        """What one ghost call folds into the running statistics, in order: the averages of the group means and
+        variances, once (``Conventions.virtual_batch_update = "group_average"``, as tf-keras)."""
+        return [(sum(means) / x.dtype.type(len(means)), sum(variances) / x.dtype.type(len(variances)))]
 
     # --------------------------------------------------------------------------
     def _shape(self, st, v, ndim):
@@ -194,13 +195,13 @@ class NumpyBN(Adapter):
                 out[q] = out.get(q, wd(0)) + v
             means.append(mean)
             variances.append(var)
-        mean, var = self.ghost_folded(x, means, variances, axes)
-        st["t"] += 1
-        w = self.new_weight(st)
         n_v = x[groups[0]].size // x.shape[st["axis"]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(wd)
-            st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n_v)).astype(wd)
+        for mean, var in self.ghost_folded(x, means, variances, axes):
+            st["t"] += 1
+            w = self.new_weight(st)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(wd)
+                st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n_v)).astype(wd)
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
@@ -425,7 +426,18 @@ class GhostFoldsBatchVariance(NumpyBN):
     name = "bug-ghost-folds-batch-variance"
 
     def ghost_folded(self, x, means, variances, axes):
-        return super().ghost_folded(x, means, variances, axes)[0], self.stats(x, axes)[1]
+        return [(super().ghost_folded(x, means, variances, axes)[0][0], self.stats(x, axes)[1])]
+
+
+class GhostSequential(NumpyBN):
+    """Declares the ghost BN paper's running update (once per virtual batch, in order) and does it: a correct fake of
+    the other convention (a BN module called per chunk, with tf-keras's strided chunks)."""
+
+    name = "fake-ghost-sequential"
+    conventions = replace(TORCH_LIKE, virtual_batch_update="sequential")
+
+    def ghost_folded(self, x, means, variances, axes):
+        return list(zip(means, variances))
 
 
 class HalfPrecisionMath(NumpyBN):

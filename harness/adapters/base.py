@@ -43,6 +43,7 @@ import numpy as np
 
 from harness.cases import Case
 from harness.inputs import CaseData
+from reference import GHOST_UPDATES
 
 IN_WORKER = "BNPARITY_IN_WORKER"  # set inside worker processes (harness.workers)
 
@@ -88,6 +89,11 @@ class Conventions:
     ``"batch_statistics"`` (freezing the parameters changes nothing about the mode: batch statistics, and the
     running statistics updated); ``""``: the framework has no frozen layer (a skip, with ``frozen_note``).
     ``frozen_note`` says where the framework decides it.
+
+    ``virtual_batch_update``: how a ghost-BN training call (a case's ``virtual_batch_size``) updates the running
+    statistics, one of ``reference.GHOST_UPDATES``: ``"group_average"`` (once, with the averages over the virtual
+    batches of their means and variances: tf-keras) or ``"sequential"`` (once per virtual batch, in order: the ghost
+    BN paper's algorithm, a BN module called per chunk). Only adapters that run virtual batches read it.
     """
 
     momentum_style: str
@@ -99,11 +105,15 @@ class Conventions:
     zero_eps_training: str | Raises = COMPUTES
     frozen_call: str = ""
     frozen_note: str = ""
+    virtual_batch_update: str = "group_average"
     notes: str = ""
 
     def __post_init__(self) -> None:
         if self.frozen_call not in FROZEN_CALLS:
             raise TypeError(f"Conventions.frozen_call is one of {FROZEN_CALLS}, not {self.frozen_call!r}")
+        if self.virtual_batch_update not in GHOST_UPDATES:
+            raise TypeError(f"Conventions.virtual_batch_update is one of {GHOST_UPDATES}, not "
+                            f"{self.virtual_batch_update!r}")
         for name in ("single_value_training", "zero_eps_training"):
             value = getattr(self, name)
             if value != COMPUTES and not isinstance(value, Raises):

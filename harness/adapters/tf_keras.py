@@ -143,6 +143,10 @@ class TFKerasAdapter(TFBench, Adapter):
         self.no_virtual_batch = FUSED_VIRTUAL if fused else None
         self.conventions = Conventions(
             **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"}, **KERAS_FROZEN,
+            # virtual_batch_size: one moving-average update with tf.reduce_mean over the virtual batches of their
+            # means and variances ("not strictly correct since in ghost batch norm, you are supposed to sequentially
+            # update ... with each sub-batch", tf_keras/layers/normalization/batch_normalization.py, call)
+            virtual_batch_update="group_average",
             notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
                    if fused else "fused=False: tf.nn.moments (two-pass, biased); moving average as assign_sub"),
         )

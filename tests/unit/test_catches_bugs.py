@@ -282,8 +282,10 @@ def test_ghost_bugs_are_flagged_where_they_live(run_parity):
     its training calls fail (other groups, other statistics), the running mean passes (the mean of equal groups'
     means is the batch mean however the samples are grouped). Folding the whole batch's variance instead of the mean
     of the group variances: only the running variance fails (and the eval after it). The correct ghost BN passes
-    every call, the frozen one (a training call, torch-like) included."""
-    run = run_parity(CASES, ["GhostContiguousGroups", "GhostFoldsBatchVariance", "NumpyBN"], "-k", "ghost")
+    every call, the frozen one (a training call, torch-like) included, under either declared running update: the
+    groups' averages once (tf-keras) or each group in turn (the paper's algorithm), which the oracle tells apart."""
+    run = run_parity(CASES, ["GhostContiguousGroups", "GhostFoldsBatchVariance", "NumpyBN", "GhostSequential"], "-k",
+                     "ghost")
     recs = {(r.adapter, r.quantity, r.step): r for r in run.results(case="ghost")}
     contiguous, folds = "bug-ghost-contiguous-groups", "bug-ghost-folds-batch-variance"
     for step in (0, 1):
@@ -294,6 +296,11 @@ def test_ghost_bugs_are_flagged_where_they_live(run_parity):
         for q in ("y", "dx", "dgamma", "dbeta", "running_mean"):
             assert recs[(folds, q, step)].verdict == "pass", (q, step, recs[(folds, q, step)].message)
     assert recs[(folds, "y_eval", 2)].verdict == "fail"  # normalized with the wrong running variance
-    good = [r for (a, _, _), r in recs.items() if a == "fake-good" and r.quantity != "outcome"]
-    assert {r.verdict for r in good} == {"pass"}, [r.message for r in good if r.verdict != "pass"]
-    assert {("y", 0), ("running_var", 1), ("y_eval", 2), ("dx_frozen", 3)} <= {(r.quantity, r.step) for r in good}
+    for adapter in ("fake-good", "fake-ghost-sequential"):
+        good = [r for (a, _, _), r in recs.items() if a == adapter and r.quantity != "outcome"]
+        assert {r.verdict for r in good} == {"pass"}, [r.message for r in good if r.verdict != "pass"]
+        assert {("y", 0), ("running_var", 1), ("y_eval", 2), ("dx_frozen", 3)} <= {(r.quantity, r.step) for r in good}
+    # the conventions differ, so do the oracles: the running statistics after the first call, and y of the eval
+    for q, step in (("running_mean", 0), ("running_var", 0), ("y_eval", 2)):
+        assert recs[("fake-good", q, step)].digest != recs[("fake-ghost-sequential", q, step)].digest, (q, step)
+    assert recs[("fake-good", "y", 0)].digest == recs[("fake-ghost-sequential", "y", 0)].digest

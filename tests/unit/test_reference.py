@@ -278,6 +278,12 @@ def test_ghost_forward_and_update_by_hand():
     np.testing.assert_array_equal(rv, [1.3125])
     # the unbiased estimator takes the Bessel factor of a group's count (2): 2 * 1.625
     assert ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "unbiased")[1][0] == 0.5 + 0.5 * 3.25
+    # sequential (the paper's algorithm): group 0 then group 1, (0, 1) -> (1, 1) -> (2.25, 1.625)
+    rm, rv = ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "biased", "sequential")
+    np.testing.assert_array_equal(rm, [2.25])
+    np.testing.assert_array_equal(rv, [1.625])
+    with pytest.raises(ValueError, match="update must be one of"):
+        ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "biased", "per_group")
 
 
 def test_ghost_one_sample_per_group_and_whole_batch():
