@@ -173,6 +173,8 @@ class TFKerasAdapter(TFBench, Adapter):
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)
         out.update(axis=keras_axis(case), dtype_policy=dtype_policy(case), fused=self.fused)
+        if case.virtual_batch_size is not None:
+            out["virtual_batch_size"] = case.virtual_batch_size
         return out
 
     def precision(self, case: Case) -> Precision:
