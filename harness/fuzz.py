@@ -91,9 +91,6 @@ def case_bodies():
         if out["affine"] and draw(st.integers(0, 4)) == 0:  # gamma or beta alone
             out[draw(st.sampled_from(("scale", "center")))] = False
         out["track_running_stats"] = out["momentum"] == "cumulative" or draw(st.integers(0, 5)) > 0
-        if out["track_running_stats"] and out["momentum"] != "cumulative" and draw(st.integers(0, 4)) == 0:
-            n = shape[0]  # virtual batches (ghost BN): a divisor of N, the only split the oracle defines
-            out["virtual_batch_size"] = draw(st.sampled_from([v for v in range(1, n + 1) if n % v == 0]))
         if draw(st.integers(0, 3)) == 0:  # a training loop's sequence: eval calls between and after training calls
             out["calls"] = draw(st.lists(st.sampled_from(("train", "eval", "frozen")), min_size=1, max_size=6))
         else:
@@ -106,6 +103,9 @@ def case_bodies():
         if draw(st.integers(0, 3)) == 0:
             out["grad"] = {"kind": "normal", "loc": draw(st.sampled_from((0.0, 3.0, -50.0))),
                            "scale": draw(st.sampled_from((1.0, 0.01, 100.0)))}
+        if out["track_running_stats"] and out["momentum"] != "cumulative" and draw(st.integers(0, 4)) == 0:
+            n = shape[0]  # virtual batches (ghost BN): a divisor of N, the only split the oracle defines
+            out["virtual_batch_size"] = draw(st.sampled_from([v for v in range(1, n + 1) if n % v == 0]))
         return out
 
     return body()
