@@ -290,6 +290,11 @@ class Case(StrictModel):
     renorm: Renorm | None = None
     # a mask over the training batches' positions (``Mask``): the statistics come from the unmasked values only
     mask: Mask | None = None
+    # ghost batch normalization (tf-keras ``virtual_batch_size``): a training call normalizes each of G = N / v groups
+    # of v samples with the group's own statistics; group j is the strided set of samples {j, j + G, j + 2G, ...}
+    # (``reference.ghost_groups``). v must divide N, except in a case that records a framework's refusal
+    # (``_check_virtual_batch``)
+    virtual_batch_size: Annotated[int, Field(ge=1)] | None = None
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
     # the calls in order ("train": forward and backward in training mode; "eval": in inference mode; "frozen": in
@@ -381,7 +386,36 @@ class Case(StrictModel):
             raise FieldProblem("momentum", "momentum='cumulative' needs track_running_stats")
         self._check_renorm()
         self._check_mask()
+        self._check_virtual_batch()
         return self
+
+    def _check_virtual_batch(self) -> None:
+        """A virtual batch splits each non-empty training batch into groups of ``virtual_batch_size`` samples whose
+        statistics are averaged into the running statistics. The channel axis is never the batch axis (``axis``
+        refuses 0), so the groups always split samples. An uneven split has no oracle: a case may give one only to
+        record a framework's refusal, on the adapters whose ``expect_raise`` it names."""
+        v = self.virtual_batch_size
+        if v is None:
+            return
+        n = self.shape[0]
+        for what, problem in ((self.count == 0, "an empty batch has no sample to split into virtual batches"),
+                              (not self.track_running_stats, "ghost batch normalization is defined with running "
+                                                             "statistics only (eval normalizes with them)"),
+                              (self.renorm is not None, "batch renormalization with virtual batches is not defined "
+                                                        "by the oracle yet"),
+                              (self.mask is not None, "a mask with virtual batches is not defined by the oracle yet"),
+                              (self.momentum == "cumulative", "no framework with virtual batches has a cumulative "
+                                                              "average")):
+            if what:
+                raise FieldProblem("virtual_batch_size", problem)
+        if n % v == 0:
+            return
+        names = set(self.expect_raise)
+        if not names or self.adapters is None or not set(self.adapters) <= names:
+            raise FieldProblem("virtual_batch_size", f"{v} does not divide the batch size N = {n}: the oracle "
+                                                     f"defines no uneven split. Give a divisor of {n}, or record a "
+                                                     f"framework's refusal: expect_raise for each adapter, and "
+                                                     f"adapters = those names")
 
     def _check_mask(self) -> None:
         """A mask selects positions of a non-empty batch whose masked statistics go into running statistics."""
@@ -433,6 +467,13 @@ class Case(StrictModel):
             out.append(None if kind == "eval" else batch)
             batch += kind != "eval"
         return tuple(out)
+
+    @property
+    def groups(self) -> int:
+        """G, the number of virtual batches a training batch is split into (N / virtual_batch_size; 1 without
+        one)."""
+        v = self.virtual_batch_size
+        return 1 if v is None else max(self.shape[0] // v, 1)
 
     @property
     def has_scale(self) -> bool:

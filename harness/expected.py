@@ -61,6 +61,26 @@ parameters ``gamma r`` and ``gamma d + beta``, plus what the errors of ``r`` and
   variance ``relu(ms^2 - eps)`` has ``2 ms e(ms)``, three roundings of ``ms^2 + eps`` and one to ``running``.
   Eval is BN's eval with that mean and variance.
 
+Ghost batch normalization (a case's ``virtual_batch_size = v``): a training call is BN on each of the
+``G = N / v`` virtual batches (``reference.ghost_groups``), so each group's ``y`` and ``dx`` get the bounds
+above with that group's own statistics, ``A`` and ``G`` and ``n_v = v * prod(spatial)`` values per channel
+(``ghost_like``). Across groups:
+
+* ``dgamma`` and ``dbeta`` sum the groups' sums: the groups' bounds add up, plus the reduction of the
+  ``G`` partial sums, ``k_n u sum_j |partial_j|`` (``k_n`` of the whole batch: whatever order the
+  framework sums the ``n`` terms in, one reduction over them is inside that growth, and a sum of
+  partial sums is one);
+* the running statistics (``Conventions.virtual_batch_update``): ``group_average`` updates them once with
+  the average over the groups of the group means and of the group variances: an average is linear, so its
+  error is the average of the groups' bounds, plus the rounding of the average itself,
+  ``k_G u mean_j |b_j|`` (a sum of ``G`` values and a division); the update then propagates it as above,
+  with the Bessel factor of a group's ``n_v`` values. ``sequential`` makes ``G`` updates in turn, each
+  with its group's statistics and their bounds, propagated through the recurrence above.
+
+Eval and inference-mode calls use the running statistics and are plain BN. A case whose ``v`` does not
+divide ``N`` exists only to record a framework's refusal: the oracle defines nothing for it (no
+quantity).
+
 Declared precision beyond the statistics' dtype (each term is zero when the dtype is the statistics'
 own, whose few roundings the reduction terms above already cover, ``k >= 3``):
 
@@ -182,15 +202,17 @@ def _per_channel(a: np.ndarray, axis: int, fn) -> np.ndarray:
 
 
 def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str,
-                        eps: float, precision: Precision | None = None,
-                        frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], Expected]:
+                        eps: float, precision: Precision | None = None, frozen_call: str = "batch_statistics",
+                        virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], Expected]:
     """Oracle values and bounds for every quantity an adapter reports.
 
     ``momentum`` is the weight of the new statistic (or ``"cumulative"``) and
     ``eps`` the value the framework actually uses; ``estimator`` is the
     adapter's declared running-variance estimator, ``precision`` the dtypes it
-    declares it works in (``Precision.of(case)`` when not given) and ``frozen_call``
-    what its training call on a frozen layer does (``Conventions.frozen_call``).
+    declares it works in (``Precision.of(case)`` when not given), ``frozen_call``
+    what its training call on a frozen layer does (``Conventions.frozen_call``) and
+    ``virtual_batch_update`` how a ghost-BN call updates the running statistics
+    (``Conventions.virtual_batch_update``).
     """
     p = precision or Precision.of(case)
     ax = data.channel_axis
@@ -214,11 +236,12 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     absmax = lambda a: _per_channel(np.abs(a), ax, lambda v, axis: np.max(v, axis=axis, initial=0.0))  # noqa: E731
     abssum = lambda a: _per_channel(np.abs(a), ax, np.sum)  # noqa: E731
 
-    def train_like(x, g, gamma=gamma, beta=beta, mask=None):
+    def train_like(x, g, gamma=gamma, beta=beta, mask=None, n=n):
         """Train-mode y and grads with bounds, plus the batch stats and their bounds (``gamma``, ``beta``: the
         parameters the normalization applies; batch renormalization's effective ones in ``renorm_like``; ``mask``:
         the statistics over the unmasked values, whose bounds the same terms cover: a sum over fewer than ``n``
-        values, each at most ``A``)."""
+        values, each at most ``A``; ``n``: the values per channel of ``x``, one virtual batch's in ``ghost_like``)."""
+        k0 = reduction_growth(n)
         if mask is None:
             y, mean, var = ref.train_forward(x, gamma, beta, eps, ax)
             dx, dgamma, dbeta = ref.train_backward(x, g, gamma, eps, ax)
@@ -363,6 +386,49 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         return q, new, tol_new
 
 
+    def ghost_like(x, g, rm0, rv0, tol_rm0, tol_rv0):
+        """A ghost-BN training call: ``train_like`` per virtual batch for y and dx, the groups' sums for dgamma and
+        dbeta, and the running statistics after one update with the averaged group statistics, with their bounds."""
+        groups = ref.ghost_groups(x.shape[0], case.virtual_batch_size)
+        n_v = n // len(groups)
+        y, means, variances = ref.ghost_train_forward(x, gamma, beta, eps, case.virtual_batch_size, ax)
+        dx, dgamma, dbeta = ref.ghost_train_backward(x, g, gamma, eps, case.virtual_batch_size, ax)
+        tol_y, tol_dx = np.zeros_like(x), np.zeros_like(x)
+        tol_dg = tol_db = part_dg = part_db = 0.0
+        tmeans, tvars = [], []
+        for idx in groups:
+            q, _, _, tm, tv = train_like(x[idx], g[idx], n=n_v)
+            tol_y[idx] = np.broadcast_to(q["y"].tol, x[idx].shape)
+            tol_dx[idx] = np.broadcast_to(q["dx"].tol, x[idx].shape)
+            if "dgamma" in q:
+                tol_dg, part_dg = tol_dg + q["dgamma"].tol, part_dg + np.abs(q["dgamma"].value)
+            if "dbeta" in q:
+                tol_db, part_db = tol_db + q["dbeta"].tol, part_db + np.abs(q["dbeta"].value)
+            tmeans.append(tm)
+            tvars.append(tv)
+        q = {"y": Expected(y, tol_y, p.output), "dx": Expected(dx, tol_dx, p.output)}
+        if case.has_scale:
+            q["dgamma"] = Expected(dgamma, tol_dg + C * uc * k0 * part_dg + ulp_of(dgamma, p.params), p.params)
+        if case.has_center:
+            q["dbeta"] = Expected(dbeta, tol_db + C * uc * k0 * part_db + ulp_of(dbeta, p.params), p.params)
+        w, f = float(momentum), ref.bessel_factor(n_v, estimator)
+        rm, rv = ref.ghost_update_running(rm0, rv0, means, variances, n_v, w, estimator, virtual_batch_update)
+        if virtual_batch_update == "sequential":  # one update per virtual batch, each with that group's bounds
+            tol_rm, tol_rv = tol_rm0, tol_rv0
+            for mean, var, tm, tv in zip(means, variances, tmeans, tvars):
+                rm1, rv1 = ref.update_running(rm0, rv0, mean, var, n_v, w, estimator)
+                tol_rm, tol_rv = ema_bounds(rm0, rv0, rm1, rv1, mean, var, w, f, tol_rm, tol_rv, tm, tv)
+                rm0, rv0 = rm1, rv1
+            return q, rm, rv, tol_rm, tol_rv
+        kg = reduction_growth(len(groups))
+        mean, var = means.mean(axis=0), variances.mean(axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            # an average is linear: the average of the groups' bounds, plus the average's own rounding
+            tmean = sum(tmeans) / len(groups) + C * uc * kg * np.abs(means).mean(axis=0)
+            tvar = sum(tvars) / len(groups) + C * uc * kg * var
+        tol_rm, tol_rv = ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar)
+        return q, rm, rv, tol_rm, tol_rv
+
     def ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar):
         """The bounds of the running statistics after one update ``r = (1 - w) r0 + w f b``: the earlier bounds and
         the batch statistics' carried through, plus the update's own roundings and one rounding to the stored
@@ -389,6 +455,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     # <quantity>_eval, <quantity>_frozen. A frozen call takes the next training batch; by the adapter's convention it
     # runs in inference mode (as an eval call: the running statistics, which it leaves as they are) or as a training
     # call whose parameters' gradients are not compared
+    if case.virtual_batch_size and case.shape[0] % case.virtual_batch_size:
+        return out  # an uneven split, only in a case that records a framework's refusal: nothing is defined
     updates = 0
     for i, (kind, batch) in enumerate(zip(case.schedule, case.batches)):
         x, g = ((data.f64("x_eval"), data.f64("g_eval")) if batch is None
@@ -410,6 +478,12 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             q, st, tol_st = renorm_like(x, g, st, tol_st)
             out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
             rm, rv, tol_rm, tol_rv = st.moving_mean, st.moving_variance, tol_st.moving_mean, tol_st.moving_variance
+            out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
+            out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
+            continue
+        if case.virtual_batch_size is not None:  # ghost BN: per virtual batch, one update with their averages
+            q, rm, rv, tol_rm, tol_rv = ghost_like(x, g, rm, rv, tol_rm, tol_rv)
+            out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
             continue

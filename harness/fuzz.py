@@ -1,13 +1,13 @@
 """``bnparity fuzz``: search the case space for unexplained differences and shrink each to a ready case.
 
-Hypothesis draws cases (rank 2 to 5 with small shapes, layout or a middle channel axis, dtype and precision
-policy, input distributions with offsets, spreads, heavy tails, constant channels and planted NaN/Inf, eps,
-momentum, steps or a sequence of train, eval and frozen calls, the affine (gamma and beta apart) and tracking
+Hypothesis draws cases (rank 2 to 5 with small shapes, layout or a middle channel axis, dtype and precision policy,
+input distributions with offsets, spreads, heavy tails, constant channels and planted NaN/Inf, eps, momentum, steps
+or a sequence of train, eval and frozen calls, virtual batches, the affine (gamma and beta apart) and tracking
 flags, parameters and initial running statistics) and runs each through the same workers, oracle, comparison and
 ledger as the parity suite (``harness.runner.run_cell``). A *finding* is a record that fails a run (``fail``,
-``raised``, ``crashed``, ``timeout``): ``pass``, ``weak``, ``known``, ``skip`` and ``expected-raise`` are not.
-The search is steered toward large error/bound and weak ratios with ``hypothesis.target``, and Hypothesis shrinks
-each finding to a minimal case. Findings are grouped by their signature (adapter, quantity, verdict and kind of
+``raised``, ``crashed``, ``timeout``): ``pass``, ``weak``, ``known``, ``skip`` and ``expected-raise`` are not. The
+search is steered toward large error/bound and weak ratios with ``hypothesis.target``, and Hypothesis shrinks each
+finding to a minimal case. Findings are grouped by their signature (adapter, quantity, verdict and kind of
 difference, or the exception type): one mechanism is reported once, with its smallest case.
 
 Each finding is written to the output folder as a ready TOML case (loaded back by the case loader, tagged
@@ -103,6 +103,9 @@ def case_bodies():
         if draw(st.integers(0, 3)) == 0:
             out["grad"] = {"kind": "normal", "loc": draw(st.sampled_from((0.0, 3.0, -50.0))),
                            "scale": draw(st.sampled_from((1.0, 0.01, 100.0)))}
+        if out["track_running_stats"] and out["momentum"] != "cumulative" and draw(st.integers(0, 4)) == 0:
+            n = shape[0]  # virtual batches (ghost BN): a divisor of N, the only split the oracle defines
+            out["virtual_batch_size"] = draw(st.sampled_from([v for v in range(1, n + 1) if n % v == 0]))
         return out
 
     return body()

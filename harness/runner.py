@@ -103,8 +103,9 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     estimator = adapter.conventions.running_var_estimator
     # the oracle and the stable baseline run while the framework works in its worker
     frozen = adapter.conventions.frozen_call or "batch_statistics"  # (a case with frozen calls needs one declared)
-    expected = expected_quantities(case, data, estimator, momentum, eps, precision, frozen)
-    stable = stable_quantities(case, data, estimator, momentum, eps, precision, frozen)
+    ghost = adapter.conventions.virtual_batch_update
+    expected = expected_quantities(case, data, estimator, momentum, eps, precision, frozen, ghost)
+    stable = stable_quantities(case, data, estimator, momentum, eps, precision, frozen, ghost)
     outcome = wait()
     obs = outcome.observed
     verdict, message = judge_raise(outcome, expected_raises(case, adapter, eps))

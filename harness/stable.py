@@ -14,7 +14,10 @@ adapter declares (``Precision``), and the runner compares the two errors:
   ``output``, parameter gradients to ``params``;
 * batch renormalization (a case's ``renorm``): ``r`` and ``d`` in ``statistics``, applied as
   ``(xhat * r + d) * gamma + beta``, and its four moving statistics (mean, stddev, renorm's mean and stddev)
-  updated in ``statistics`` and stored in ``running``, the moving variance derived from the stddev.
+  updated in ``statistics`` and stored in ``running``, the moving variance derived from the stddev;
+* ghost BN (a case's ``virtual_batch_size``): the above per virtual batch, dgamma and dbeta summed over
+  the groups, and the running statistics updated as the adapter declares (``virtual_batch_update``: once
+  with the group statistics averaged in ``statistics``, or once per group).
 
 A quantity whose error exceeds ``WEAK_FACTOR`` times the stable error (plus one ulp at the quantity's
 scale, so that two answers that are both exact to the last place never compare as a ratio of
@@ -51,8 +54,8 @@ def _back(a_cn: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
 
 
 def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str, eps: float,
-                      precision: Precision | None = None,
-                      frozen_call: str = "batch_statistics") -> dict[tuple[str, int | None], np.ndarray]:
+                      precision: Precision | None = None, frozen_call: str = "batch_statistics",
+                      virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], np.ndarray]:
     """The stable BN's value of every quantity the oracle has (float64 arrays of the stored values), over the
     calls as ``harness.expected`` composes them."""
     p = precision or Precision.of(case)
@@ -67,7 +70,7 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
     out: dict[tuple[str, int | None], np.ndarray] = {}
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
 
-    def stats(x, m=None):
+    def stats(x, m=None, n=n):
         """Two-pass mean and biased variance per channel (row); ``m``: over the unmasked values only."""
         xs = x.astype(ws)
         cnt = ws.type(n) if m is None else m.sum(axis=1).astype(ws)
@@ -91,8 +94,8 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             sum_gx = (gs * xhat.astype(ws)).sum(axis=1)
         return y, xhat, inv, sum_g, sum_gx
 
-    def train(x, g, m=None):
-        mean, var = stats(x, m)
+    def train(x, g, m=None, n=n):
+        mean, var = stats(x, m, n)
         y, xhat, inv, sum_g, sum_gx = normalize(x, g, mean, var)
         cnt = ws.type(n) if m is None else m.sum(axis=1).astype(ws)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -145,6 +148,22 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             st["rsd"] = ((one - wr_) * st["rsd"].astype(ws) + wr_ * sd).astype(wr)
         return {"y": y, "dx": dx, "dgamma": dgamma, "dbeta": sum_g}
 
+    def ghost_train(x_like, g_like):
+        """Ghost BN, careful: ``train`` on each virtual batch, dgamma and dbeta the sum of the groups' sums, in
+        ``statistics``; (the group means, the group variances, the values), y and dx as (C, n) of the whole batch."""
+        groups = ref.ghost_groups(x_like.shape[0], case.virtual_batch_size)
+        y, dx = np.empty(x_like.shape, wn), np.empty(x_like.shape, wn)
+        means, variances, sum_gx, sum_g = [], [], ws.type(0), ws.type(0)
+        for idx in groups:
+            mean, var, vals = train(_cn(x_like[idx], ax), _cn(g_like[idx], ax), n=n // len(groups))
+            y[idx], dx[idx] = _back(vals["y"], x_like[idx], ax), _back(vals["dx"], x_like[idx], ax)
+            means.append(mean)
+            variances.append(var)
+            sum_gx, sum_g = sum_gx + vals["dgamma"], sum_g + vals["dbeta"]
+        return means, variances, {"y": _cn(y, ax), "dx": _cn(dx, ax), "dgamma": sum_gx, "dbeta": sum_g}
+
+    if case.virtual_batch_size and case.shape[0] % case.virtual_batch_size:
+        return out  # an uneven split: the oracle defines nothing (harness.expected)
     updates = 0
     for i, (kind, batch) in enumerate(zip(case.schedule, case.batches)):
         x_like, g_like = (data.x_eval, data.g_eval) if batch is None else (data.x[batch], data.g[batch])
@@ -168,6 +187,21 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             vals = renorm_train(x, g)
             store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
             rm, rv = st["mm"], st["mv"]
+            out[(f"running_mean{sfx}", i)] = f64(rm)
+            out[(f"running_var{sfx}", i)] = f64(rv)
+            continue
+        if case.virtual_batch_size is not None:  # ghost BN: the averaged group statistics, or each group in turn
+            means, variances, vals = ghost_train(x_like, g_like)
+            store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
+            w, f = float(momentum), ref.bessel_factor(n // case.groups, estimator)
+            with np.errstate(invalid="ignore", over="ignore"):
+                if virtual_batch_update == "group_average":
+                    cnt = ws.type(len(means))
+                    means, variances = [np.sum(means, axis=0, dtype=ws) / cnt], [np.sum(variances, axis=0,
+                                                                                        dtype=ws) / cnt]
+                for mean, var in zip(means, variances):
+                    rm = (ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr)
+                    rv = (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
             continue

@@ -38,6 +38,19 @@ gradient (``renorm_correction``, ``renorm_train_forward``,
 ``renorm_train_backward``). Its moving statistics average the standard
 deviation ``sqrt(var + eps)``, not the variance; the moving variance is derived
 from them (``renorm_update``), and eval is plain BN with it (``eval_forward``).
+
+Ghost batch normalization (tf-keras ``virtual_batch_size=v``): a training call splits the batch
+(axis 0) into ``G = N / v`` virtual batches of ``v`` samples and normalizes each with its own
+mean and biased variance. Virtual batch ``j`` is the strided set of samples ``{j, j + G, ...}``
+(tf-keras reshapes ``(N, ...)`` to ``(v, G, ...)`` and keeps the new axis 1 out of the
+reduction), not a contiguous block (``ghost_groups``). The gradient flows through each group's
+statistics only; ``dgamma`` and ``dbeta`` sum over the groups (``ghost_train_forward``,
+``ghost_train_backward``). The running statistics are updated once per call with the average
+over the groups of the group means and of the group variances (``update="group_average"``,
+tf-keras), so the running variance takes the mean within-group variance, not the batch
+variance; or once per virtual batch, in order (``update="sequential"``, the ghost BN paper's
+algorithm, and what a BN module called per chunk does) (``ghost_update_running``). Eval is
+plain BN with the running statistics, for any N.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import numpy as np
 
 __all__ = [
     "ESTIMATORS",
+    "GHOST_UPDATES",
     "batch_stats",
     "bessel_factor",
     "normalize",
@@ -67,9 +81,15 @@ __all__ = [
     "renorm_train_forward",
     "renorm_train_backward",
     "renorm_update",
+    "ghost_groups",
+    "ghost_batch_stats",
+    "ghost_train_forward",
+    "ghost_train_backward",
+    "ghost_update_running",
 ]
 
 ESTIMATORS = ("biased", "unbiased", "unbiased_guarded")
+GHOST_UPDATES = ("group_average", "sequential")  # how a ghost-BN call updates the running statistics
 
 
 def _f64(a) -> np.ndarray:
@@ -349,3 +369,60 @@ def renorm_update(state: RenormState, batch_mean, batch_var, eps, momentum: floa
             renorm_mean=(1.0 - mr) * state.renorm_mean + mr * mean,
             renorm_stddev=(1.0 - mr) * state.renorm_stddev + mr * sd,
         )
+
+
+# -- ghost batch normalization (virtual batches) -------------------------------------------------------
+
+
+def ghost_groups(n: int, virtual_batch_size: int) -> list[np.ndarray]:
+    """The sample indices of each virtual batch: G = n / v groups, group j = {j, j + G, ..., j + (v - 1) G}."""
+    v = int(virtual_batch_size)
+    if v < 1 or n % v:
+        raise ValueError(f"virtual_batch_size {v} does not divide the batch size {n}")
+    groups = n // v
+    return [np.arange(j, n, groups) for j in range(groups)]
+
+
+def ghost_batch_stats(x, virtual_batch_size: int, channel_axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(means, biased vars), each (G, C): ``batch_stats`` of every virtual batch (``ghost_groups``)."""
+    x = _f64(x)
+    stats = [batch_stats(x[idx], channel_axis) for idx in ghost_groups(x.shape[0], virtual_batch_size)]
+    return np.array([m for m, _ in stats]), np.array([v for _, v in stats])
+
+
+def ghost_train_forward(x, gamma, beta, eps, virtual_batch_size: int, channel_axis: int = 1):
+    """y = normalize(x_j, mean_j, var_j) for every virtual batch j; returns (y, means, vars), means and vars (G, C)."""
+    x = _f64(x)
+    y = np.empty_like(x)
+    for idx in ghost_groups(x.shape[0], virtual_batch_size):
+        y[idx] = train_forward(x[idx], gamma, beta, eps, channel_axis)[0]
+    means, variances = ghost_batch_stats(x, virtual_batch_size, channel_axis)
+    return y, means, variances
+
+
+def ghost_train_backward(x, g, gamma, eps, virtual_batch_size: int, channel_axis: int = 1):
+    """Gradients of sum(y * g) through each virtual batch's own statistics: dx_j = train_backward(x_j, g_j);
+    dgamma = sum_j dgamma_j; dbeta = sum_j dbeta_j."""
+    x, g = _f64(x), _f64(g)
+    dx = np.empty_like(x)
+    dgamma = dbeta = 0.0
+    for idx in ghost_groups(x.shape[0], virtual_batch_size):
+        dx[idx], dg, db = train_backward(x[idx], g[idx], gamma, eps, channel_axis)
+        dgamma, dbeta = dgamma + dg, dbeta + db
+    return dx, dgamma, dbeta
+
+
+def ghost_update_running(running_mean, running_var, group_means, group_vars, group_count: int, momentum: float,
+                         estimator: str = "biased", update: str = "group_average"):
+    """group_average: ``update_running`` once with mean_j(group means) and mean_j(group vars); sequential:
+    ``update_running`` with each group's statistics in turn, j = 0 .. G - 1. The Bessel factor's n is a group's
+    ``group_count`` (v times the spatial size)."""
+    if update == "group_average":
+        return update_running(running_mean, running_var, _f64(group_means).mean(axis=0),
+                              _f64(group_vars).mean(axis=0), group_count, momentum, estimator)
+    if update != "sequential":
+        raise ValueError(f"update must be one of {GHOST_UPDATES}, got {update!r}")
+    rm, rv = _f64(running_mean), _f64(running_var)
+    for mean, var in zip(_f64(group_means), _f64(group_vars)):
+        rm, rv = update_running(rm, rv, mean, var, group_count, momentum, estimator)
+    return rm, rv

@@ -34,6 +34,7 @@ class NumpyBN(Adapter):
     supports_cumulative = True
     no_renorm = None  # batch renormalization as Keras computes it (renorm_step)
     no_mask = None  # a mask: statistics over the unmasked values, every position normalized (masked_step)
+    no_virtual_batch = None  # ghost BN as tf-keras computes it (ghost_step)
 
     def work_dtype(self, case):
         return np.float64 if case.dtype == "float64" else np.float32
@@ -121,6 +122,19 @@ class NumpyBN(Adapter):
             d = np.clip(d, -st["wd"](rn.dmax), st["wd"](rn.dmax))
         return r, d
 
+    def ghost_groups(self, n, v):
+        """The samples of each virtual batch: G = n / v groups, group j = samples j, j + G, ... (tf-keras reshapes
+        (N, ...) to (v, G, ...) and normalizes over axis 0 and the spatial axes)."""
+        if n % v:
+            raise ValueError(f"virtual_batch_size {v} does not divide the batch size {n}")
+        groups = n // v
+        return [np.arange(j, n, groups) for j in range(groups)]
+
+    def ghost_folded(self, x, means, variances, axes):
+        """What one ghost call folds into the running statistics, in order: the averages of the group means and
+        variances, once (``Conventions.virtual_batch_update = "group_average"``, as tf-keras)."""
+        return [(sum(means) / x.dtype.type(len(means)), sum(variances) / x.dtype.type(len(variances)))]
+
     # --------------------------------------------------------------------------
     def _shape(self, st, v, ndim):
         shape = [1] * ndim
@@ -171,6 +185,33 @@ class NumpyBN(Adapter):
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
+    def ghost_step(self, st, x, g, axes):
+        """A ghost-BN training call: each virtual batch normalized with its own statistics (the gradient through
+        them), dgamma and dbeta summed over the groups, one running update with the averaged group statistics and
+        the Bessel factor of a group's count."""
+        wd = st["wd"]
+        groups = self.ghost_groups(x.shape[0], st["case"].virtual_batch_size)
+        out = {"y": np.empty(x.shape, st["out_dtype"]), "dx": np.empty(x.shape, st["out_dtype"])}
+        means, variances = [], []
+        for idx in groups:
+            xs, gs = x[idx], g[idx]
+            mean, var = self.stats(xs, axes)
+            part = self._forward_backward(st, xs, gs, mean, self.invstd(var, st["eps"]), True)
+            out["y"][idx], out["dx"][idx] = part.pop("y"), part.pop("dx")
+            for q, v in part.items():
+                out[q] = out.get(q, wd(0)) + v
+            means.append(mean)
+            variances.append(var)
+        n_v = x[groups[0]].size // x.shape[st["axis"]]
+        for mean, var in self.ghost_folded(x, means, variances, axes):
+            st["t"] += 1
+            w = self.new_weight(st)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                st["rm"] = ((1 - w) * st["rm"] + w * mean.reshape(-1)).astype(wd)
+                st["rv"] = ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), n_v)).astype(wd)
+        out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
+        return out
+
     def masked_step(self, st, x, g, mask, axes):
         """A masked training call: the statistics over the unmasked values, every position normalized with them;
         each channel's running statistics updated with its own count, a channel without unmasked values left."""
@@ -199,6 +240,8 @@ class NumpyBN(Adapter):
             return self.renorm_step(st, x, g, axes)
         if mask is not None:
             return self.masked_step(st, x, g, mask, axes)
+        if st["case"].virtual_batch_size is not None:
+            return self.ghost_step(st, x, g, axes)
         mean, var = self.stats(x, axes)
         inv = self.invstd(var, st["eps"])
         out = self._forward_backward(st, x, g, mean, inv, True)
@@ -383,6 +426,38 @@ class IgnoresMask(NumpyBN):
 
     def masked_stats(self, x, mask, axes):
         return super().masked_stats(x, np.ones_like(mask), axes)
+
+
+class GhostContiguousGroups(NumpyBN):
+    """Ghost BN over contiguous blocks of samples ([0, v), [v, 2v), ...) instead of tf-keras's strided virtual batches:
+    y, dx and the running variance (the mean of other groups' variances) are off; the running mean is not (the mean
+    of equal groups' means is the batch mean, however the samples are grouped)."""
+
+    name = "bug-ghost-contiguous-groups"
+
+    def ghost_groups(self, n, v):
+        return [np.arange(j * v, (j + 1) * v) for j in range(n // v)]
+
+
+class GhostFoldsBatchVariance(NumpyBN):
+    """Ghost BN that normalizes each virtual batch right but folds the whole batch's variance into the running
+    variance (tf-keras folds the mean of the group variances): running_var is off, y and dx are right."""
+
+    name = "bug-ghost-folds-batch-variance"
+
+    def ghost_folded(self, x, means, variances, axes):
+        return [(super().ghost_folded(x, means, variances, axes)[0][0], self.stats(x, axes)[1])]
+
+
+class GhostSequential(NumpyBN):
+    """Declares the ghost BN paper's running update (once per virtual batch, in order) and does it: a correct fake of
+    the other convention (a BN module called per chunk, with tf-keras's strided chunks)."""
+
+    name = "fake-ghost-sequential"
+    conventions = replace(TORCH_LIKE, virtual_batch_update="sequential")
+
+    def ghost_folded(self, x, means, variances, axes):
+        return list(zip(means, variances))
 
 
 class HalfPrecisionMath(NumpyBN):

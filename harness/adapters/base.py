@@ -43,6 +43,7 @@ import numpy as np
 
 from harness.cases import Case
 from harness.inputs import CaseData
+from reference import GHOST_UPDATES
 
 IN_WORKER = "BNPARITY_IN_WORKER"  # set inside worker processes (harness.workers)
 
@@ -88,6 +89,11 @@ class Conventions:
     ``"batch_statistics"`` (freezing the parameters changes nothing about the mode: batch statistics, and the
     running statistics updated); ``""``: the framework has no frozen layer (a skip, with ``frozen_note``).
     ``frozen_note`` says where the framework decides it.
+
+    ``virtual_batch_update``: how a ghost-BN training call (a case's ``virtual_batch_size``) updates the running
+    statistics, one of ``reference.GHOST_UPDATES``: ``"group_average"`` (once, with the averages over the virtual
+    batches of their means and variances: tf-keras) or ``"sequential"`` (once per virtual batch, in order: the ghost
+    BN paper's algorithm, a BN module called per chunk). Only adapters that run virtual batches read it.
     """
 
     momentum_style: str
@@ -99,11 +105,15 @@ class Conventions:
     zero_eps_training: str | Raises = COMPUTES
     frozen_call: str = ""
     frozen_note: str = ""
+    virtual_batch_update: str = "group_average"
     notes: str = ""
 
     def __post_init__(self) -> None:
         if self.frozen_call not in FROZEN_CALLS:
             raise TypeError(f"Conventions.frozen_call is one of {FROZEN_CALLS}, not {self.frozen_call!r}")
+        if self.virtual_batch_update not in GHOST_UPDATES:
+            raise TypeError(f"Conventions.virtual_batch_update is one of {GHOST_UPDATES}, not "
+                            f"{self.virtual_batch_update!r}")
         for name in ("single_value_training", "zero_eps_training"):
             value = getattr(self, name)
             if value != COMPUTES and not isinstance(value, Raises):
@@ -255,6 +265,9 @@ class Adapter:
     # a case's ``mask``: None where the adapter takes it (its steps then get ``mask=``, the batch's boolean mask in
     # the physical layout, True where a value counts), else why not (a skip)
     no_mask: str | None = "the framework's BatchNorm takes no mask"
+    # a case's ``virtual_batch_size`` (ghost batch normalization): None where the adapter runs it, else why not (a
+    # skip, unless the case expects the framework's raise); never emulated where the framework has no such option
+    no_virtual_batch: str | None = "the framework's BatchNorm has no virtual batch size"
 
     # -- cheap, parent-side -------------------------------------------------
     def available(self) -> str | None:
@@ -292,6 +305,8 @@ class Adapter:
             return f"{self.name}: no batch renormalization: {self.no_renorm}"
         if case.mask is not None and self.no_mask:
             return f"{self.name}: no mask: {self.no_mask}"
+        if case.virtual_batch_size is not None and self.no_virtual_batch and self.name not in case.expect_raise:
+            return f"{self.name}: no virtual batch (ghost BN): {self.no_virtual_batch}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)

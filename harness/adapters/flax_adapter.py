@@ -286,6 +286,10 @@ class FlaxAdapter(Adapter):
     framework = "flax"
     no_renorm = "flax.linen.BatchNorm and flax.nnx.BatchNorm have no renorm option"
     no_mask = None  # mask= broadcast to the input: the case's full mask, per channel too
+    no_virtual_batch = ("flax.linen.BatchNorm and flax.nnx.BatchNorm have no virtual batch option (fields: "
+                        "use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias, use_scale, "
+                        "bias_init, scale_init, axis_name, axis_index_groups, use_fast_variance, "
+                        "force_float32_reductions; flax 0.12.8)")
     requires = ("flax", "jax")
     conventions = Conventions(
         momentum_style="decay_of_old", running_var_estimator="biased",

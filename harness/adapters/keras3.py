@@ -117,12 +117,14 @@ def layer_kwargs(case: Case, m: Mapped, conventions: Conventions) -> dict[str, A
 def load_layer(layer: Any, case: Case, data: CaseData) -> Any:
     """Build ``layer`` for the case's physical shape and give its variables the case's values."""
     layer.build(case.physical_shape)
+    # a per-channel vector in the variable's own shape: (C,), or tf-keras's (1, ..., C, ...) with virtual batches
+    fit = lambda var, value: np.reshape(value, tuple(var.shape))  # noqa: E731
     if case.has_scale:
-        layer.gamma.assign(data.gamma)
+        layer.gamma.assign(fit(layer.gamma, data.gamma))
     if case.has_center:
-        layer.beta.assign(data.beta)
-    layer.moving_mean.assign(data.running_mean)
-    layer.moving_variance.assign(data.running_var)
+        layer.beta.assign(fit(layer.beta, data.beta))
+    layer.moving_mean.assign(fit(layer.moving_mean, data.running_mean))
+    layer.moving_variance.assign(fit(layer.moving_variance, data.running_var))
     if case.renorm is not None:
         # what the layer's own initializers do from moving_mean / moving_variance (renorm_mean = moving mean,
         # moving_stddev = renorm_stddev = sqrt(moving variance), no eps; keras batch_normalization.py build(),
@@ -170,6 +172,10 @@ class Keras3Adapter(Adapter):
     framework = "keras"
     no_renorm = None  # renorm=True, renorm_clipping, renorm_momentum
     no_mask = None  # layer(x, training=..., mask=...): keras_mask_refusal says which masks it cannot take
+    # Keras 3 dropped Keras 2's virtual_batch_size: BatchNormalization(virtual_batch_size=2) raises ValueError:
+    # Unrecognized keyword arguments passed to BatchNormalization: {'virtual_batch_size': 2} (keras 3.15.1)
+    no_virtual_batch = ("Keras 3 BatchNormalization has no virtual_batch_size (keras 3.15.1: ValueError: Unrecognized "
+                        "keyword arguments passed to BatchNormalization: {'virtual_batch_size': 2})")
     conventions = Conventions(
         **KERAS_CONVENTIONS, **KERAS_FROZEN,
         notes=("momentum is the decay of the old value; the moving variance is the biased batch variance; "

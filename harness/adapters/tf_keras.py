@@ -93,12 +93,31 @@ FUSED_RENORM = (f"tf-keras refuses it: {FUSED_RENORM_RAISES.type}: Passing both 
                 f"not supported (source: {FUSED_RENORM_RAISES.source})")
 
 
+# BatchNormalization(fused=True, virtual_batch_size=v) raises from the constructor (tf-keras 2.21), in its own words
+FUSED_VIRTUAL_RAISES = Raises(
+    "ValueError", re.escape("Passing `fused=True` is not supported when `virtual_batch_size` is specified"),
+    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py "
+    "(BatchNormalizationBase.__init__)")
+FUSED_VIRTUAL = (f"tf-keras refuses it: {FUSED_VIRTUAL_RAISES.type}: Passing `fused=True` is not supported when "
+                 f"`virtual_batch_size` is specified. (source: {FUSED_VIRTUAL_RAISES.source})")
+
+
 # BatchNormalization(fused=True) called with a mask normalizes with the statistics of every position and warns
 # (measured on tf-keras 2.21: y equals the unmasked layer's); the non-fused path uses tf.nn.weighted_moments
 FUSED_MASK = ("tf-keras ignores it: UserWarning: Masking is not supported with `fused=True`. You should either turn "
               "off fusing (`fused=False`) or you should not pass a `mask` argument when calling the layer. For the "
               "moment `mask` will be ignored for the normalization. (source: https://github.com/keras-team/tf-keras/"
               "blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py, BatchNormalizationBase.call)")
+
+
+def flat(quantity: str, value: np.ndarray) -> np.ndarray:
+    """A per-channel quantity as (C,): with virtual_batch_size the layer's variables, so their gradients and moving
+    statistics, have the input's rank plus one, every size 1 but the channels' ((1, 1, C) for a rank-2 input)."""
+    return value if quantity in ("y", "dx") else value.reshape(-1)
+
+
+def moving_stats(state: LayerState) -> dict[str, np.ndarray]:
+    return {q: flat(q, v) for q, v in state.moving_stats().items()}
 
 
 class TFKerasAdapter(TFBench, Adapter):
@@ -120,8 +139,14 @@ class TFKerasAdapter(TFBench, Adapter):
         self.no_renorm = FUSED_RENORM if fused else None
         # fused=True takes a mask and ignores it, with a warning (a mask it cannot use is one it does not take)
         self.no_mask = FUSED_MASK if fused else None
+        # virtual batches (ghost BN): the non-fused path reshapes (N, ...) to (v, N / v, ...); fused=True refuses them
+        self.no_virtual_batch = FUSED_VIRTUAL if fused else None
         self.conventions = Conventions(
             **{**KERAS_CONVENTIONS, "running_var_estimator": "unbiased_guarded" if fused else "biased"}, **KERAS_FROZEN,
+            # virtual_batch_size: one moving-average update with tf.reduce_mean over the virtual batches of their
+            # means and variances ("not strictly correct since in ghost batch norm, you are supposed to sequentially
+            # update ... with each sub-batch", tf_keras/layers/normalization/batch_normalization.py, call)
+            virtual_batch_update="group_average",
             notes=("fused=True: FusedBatchNormV3 stores the Bessel-corrected variance, n/max(n-1, 1) on CPU"
                    if fused else "fused=False: tf.nn.moments (two-pass, biased); moving average as assign_sub"),
         )
@@ -148,6 +173,8 @@ class TFKerasAdapter(TFBench, Adapter):
     def settings(self, case: Case) -> dict[str, Any]:
         out = super().settings(case)
         out.update(axis=keras_axis(case), dtype_policy=dtype_policy(case), fused=self.fused)
+        if case.virtual_batch_size is not None:
+            out["virtual_batch_size"] = case.virtual_batch_size
         return out
 
     def precision(self, case: Case) -> Precision:
@@ -168,8 +195,9 @@ class TFKerasAdapter(TFBench, Adapter):
 
     def build(self, case: Case, data: CaseData) -> LayerState:
         tf_keras = keras2()
+        ghost = {} if case.virtual_batch_size is None else {"virtual_batch_size": case.virtual_batch_size}
         layer = tf_keras.layers.BatchNormalization(**layer_kwargs(case, self.mapped(case), self.conventions),
-                                                   fused=self.fused,
+                                                   fused=self.fused, **ghost,
                                                    dtype=tf_keras.mixed_precision.Policy(dtype_policy(case)))
         return LayerState(load_layer(layer, case, data), case)
 
@@ -179,16 +207,16 @@ class TFKerasAdapter(TFBench, Adapter):
         kw = {} if mask is None else {"mask": keras_mask(mask)}
         taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params)
         state.output_dtype = taped.output_dtype
-        return taped.out
+        return {q: flat(q, v) for q, v in taped.out.items()}
 
     def train_step(self, state: LayerState, x, g, mask=None):
         out = self._call(state, x, g, training=True, mask=mask)
-        out.update(state.moving_stats())
+        out.update(moving_stats(state))
         return out
 
     def eval_step(self, state: LayerState, x, g, mask=None):
         out = self._call(state, x, g, training=False, mask=mask)
-        out.update(state.moving_stats())
+        out.update(moving_stats(state))
         return out
 
     def frozen_step(self, state: LayerState, x, g, mask=None):
@@ -198,7 +226,7 @@ class TFKerasAdapter(TFBench, Adapter):
             out = self._call(state, x, g, training=True, mask=mask)
         finally:
             state.layer.trainable = True
-        return {"y": out["y"], "dx": out["dx"], **state.moving_stats()}
+        return {"y": out["y"], "dx": out["dx"], **moving_stats(state)}
 
     # -- benchmark hooks (bnparity bench; variants and devices from TFBench) -----------
     def bench_callable(self, case: Case, data: CaseData, mode: str, variant: str, device: str):

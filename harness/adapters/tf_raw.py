@@ -83,6 +83,8 @@ class _TFAdapter(TFBench, Adapter):
                  "lives in the Keras layers (renorm=True)")
     no_mask = ("tf.nn.moments, tf.nn.batch_normalization and fused_batch_norm take no mask (masked statistics are "
                "tf.nn.weighted_moments, which the tf-keras non-fused layer uses)")
+    no_virtual_batch = ("tf.nn.moments, tf.nn.batch_normalization and fused_batch_norm are the plain transform; "
+                        "virtual batches live in the tf-keras layer (virtual_batch_size)")
     requires = ("tensorflow",)
     worker_env = TF_ENV
 

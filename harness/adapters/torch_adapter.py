@@ -183,6 +183,8 @@ class TorchAdapter(Adapter):
     no_renorm = ("torch.nn.BatchNorm1d/2d/3d have no renorm option (torch's only 'renorm' is torch.renorm / "
                  "F.embedding's max_norm, unrelated)")
     no_mask = "torch.nn.BatchNorm1d/2d/3d and F.batch_norm take no mask argument"
+    no_virtual_batch = ("torch.nn.BatchNorm1d/2d/3d have no virtual batch size (arguments: num_features, eps, "
+                        "momentum, affine, track_running_stats, device, dtype, bias; torch 2.13)")
     requires = ("torch",)
     supports_cumulative = True
     # F.batch_norm checks the batch size, then eps, where it normalizes with the batch statistics

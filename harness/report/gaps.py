@@ -28,7 +28,8 @@ from harness.expected import expected_quantities
 from harness.report.model import Model, ReportCell
 from harness.schema import Cell, Quantity
 
-# (running_var_estimator, effective momentum or "cumulative", eps[, frozen_call where the case makes frozen calls])
+# (running_var_estimator, effective momentum or "cumulative", eps[, frozen_call where the case makes frozen calls or
+# has virtual batches[, virtual_batch_update where it has virtual batches]])
 Signature = tuple[Any, ...]
 
 
@@ -41,8 +42,11 @@ def signature(record: Cell | None) -> Signature | None:
     if est is None or m is None or eps is None:
         return None
     sig = (str(est), m if isinstance(m, str) else float(m), float(eps))
+    frozen = str(record.conventions.get("frozen_call") or "")
+    if record.case_params.get("virtual_batch_size"):  # ghost BN: how the running statistics are updated, too
+        return (*sig, frozen, str(record.conventions.get("virtual_batch_update") or "group_average"))
     if "frozen" in (record.case_params.get("calls") or ()):
-        return (*sig, str(record.conventions.get("frozen_call") or ""))
+        return (*sig, frozen)
     return sig
 
 
@@ -78,8 +82,10 @@ def oracle_gaps(case_params: dict[str, Any], sigs: list[Signature]) -> dict[str,
         case = Case.model_validate(case_params)
         data = inputs.build(case)
         values = []
-        for est, m, eps, *frozen in sigs:
-            exp = expected_quantities(case, data, est, m, eps, frozen_call=frozen[0] if frozen else "batch_statistics")
+        for est, m, eps, *more in sigs:
+            frozen, ghost = (*more, "", "")[:2]
+            exp = expected_quantities(case, data, est, m, eps, frozen_call=frozen or "batch_statistics",
+                                      virtual_batch_update=ghost or "group_average")
             # a quantity the settings do not touch (train y and dx under another estimator) is kept once
             values.append({k: next((v[k] for v in values if k in v and _same(v[k], e.value)), e.value)
                            for (q, s), e in exp.items() for k in [gap_key(q, s)]})

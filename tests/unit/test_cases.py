@@ -38,6 +38,21 @@ BAD = [
     ("bad regex", GOOD + '[case.expect_raise.torch]\ntype = "ValueError"\nmatch = "("\n',
      "expect_raise.torch.match", "regular expression"),
     ("short tolerance reason", GOOD + "tolerance = { factor = 2.0, reason = 'why' }\n", "tolerance.reason", ""),
+    ("virtual batch zero", GOOD + "virtual_batch_size = 0\n", "virtual_batch_size", "greater than or equal to 1"),
+    ("virtual batch uneven", GOOD + "virtual_batch_size = 3\n", "virtual_batch_size",
+     "3 does not divide the batch size N = 4"),
+    ("virtual batch uneven, other adapters", GOOD + "virtual_batch_size = 3\nadapters = ['tf-keras-*']\n"
+     "expect_raise = { tf-keras-nonfused = { type = 'InvalidArgumentError' } }\n", "virtual_batch_size",
+     "expect_raise for each adapter"),
+    ("virtual batch empty", 'name = "c1"\nshape = [0, 3]\nvirtual_batch_size = 2\n', "virtual_batch_size",
+     "empty batch"),
+    ("virtual batch untracked", GOOD + "virtual_batch_size = 2\ntrack_running_stats = false\n",
+     "virtual_batch_size", "running statistics"),
+    ("virtual batch renorm", GOOD + "virtual_batch_size = 2\nrenorm = { rmax = 2.0 }\n", "virtual_batch_size",
+     "batch renormalization"),
+    ("virtual batch mask", GOOD + "virtual_batch_size = 2\nmask = { keep = 0.5 }\n", "virtual_batch_size", "mask"),
+    ("virtual batch cumulative", GOOD + "virtual_batch_size = 2\nmomentum = 'cumulative'\n", "virtual_batch_size",
+     "cumulative"),
     ("renorm rmax below rmin", GOOD + "renorm = { rmin = 2.0, rmax = 1.0 }\n", "renorm.rmax", "must be >= rmin"),
     ("renorm negative dmax", GOOD + "renorm = { dmax = -0.5 }\n", "renorm.dmax", "greater than or equal to 0"),
     ("renorm unknown key", GOOD + "renorm = { rmax = 2.0, dmin = 1.0 }\n", "renorm.dmin", "unknown field"),
@@ -286,3 +301,16 @@ def test_any_channel_axis(tmp_path):
         path.write_text(f'[[case]]\nname = "x"\nshape = [2, 3, 4, 5]\naxis = {axis}\n')
         with pytest.raises(CaseError, match=rf"case 'x': field 'axis': .*{words}"):
             load_file(path)
+
+
+def test_virtual_batch_groups_and_recorded_refusal(tmp_path):
+    """v divides N: G = N / v virtual batches; an uneven v is a case only where it records the refusal of every
+    adapter it runs on."""
+    f = tmp_path / "c.toml"
+    f.write_text('[[case]]\nname = "c1"\nshape = [8, 3, 2]\nvirtual_batch_size = 2\n\n'
+                 '[[case]]\nname = "c2"\nshape = [8, 3]\nvirtual_batch_size = 3\nadapters = ["tf-keras-nonfused"]\n'
+                 'expect_raise = { tf-keras-nonfused = { type = "InvalidArgumentError" } }\n\n'
+                 '[[case]]\nname = "c3"\nshape = [8, 3]\n')
+    ghost, uneven, plain = load_file(f)
+    assert (ghost.virtual_batch_size, ghost.groups) == (2, 4)
+    assert uneven.virtual_batch_size == 3 and plain.virtual_batch_size is None and plain.groups == 1

@@ -118,6 +118,15 @@ steps = 2
 seed = 17
 
 [[case]]
+name = "ghost"
+shape = [8, 3, 2]
+layout = "channels_last"
+virtual_batch_size = 4
+input = { kind = "normal", loc = 1.0, scale = 2.0 }
+calls = ["train", "train", "eval", "frozen"]
+seed = 18
+
+[[case]]
 name = "double"
 dtype = "float64"
 shape = [8, 3, 2, 2]
@@ -140,6 +149,8 @@ EXPECT = {
     "FrozenStillUpdates": ("frozen", "running_mean_frozen"),
     "WrongRenormClipping": ("renorm", "y"),
     "IgnoresMask": ("masked", "y"),
+    "GhostContiguousGroups": ("ghost", "y"),
+    "GhostFoldsBatchVariance": ("ghost", "running_var"),
 }
 
 
@@ -147,12 +158,12 @@ def test_correct_float32_implementation_passes_everything(run_parity):
     run = run_parity(CASES, ["NumpyBN"])
     assert run.result.ret == 0, run.result.stdout.str()[-3000:]
     assert {r.verdict for r in run.results()} == {"pass"}
-    assert len({r.case for r in run.results()}) == 17
+    assert len({r.case for r in run.results()}) == 18
 
 
 def test_every_planted_bug_is_flagged(run_parity):
-    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen or renorm or (masked and not all and not "
-                                                "channel)")
+    run = run_parity(CASES, list(EXPECT), "-k", "dense or sequence or frozen or renorm or ghost or (masked and not "
+                                                "all and not channel)")
     out = run.result.stdout.str()
     assert run.result.ret == 1
     for cls, (case, quantity) in EXPECT.items():
@@ -301,3 +312,32 @@ seed = 18
     assert sum(refuses.skips.values()) == 1 and "no mask" in next(iter(refuses.skips))
     text = markdown(fams)
     assert "| fake-frozen-inference | 2 | 2 pass |" in text and "frozen_call" in text
+
+
+def test_ghost_bugs_are_flagged_where_they_live(run_parity):
+    """Ghost BN over contiguous blocks instead of tf-keras's strided virtual batches: y, dx and the running variance of
+    its training calls fail (other groups, other statistics), the running mean passes (the mean of equal groups'
+    means is the batch mean however the samples are grouped). Folding the whole batch's variance instead of the mean
+    of the group variances: only the running variance fails (and the eval after it). The correct ghost BN passes
+    every call, the frozen one (a training call, torch-like) included, under either declared running update: the
+    groups' averages once (tf-keras) or each group in turn (the paper's algorithm), which the oracle tells apart."""
+    run = run_parity(CASES, ["GhostContiguousGroups", "GhostFoldsBatchVariance", "NumpyBN", "GhostSequential"], "-k",
+                     "ghost")
+    recs = {(r.adapter, r.quantity, r.step): r for r in run.results(case="ghost")}
+    contiguous, folds = "bug-ghost-contiguous-groups", "bug-ghost-folds-batch-variance"
+    for step in (0, 1):
+        for q in ("y", "dx", "running_var"):
+            assert recs[(contiguous, q, step)].verdict == "fail", (q, step)
+        assert recs[(contiguous, "running_mean", step)].verdict == "pass", step
+        assert recs[(folds, "running_var", step)].verdict == "fail", step
+        for q in ("y", "dx", "dgamma", "dbeta", "running_mean"):
+            assert recs[(folds, q, step)].verdict == "pass", (q, step, recs[(folds, q, step)].message)
+    assert recs[(folds, "y_eval", 2)].verdict == "fail"  # normalized with the wrong running variance
+    for adapter in ("fake-good", "fake-ghost-sequential"):
+        good = [r for (a, _, _), r in recs.items() if a == adapter and r.quantity != "outcome"]
+        assert {r.verdict for r in good} == {"pass"}, [r.message for r in good if r.verdict != "pass"]
+        assert {("y", 0), ("running_var", 1), ("y_eval", 2), ("dx_frozen", 3)} <= {(r.quantity, r.step) for r in good}
+    # the conventions differ, so do the oracles: the running statistics after the first call, and y of the eval
+    for q, step in (("running_mean", 0), ("running_var", 0), ("y_eval", 2)):
+        assert recs[("fake-good", q, step)].digest != recs[("fake-ghost-sequential", q, step)].digest, (q, step)
+    assert recs[("fake-good", "y", 0)].digest == recs[("fake-ghost-sequential", "y", 0)].digest

@@ -117,3 +117,18 @@ def test_tf_keras_fused_refuses_renorm_in_the_words_the_skip_quotes(workers: Wor
     body["expect_raise"] = {"tf-keras-fused": {"type": FUSED_RENORM_RAISES.type, "match": FUSED_RENORM_RAISES.match}}
     out = _outcome(Case.model_validate(body), adapter, spec, workers)
     assert out.verdict == Verdict.EXPECTED_RAISE, out.message
+
+
+def test_tf_keras_fused_refuses_virtual_batches_in_the_words_the_skip_quotes(workers: Workers) -> None:
+    """tf-keras-fused skips ghost-BN cases quoting the constructor's ValueError: a case that expects that raise runs,
+    and must come out expected-raise (a tf-keras whose fused path starts taking virtual_batch_size fails this)."""
+    from harness.adapters.tf_keras import FUSED_VIRTUAL_RAISES
+
+    adapter, spec = installed_adapter("tf-keras-fused")
+    body = {"name": "fused_ghost", "shape": [4, 3, 2, 2], "layout": "channels_last", "steps": 1,
+            "virtual_batch_size": 2}
+    assert "fused=True" in (adapter.supports(Case.model_validate(body)) or "")
+    body["expect_raise"] = {"tf-keras-fused": {"type": FUSED_VIRTUAL_RAISES.type,
+                                               "match": FUSED_VIRTUAL_RAISES.match}}
+    out = _outcome(Case.model_validate(body), adapter, spec, workers)
+    assert out.verdict == Verdict.EXPECTED_RAISE, out.message

@@ -62,14 +62,18 @@ def test_drawn_cases_are_valid_and_varied():
     from hypothesis import given, settings
 
     seen = set()
+    ghost = set()
 
     @settings(max_examples=200, deadline=None, database=None)
     @given(fuzz.case_bodies())
     def draw(body):
         case = fuzz.to_case(body)
         seen.add((case.rank, case.dtype, case.layout, case.policy))
+        if case.virtual_batch_size is not None:
+            ghost.add(case.groups > 1)
 
     draw()
     assert {r for r, *_ in seen} == {2, 3, 4, 5}
     assert {d for _, d, *_ in seen} == {"float16", "bfloat16", "float32", "float64"}
     assert {p for *_, p in seen} >= {"pure", "mixed"}
+    assert ghost == {True, False}  # virtual batches, one group (v = N) and several

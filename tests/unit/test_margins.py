@@ -62,6 +62,8 @@ def test_the_bound_sits_between_a_correct_float32_bn_and_every_planted_bug(tmp_p
     failing: dict[str, set[str]] = defaultdict(set)
     cases = load_cases([REPO / "cases"])
     for case in cases:
+        if case.expect_raise and not case.applies_to(adapter.name):
+            continue  # it records other frameworks' refusals (an uneven virtual batch): nothing to compare
         res = run_cell(case, adapter, "tests.fakes:NumpyBN", workers, env="margins", ledger=[], timeout=600,
                        repro="")
         for r in res.records:

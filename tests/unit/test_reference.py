@@ -252,3 +252,71 @@ def test_renorm_gradients_match_central_differences_with_r_and_d_constant(shape,
     ones, zeros = np.ones(c), np.zeros(c)
     np.testing.assert_allclose(ref.renorm_train_forward(x, gamma, beta, eps, ones, zeros, axis)[0],
                                ref.train_forward(x, gamma, beta, eps, axis)[0], rtol=1e-14, atol=1e-14)
+
+
+def test_ghost_groups_are_strided_by_hand():
+    """tf-keras reshapes (N, ...) to (v, N / v, ...) and keeps axis 1: virtual batch j holds samples j, j + G, ..."""
+    assert [list(i) for i in ref.ghost_groups(8, 2)] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert [list(i) for i in ref.ghost_groups(8, 4)] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [list(i) for i in ref.ghost_groups(3, 3)] == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="does not divide"):
+        ref.ghost_groups(8, 3)
+
+
+def test_ghost_forward_and_update_by_hand():
+    """x = [1, 2, 3, 5] (one channel), v = 2, eps = 0: the groups are {1, 3} (mean 2, var 1) and {2, 5} (mean 3.5,
+    var 2.25), so y = [-1, -1, 1, 1] (contiguous blocks {1, 2}, {3, 5} would give [-1, 1, -1, 1]). The running
+    mean takes the mean of the group means, 2.75 (the batch mean), the running variance the mean of the group
+    variances, 1.625 (the batch variance is 2.1875): with momentum 0.5 from (0, 1), (1.375, 1.3125)."""
+    x = np.array([[1.0], [2.0], [3.0], [5.0]])
+    y, means, variances = ref.ghost_train_forward(x, [1.0], [0.0], 0.0, 2, 1)
+    np.testing.assert_array_equal(y[:, 0], [-1.0, -1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(means[:, 0], [2.0, 3.5])
+    np.testing.assert_array_equal(variances[:, 0], [1.0, 2.25])
+    rm, rv = ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "biased")
+    np.testing.assert_array_equal(rm, [1.375])
+    np.testing.assert_array_equal(rv, [1.3125])
+    # the unbiased estimator takes the Bessel factor of a group's count (2): 2 * 1.625
+    assert ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "unbiased")[1][0] == 0.5 + 0.5 * 3.25
+    # sequential (the paper's algorithm): group 0 then group 1, (0, 1) -> (1, 1) -> (2.25, 1.625)
+    rm, rv = ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "biased", "sequential")
+    np.testing.assert_array_equal(rm, [2.25])
+    np.testing.assert_array_equal(rv, [1.625])
+    with pytest.raises(ValueError, match="update must be one of"):
+        ref.ghost_update_running([0.0], [1.0], means, variances, 2, 0.5, "biased", "per_group")
+
+
+def test_ghost_one_sample_per_group_and_whole_batch():
+    """v = 1: each group is one sample, variance 0: y = beta and dx = 0 (eps > 0); the running variance decays toward
+    0. v = N: one group, plain BN, bit for bit."""
+    rng = np.random.default_rng(4)
+    x, g = rng.normal(1.0, 2.0, (6, 3, 2)), rng.normal(size=(6, 3, 2))
+    gamma, beta, eps = rng.uniform(0.5, 1.5, 3), rng.normal(size=3), 1e-3
+    x1 = x[:, :, :1]  # one value per sample and channel
+    y, means, variances = ref.ghost_train_forward(x1, gamma, beta, eps, 1, 1)
+    np.testing.assert_array_equal(y, np.broadcast_to(beta[None, :, None], x1.shape))
+    assert not variances.any()
+    np.testing.assert_array_equal(ref.ghost_train_backward(x1, g[:, :, :1], gamma, eps, 1, 1)[0], 0.0)
+    y, means, variances = ref.ghost_train_forward(x, gamma, beta, eps, 6, 1)
+    np.testing.assert_array_equal(y, ref.train_forward(x, gamma, beta, eps, 1)[0])
+    for a, b in zip(ref.ghost_train_backward(x, g, gamma, eps, 6, 1), ref.train_backward(x, g, gamma, eps, 1)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,axis,v", [((8, 3), 1, 2), ((8, 3), 1, 4), ((4, 2, 2, 3), -1, 2),
+                                          ((6, 3, 2, 2), 1, 3), ((4, 2, 3, 2), 2, 1)])
+def test_ghost_gradients_match_central_differences(shape, axis, v):
+    """The ghost forward differentiated numerically, through every virtual batch's statistics."""
+    rng = np.random.default_rng(5)
+    x, g = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
+    x += np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))  # rows differ, so the grouping matters
+    c = shape[axis]
+    gamma, beta, eps = rng.uniform(0.5, 1.5, c), rng.normal(size=c), 1e-3
+
+    def loss():
+        return float((ref.ghost_train_forward(x, gamma, beta, eps, v, axis)[0] * g).sum())
+
+    dx, dgamma, dbeta = ref.ghost_train_backward(x, g, gamma, eps, v, axis)
+    assert _rel(dx, _central_diff(loss, x)) <= 1e-7
+    assert _rel(dgamma, _central_diff(loss, gamma)) <= 1e-7
+    assert _rel(dbeta, _central_diff(loss, beta)) <= 1e-7

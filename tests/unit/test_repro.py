@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import json
 import os
 import re
@@ -205,12 +206,13 @@ def test_copied_inputs_oracle_and_mapping_agree_with_the_harness(monkeypatch: py
         assert asdict(torch_copy.mapped(copy)) == asdict(torch_real.mapped(case)), case.name
         momentum, eps = torch_real.effective(case)
         assert torch_copy.effective(copy) == (momentum, eps)
-        for estimator in reference.ESTIMATORS:
-            exp = expected_quantities(case, want, estimator, momentum, eps)
-            ora = ns["oracle"](copy, got, momentum, eps, estimator)
+        updates = reference.GHOST_UPDATES if case.virtual_batch_size else ("group_average",)
+        for estimator, update in itertools.product(reference.ESTIMATORS, updates):
+            exp = expected_quantities(case, want, estimator, momentum, eps, virtual_batch_update=update)
+            ora = ns["oracle"](copy, got, momentum, eps, estimator, virtual_batch_update=update)
             assert ora.keys() == exp.keys(), case.name
             for key, e in exp.items():
-                assert np.array_equal(ora[key], e.value, equal_nan=True), (case.name, estimator, key)
+                assert np.array_equal(ora[key], e.value, equal_nan=True), (case.name, estimator, update, key)
 
 
 def test_template_loads_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
