@@ -33,7 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--ledger", default=None, metavar="FILE",
                 help="known-differences ledger (default: <first cases folder>/known_differences.toml)")
     g.addoption("--adapters", default=None, metavar="A,B",
-                help="comma-separated adapter names or globs to run (default: all registered)")
+                help="comma-separated adapter names, globs or path:<kind> (path:compiled, path:*) to run "
+                     "(default: every eager adapter, and those BNPARITY_ADAPTERS lists)")
     g.addoption("--bnparity-env", default=None, metavar="NAME",
                 help="environment name for results (default: $BNPARITY_ENV or 'local')")
     g.addoption("--results-dir", default=None, metavar="DIR",

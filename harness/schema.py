@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema, 
 #    form); the state after an eval call is recorded (``running_mean_eval``, ``running_var_eval``); the mismatch
 #    kind ``changed`` (an eval call's result or state differs bit for bit from what it must repeat); a training
 #    call on a frozen layer (``y_frozen``, ``dx_frozen``, ``running_mean_frozen``, ``running_var_frozen``).
-SCHEMA_VERSION = 4
+# 5: cells carry ``path`` (eager, graph, compiled, exported, converted, distributed), ``source`` (the eager adapter a
+#    path starts from) and ``omits`` (quantities a path does not produce, with why); the second-order quantities.
+SCHEMA_VERSION = 5
 
 
 class SchemaError(ValueError):
@@ -424,6 +426,11 @@ class Cell(CellKey):
     tags: list[str] = Field(default_factory=list)
     file: str = ""
     conventions: dict[str, Any] = Field(default_factory=dict)
+    path: str = Field("eager", description="how the adapter runs the framework's BN (harness.adapters.base.PATHS): "
+                      "eager, graph, compiled, exported, converted or distributed")
+    source: str | None = Field(None, description="for a non-eager path, the eager adapter it starts from")
+    omits: dict[str, str] | None = Field(None, description="quantities this path does not produce, with why (not "
+                                         "compared)")
     settings: dict[str, Any] = Field(default_factory=dict)
     precision: dict[str, str] = Field(default_factory=dict, description="the dtypes the adapter declares it works "
                                       "in for this case (harness.adapters.base.Precision)")

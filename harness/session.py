@@ -3,7 +3,6 @@ writer, and the cell a parity test runs (``bn_cell``). The plugin keeps one ``Pa
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from collections import Counter, defaultdict
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness.adapters.base import Broken, discover, load_spec
+from harness.adapters.base import Broken, discover, listed_in_env, load_spec, select
 from harness.cases import load_cases
 from harness.ledger import load_ledger
 from harness.results import ResultsWriter
@@ -62,23 +61,24 @@ class ParitySession:
     def specs(self) -> dict[str, str]:
         if self._specs is None:
             specs = discover()
-            wanted = self.config.getoption("adapters")
-            if wanted:
-                pats = [p.strip() for p in wanted.split(",") if p.strip()]
-                unknown = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in specs)]
-                if unknown:
-                    raise pytest.UsageError(f"--adapters: no adapter matches {unknown}; known: {sorted(specs)}")
-                specs = {n: s for n, s in specs.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)}
+            try:
+                specs = select(specs, self.config.getoption("adapters"), lambda n: getattr(self.adapter_for(n, specs), "path", "eager"),
+                               listed_in_env())
+            except ValueError as e:
+                raise pytest.UsageError(f"--adapters: {e}") from None
             self._specs = specs
         return self._specs
 
     def adapter(self, name: str):
         """The adapter object, or a ``Broken`` stand-in whose every cell is a raised outcome with the load error."""
+        return self.adapter_for(name, self.specs)
+
+    def adapter_for(self, name: str, specs: dict[str, str]):
         if name not in self.adapters:
             try:
-                self.adapters[name] = load_spec(self.specs[name])
+                self.adapters[name] = load_spec(specs[name])
             except Exception as e:
-                self.adapters[name] = Broken(name, f"adapter {self.specs[name]!r} failed to load: "
+                self.adapters[name] = Broken(name, f"adapter {specs[name]!r} failed to load: "
                                                    f"{type(e).__name__}: {e}", e)
         return self.adapters[name]
 

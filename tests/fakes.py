@@ -367,6 +367,30 @@ class UpdatesAfterEval(NumpyBN):
         self.fold(st, x)
 
 
+NO_GRADIENT = "an exported inference program has no gradient"
+
+
+class InferenceExport(NumpyBN):
+    """fake-good's layer trained eagerly, then exported and run for eval (a path ``exported``, as the ONNX Runtime
+    and LiteRT adapters are): its eval calls return y and the state, not the gradients, and it declares so."""
+
+    name = "fake-export"
+    path = "exported"
+    source = "fake-good"
+    omits = {"dx_eval": NO_GRADIENT, "dgamma_eval": NO_GRADIENT, "dbeta_eval": NO_GRADIENT}
+
+    def eval_step(self, st, x, g, mask=None):
+        out = super().eval_step(st, x, g)
+        return {q: v for q, v in out.items() if q not in ("dx", "dgamma", "dbeta")}
+
+
+class ExportOmitsUndeclared(InferenceExport):
+    """The same program, with nothing declared omitted: every eval gradient is a missing array."""
+
+    name = "bug-export-omits-undeclared"
+    omits = {}
+
+
 class EvalNotRepeatable(NumpyBN):
     """Eval mode nudges its running variance by one ulp after each call: every eval output is within the bound,
     but two eval calls in a row disagree bit for bit and the state changes."""

@@ -12,6 +12,10 @@ An adapter wraps one framework path. It is a plain object with:
 * ``settings(case)``: the settings as passed to the framework (for reports).
 * ``precision(case)``: the dtypes it computes, stores and returns in (``Precision``).
 * ``run(case, data) -> Observed``: the real work, called in a worker process.
+* ``path``: how the framework's BN is run: ``eager`` (the layer called as users write it), or a compiled,
+  graph, exported or converted path (``PATHS``), with ``source`` the eager adapter it starts from and ``omits``
+  the quantities the path does not produce, with why (an inference-only export has no gradients). Only eager
+  adapters run unless asked for by name, glob or ``path:<kind>`` (``select``).
 
 Subclass ``Adapter`` and implement ``build``, ``train_step`` and
 ``eval_step``; ``run`` drives them and turns a framework exception into a
@@ -28,6 +32,7 @@ without them.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import importlib.metadata
 import importlib.util
@@ -62,6 +67,10 @@ class Raises:
 
 
 COMPUTES = "computes"
+# how an adapter runs the framework's BatchNorm (Adapter.path): the layer as users call it, a graph or compiler
+# (tf.function, XLA, torch.compile), an exported program run by another runtime (ONNX Runtime, LiteRT, the ONNX
+# reference evaluator), a model converted into another framework, or the layer under data parallelism
+PATHS = ("eager", "graph", "compiled", "exported", "converted", "distributed")
 FROZEN_CALLS = ("", "inference", "batch_statistics")  # Conventions.frozen_call
 
 
@@ -268,6 +277,12 @@ class Adapter:
     # a case's ``virtual_batch_size`` (ghost batch normalization): None where the adapter runs it, else why not (a
     # skip, unless the case expects the framework's raise); never emulated where the framework has no such option
     no_virtual_batch: str | None = "the framework's BatchNorm has no virtual batch size"
+    # how the BN is run (one of PATHS); a non-eager path names the eager adapter it starts from in ``source``
+    path: str = "eager"
+    source: str = ""
+    # quantities (``Quantity`` values, e.g. "dx_eval") this path does not produce, with why: not compared, and the
+    # cell record lists them (an exported inference graph has no gradient; the rest of its cell is still judged)
+    omits: dict[str, str] = {}
 
     # -- cheap, parent-side -------------------------------------------------
     def available(self) -> str | None:
@@ -478,3 +493,38 @@ def discover(env: dict[str, str] | None = None) -> dict[str, str]:
     for spec in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
         specs[load_spec(spec).name] = spec
     return specs
+
+
+def select(specs: dict[str, str], wanted: str | None, path_of: Callable[[str], str],
+           listed: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The adapters a run takes from ``specs``. Without ``wanted``: the eager ones, and those ``listed`` in
+    ``BNPARITY_ADAPTERS`` (compiled, exported and data-parallel paths cost compiles and exports, so they run when
+    asked for). ``wanted`` is comma-separated names, globs (``torch*``) or ``path:<kind>`` (``path:compiled``,
+    ``path:*``), each of which must match something; ``path_of(name)`` is the adapter's ``path``."""
+    if not wanted:
+        return {n: s for n, s in specs.items() if n in listed or path_of(n) == "eager"}
+    pats = [p.strip() for p in wanted.split(",") if p.strip()]
+    chosen: dict[str, str] = {}
+    unknown = []
+    for pat in pats:
+        if pat.startswith("path:"):
+            kind = pat.removeprefix("path:")
+            if kind != "*" and kind not in PATHS:
+                raise ValueError(f"{pat!r}: the paths are {', '.join(PATHS)} (or path:*)")
+            hit = {n: s for n, s in specs.items() if fnmatch.fnmatchcase(path_of(n), kind)}
+        else:
+            hit = {n: s for n, s in specs.items() if fnmatch.fnmatchcase(n, pat)}
+        if not hit and not pat.startswith("path:"):
+            unknown.append(pat)
+        chosen.update(hit)
+    if unknown:
+        raise ValueError(f"no adapter matches {unknown}; known: {sorted(specs)}")
+    return {n: s for n, s in specs.items() if n in chosen}  # (in discovery order)
+
+
+def listed_in_env(env: dict[str, str] | None = None) -> frozenset[str]:
+    """The names of the adapters that ``BNPARITY_ADAPTERS`` lists (asked for, whatever their path)."""
+    import os
+
+    env = os.environ if env is None else env
+    return frozenset(load_spec(s).name for s in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))))
