@@ -391,6 +391,16 @@ class ExportOmitsUndeclared(InferenceExport):
     omits = {}
 
 
+class ExportLosesEps(InferenceExport):
+    """An export that writes its own default eps (1e-3, Keras's) into the program instead of the layer's: what a
+    converter that drops an attribute does. Training (eager) is right; every eval output is off."""
+
+    name = "bug-export-loses-eps"
+
+    def eval_step(self, st, x, g, mask=None):
+        return super().eval_step({**st, "eps": 1e-3}, x, g)
+
+
 class EvalNotRepeatable(NumpyBN):
     """Eval mode nudges its running variance by one ulp after each call: every eval output is within the bound,
     but two eval calls in a row disagree bit for bit and the state changes."""

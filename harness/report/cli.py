@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.report import paths as paths_view
 from harness.report.families import families, markdown
 from harness.report.page import write
 from harness.report.views import DEFAULT_BASELINE
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{DEFAULT_BASELINE})")
     p.add_argument("--families", default=None, metavar="FILE",
                    help="also write the Families view as Markdown tables (one per family and environment) to FILE")
+    p.add_argument("--paths", default=None, metavar="FILE", dest="paths_md",
+                   help="also write the Paths view (each eager adapter beside its compiled, graph, exported and "
+                        "converted paths) as Markdown tables to FILE")
     args = p.parse_args(argv)
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     try:
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.families:
         Path(args.families).write_text(markdown(families(m)))
         print(f"wrote {args.families}: the Families view as Markdown")
+    if args.paths_md:
+        Path(args.paths_md).write_text(paths_view.markdown(paths_view.path_groups(m)))
+        print(f"wrote {args.paths_md}: the Paths view as Markdown")
     skipped = [s for e in m.envs for s in e.skipped]
     if skipped:
         print(f"bnparity report: {len(skipped)} damaged line(s) left out (the page lists them):", file=sys.stderr)

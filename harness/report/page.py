@@ -79,6 +79,7 @@ def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plo
         "version": __version__, "model": model, "envs": b.envs(), "groups": b.matrix(),
         "header_cols": b.header_cols(), "counts": b.counts(), "starts": b.start_rows(), "drift": b.drift_rows(),
         "drift_summary": b.drift_summary(), "families": b.family_views(),
+        "paths": b.path_views(),
         "defaults": b.defaults_views(), "plots": sweep_plots(model, plot_cache) if plots else [],
         "partial": [e for e in model.envs if e.partial], "adapters": model.adapters, "tags": model.tags(),
         "quantities": [q for q in Quantity if q is not Quantity.OUTCOME], "verdicts": Verdict.ordered(),

@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.report.analysis import Divergence, Drift, drift, first_divergence
 from harness.report.families import FAMILY_CONVENTIONS, families
+from harness.report.paths import identical_text, path_groups
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
 from harness.report.story import summaries
@@ -142,6 +143,23 @@ class Builder:
                          "tags": " ".join(self.model.cases[d.case].tags) if d.case in self.model.cases else "",
                          "verdicts": " ".join(sorted({c.verdict.value for c in d.cells.values()})), "cells": cells})
         return rows
+
+    def path_views(self) -> list[dict[str, Any]]:
+        """Each eager adapter beside its compiled, graph, exported and converted paths (``harness.report.paths``)."""
+        out = []
+        for g in path_groups(self.model):
+            rows = [{"adapter": r.adapter, "path": r.path, "cases": r.cases, "both_ok": r.both_ok,
+                     "path_fails": r.path_fails, "eager_fails": r.eager_fails, "both_fail": r.both_fail,
+                     "skipped": r.skipped, "identical": identical_text(r),
+                     "eager_worst": fmt_ratio(r.eager_worst) if r.eager_worst is not None else "",
+                     "path_worst": fmt_ratio(r.path_worst) if r.path_worst is not None else "",
+                     "omits": [{"quantity": q, "why": why} for q, why in sorted(r.omits.items())],
+                     "diffs": [{"case": d.case, "eager": d.eager.value, "path": d.path.value,
+                                "eager_ratio": fmt_ratio(d.eager_ratio) if d.eager_ratio is not None else "",
+                                "path_ratio": fmt_ratio(d.path_ratio) if d.path_ratio is not None else "",
+                                "failing": d.failing} for d in r.diffs]} for r in g.rows]
+            out.append({"env": g.env, "source": g.source, "rows": rows})
+        return out
 
     def family_views(self) -> list[dict[str, Any]]:
         """Each scenario family per environment, adapters side by side (``harness.report.families``)."""

@@ -62,3 +62,47 @@ def test_a_path_that_leaves_out_a_quantity_without_saying_so_fails_on_it(run_par
     missing = {(r.quantity, r.step) for r in run.records
                if isinstance(r, Result) and r.mismatch_kind == MismatchKind.MISSING and r.verdict == Verdict.FAIL}
     assert missing == {(q, s) for q in (Quantity.DX_EVAL, Quantity.DGAMMA_EVAL, Quantity.DBETA_EVAL) for s in (2, 3)}
+
+
+def test_the_paths_view_pairs_each_path_with_its_eager_adapter(run_parity, tmp_path):
+    """Eager passes everywhere; an export that keeps the layer's eps is bit-identical to it in eval, one that writes
+    its own default eps fails in eval on every case: the view says which path parts from eager, and where."""
+    from harness.report import paths
+    from harness.report.model import load
+    from harness.report.page import render
+
+    cases = CASES + """
+[[case]]
+name = "export_channels_last"
+shape = [5, 4, 3]
+layout = "channels_last"
+calls = ["train", "eval"]
+seed = 4
+"""
+    run = run_parity(cases, ["NumpyBN", "InferenceExport", "ExportLosesEps"])
+    assert run.result.ret == 1
+    model = load([run.path])
+    (group,) = paths.path_groups(model)
+    assert group.source == "fake-good"
+    rows = {r.adapter: r for r in group.rows}
+    good, bad = rows["fake-export"], rows["bug-export-loses-eps"]
+    assert (good.cases, good.both_ok, good.path_fails) == (2, 2, 0)
+    assert good.identical == good.compared > 0  # the same arithmetic as eager, in eval too
+    assert (bad.cases, bad.both_ok, bad.path_fails) == (2, 0, 2)
+    assert {d.case for d in bad.diffs} == {"export_after_training", "export_channels_last"}
+    assert all(d.eager is Verdict.PASS and d.path is Verdict.FAIL for d in bad.diffs)
+    assert all(lbl.startswith("y of call") for d in bad.diffs for lbl in d.failing)
+    assert set(bad.omits) == {"dx_eval", "dgamma_eval", "dbeta_eval"}
+    text = paths.markdown([group])
+    assert "| bug-export-loses-eps | exported | 2 | 0 | 2 | 0 | 0 | 0 |" in text
+    assert "| bug-export-loses-eps | export_channels_last | pass" in text
+    page = render(model, plots=False)
+    assert 'id="paths"' in page and "bug-export-loses-eps: 2 cases where it and fake-good part" in page
+
+
+def test_without_paths_the_page_has_no_paths_section(run_parity):
+    from harness.report.model import load
+    from harness.report.page import render
+
+    run = run_parity(CASES, ["NumpyBN"])
+    assert 'id="paths"' not in render(load([run.path]), plots=False)
