@@ -264,6 +264,13 @@ class Mask(StrictModel):
 AdapterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+*?\[\]-]+$")]
 
 
+class SecondOrder(StrictModel):
+    """``second_order = {}`` (or with ``direction``): the direction v of the Hessian-vector products, drawn per
+    training call from its own seeded stream, in the input's shape (a generator table, as ``input``)."""
+
+    direction: Generator = Normal(kind="normal")
+
+
 class Case(StrictModel):
     """One validated scenario. ``shape`` is logical: (N, C, *spatial)."""
 
@@ -295,6 +302,10 @@ class Case(StrictModel):
     # (``reference.ghost_groups``). v must divide N, except in a case that records a framework's refusal
     # (``_check_virtual_batch``)
     virtual_batch_size: Annotated[int, Field(ge=1)] | None = None
+    # second-order derivatives: every training call also returns the Hessian-vector products of sum(y * g) in the
+    # direction v (a seeded batch of its own, ``SecondOrder.direction``): hvp_x = d/de dx(x + e v) and
+    # hvp_gamma = d/de dgamma(x + e v) (``_check_second_order``)
+    second_order: SecondOrder | None = None
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
     # the calls in order ("train": forward and backward in training mode; "eval": in inference mode; "frozen": in
@@ -387,7 +398,22 @@ class Case(StrictModel):
         self._check_renorm()
         self._check_mask()
         self._check_virtual_batch()
+        self._check_second_order()
         return self
+
+    def _check_second_order(self) -> None:
+        """The oracle's second derivatives are those of plain BN in training mode over a non-empty batch."""
+        if self.second_order is None:
+            return
+        for what, problem in ((self.count == 0, "an empty batch has no second derivative (nothing to differentiate)"),
+                              (self.renorm is not None, "second derivatives of batch renormalization are not "
+                                                        "defined by the oracle yet"),
+                              (self.mask is not None, "second derivatives with a mask are not defined by the oracle "
+                                                      "yet"),
+                              (self.virtual_batch_size is not None, "second derivatives of ghost BN are not "
+                                                                    "defined by the oracle yet")):
+            if what:
+                raise FieldProblem("second_order", problem)
 
     def _check_virtual_batch(self) -> None:
         """A virtual batch splits each non-empty training batch into groups of ``virtual_batch_size`` samples whose

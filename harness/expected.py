@@ -441,6 +441,27 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             upd_v = ur * (2 * w * np.abs(rv0 - f * var) + (1 - w) * np.abs(rv0) + w * np.abs(f * var))
             return ((1 - w) * tol_rm0 + w * tmean + upd_m + ulp_of(rm, p.running),
                     (1 - w) * tol_rv0 + w * f * tvar + upd_v + ulp_of(rv, p.running))
+    def hvp_like(x, g, v) -> dict[str, Expected]:
+        """A training call's second derivatives along ``v`` (``reference.train_hvp``) with their bounds."""
+        hx, hg = ref.train_hvp(x, g, gamma, eps, v, ax)
+        mean, var = ref.batch_stats(x, ax)
+        u = uc + uh + un + up
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            k = reduction_growth(n, np.sqrt(var) <= 2 * uc * n * np.abs(mean))
+            s = np.sqrt(var + eps)
+            A, G, V = absmax(x), absmax(g), absmax(v)
+            X = absmax((x - b(mean)) / b(s))
+            Vs = V / s
+            # |s'/s| <= X Vs and |xhat'| <= Vs (1 + X^2) with Vs = max|v| / s: the terms' magnitudes, times the
+            # growth of their reductions and the conditioning of x - mean (A / s), as for dx
+            cond = C * u * k * (1 + A / s)
+            tol_hx = b(cond * np.abs(gamma) / s * G * Vs * 2 * (2 + X) * (1 + X ** 2))
+            tol_hg = cond * abssum(g) * Vs * 2 * (1 + X ** 2)
+        q = {"hvp_x": Expected(hx, tol_hx + ulp_of(hx, p.output), p.output)}
+        if case.has_scale:
+            q["hvp_gamma"] = Expected(hg, tol_hg + ulp_of(hg, p.params), p.params)
+        return q
+
     def masked_update(mask, rm0, rv0, tol_rm0, tol_rv0, mean, var, tmean, tvar):
         """The running statistics after a masked training call and their bounds, per channel (the Bessel factor of
         its unmasked count); a channel with no unmasked value keeps its statistics and their bounds."""
@@ -489,6 +510,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             continue
         mask = data.mask[batch] if data.mask is not None else None  # the call's training batch's mask
         q, mean, var, tmean, tvar = train_like(x, g, mask=mask)
+        if case.second_order is not None and kind == "train":
+            q.update(hvp_like(x, g, data.f64("v", batch)))
         out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
         if mask is not None:  # masked statistics, per channel over its unmasked count
             rm, rv, tol_rm, tol_rv = masked_update(mask, rm, rv, tol_rm, tol_rv, mean, var, tmean, tvar)

@@ -26,7 +26,7 @@ DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 # one independent stream per component, so adding a step never changes another
 _STREAMS = {"x": 1, "g": 2, "x_eval": 3, "g_eval": 4, "gamma": 5, "beta": 6,
             "running_mean": 7, "running_var": 8, "override": 9,
-            "mask": 10, "mask_eval": 11}
+            "mask": 10, "mask_eval": 11, "v": 12}
 
 
 def np_dtype(name: str) -> np.dtype:
@@ -110,6 +110,8 @@ class CaseData:
     # a case's ``mask``: per training batch and for the eval batch, boolean, the physical shape (True = unmasked)
     mask: list[np.ndarray] | None = None
     mask_eval: np.ndarray | None = None
+    # a case's ``second_order``: per training batch, the direction of the Hessian-vector products (the case dtype)
+    v: list[np.ndarray] | None = None
 
     def f64(self, name: str, step: int | None = None) -> np.ndarray:
         a = getattr(self, name)
@@ -173,6 +175,9 @@ def build(case: Case) -> CaseData:
     rv = generate(case.running_var, c, _rng(case, "running_var")).astype(pdt)
     data = CaseData(x, g, x_eval, g_eval, gamma, beta, rm, rv, case.channel_axis)
     data.digests = {"x": digest(np.stack(x)) if x else "", "x_eval": digest(x_eval)}
+    second = getattr(case, "second_order", None)  # (a reproducer's case may not have the field)
+    if second is not None:
+        data.v = [cast(generate(second.direction, case.shape, _rng(case, "v", i))) for i in range(case.steps)]
     if case.mask is not None:
         data.mask = [to_physical(build_mask(case, "mask", i), case.channel_axis) for i in range(case.steps)]
         data.mask_eval = to_physical(build_mask(case, "mask_eval", 0), case.channel_axis)

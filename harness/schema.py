@@ -154,6 +154,8 @@ class Quantity(enum.StrEnum):
     DX = "dx"
     DGAMMA = "dgamma"
     DBETA = "dbeta"
+    HVP_X = "hvp_x"
+    HVP_GAMMA = "hvp_gamma"
     Y_EVAL = "y_eval"
     DX_EVAL = "dx_eval"
     DGAMMA_EVAL = "dgamma_eval"
@@ -177,7 +179,8 @@ class Quantity(enum.StrEnum):
     @property
     def per_channel(self) -> bool:
         """One value per channel, in the parameter dtype (running statistics, dgamma, dbeta)."""
-        return self.base in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA)
+        return self.base in (Quantity.RUNNING_MEAN, Quantity.RUNNING_VAR, Quantity.DGAMMA, Quantity.DBETA,
+                             Quantity.HVP_GAMMA)
 
     @property
     def is_state(self) -> bool:
@@ -215,6 +218,8 @@ _QUANTITIES: dict[Quantity, tuple[Phase, str]] = {
     Quantity.DX: ("train", "gradients (dx)"),
     Quantity.DGAMMA: ("train", "gradients (dgamma)"),
     Quantity.DBETA: ("train", "gradients (dbeta)"),
+    Quantity.HVP_X: ("train", "second derivatives: d/de dx(x + e v), the Hessian-vector product"),
+    Quantity.HVP_GAMMA: ("train", "second derivatives: d/de dgamma(x + e v)"),
     Quantity.Y_EVAL: ("eval", "eval output y"),
     Quantity.DX_EVAL: ("eval", "eval gradient dx"),
     Quantity.DGAMMA_EVAL: ("eval", "eval gradients (dgamma)"),

@@ -168,6 +168,38 @@ def train_backward(x, g, gamma, eps, channel_axis: int = 1):
     return dx, dgamma, dbeta
 
 
+def train_hvp(x, g, gamma, eps, v, channel_axis: int = 1):
+    """Second derivatives of L = sum(y * g) in training mode, along a direction ``v`` of the input: the
+    Hessian-vector products hvp_x = d/de dx(x + e v) (= d2L/dx2 v) and hvp_gamma = d/de dgamma(x + e v)
+    (= d2L/dgamma dx v). Differentiating ``train_backward``'s dx = gamma/s (g - mean(g) - xhat mean(g xhat)) and
+    dgamma = sum(g xhat) along v, per channel (xc = x - mean, vc = v - mean(v)):
+
+        var' = 2 mean(xc vc),  s' = var' / (2 s),  xhat' = vc / s - xhat s' / s,
+        hvp_x = -(s' / s) dx - gamma / s (xhat' mean(g xhat) + xhat mean(g xhat')),
+        hvp_gamma = sum(g xhat').
+
+    The mean's dependence on x enters through vc (mean(v) is the mean's derivative), the variance's through s';
+    both are second-order terms a first derivative does not see (tests/unit/test_reference.py proves these by
+    finite differences of ``train_backward``)."""
+    x, g, v = _f64(x), _f64(g), _f64(v)
+    axes = _axes(x.ndim, channel_axis)
+    b = lambda a: _bcast(a, x.ndim, channel_axis)  # noqa: E731
+    mean, var = batch_stats(x, channel_axis)
+    inv = _invstd(var, eps)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xc = x - b(mean)
+        vc = v - b(_mean(v, axes))
+        xhat = xc * b(inv)
+        ds_s = _mean(xc * vc, axes) * inv * inv  # s' / s = var' / (2 s^2)
+        xhat_d = vc * b(inv) - xhat * b(ds_s)
+        m1 = _mean(g * xhat, axes)
+        m1_d = _mean(g * xhat_d, axes)
+        dx = b(_f64(gamma) * inv) * (g - b(_mean(g, axes)) - xhat * b(m1))
+        hvp_x = -b(ds_s) * dx - b(_f64(gamma) * inv) * (xhat_d * b(m1) + xhat * b(m1_d))
+        hvp_gamma = (g * xhat_d).sum(axis=axes)
+    return hvp_x, hvp_gamma
+
+
 def eval_backward(x, g, gamma, running_mean, running_var, eps, channel_axis: int = 1):
     """Gradients of sum(y * g) with the running statistics held constant.
 

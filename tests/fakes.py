@@ -35,6 +35,7 @@ class NumpyBN(Adapter):
     no_renorm = None  # batch renormalization as Keras computes it (renorm_step)
     no_mask = None  # a mask: statistics over the unmasked values, every position normalized (masked_step)
     no_virtual_batch = None  # ghost BN as tf-keras computes it (ghost_step)
+    no_second_order = None  # the Hessian-vector products along v (hvp)
 
     def work_dtype(self, case):
         return np.float64 if case.dtype == "float64" else np.float32
@@ -232,7 +233,26 @@ class NumpyBN(Adapter):
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
 
-    def train_step(self, st, x, g, mask=None):
+    def hvp(self, st, x, g, v, mean, inv, axes):
+        """hvp_x and hvp_gamma along v: the derivative of dx and dgamma (reference.train_hvp), in the working dtype."""
+        b = lambda a: self._shape(st, a, x.ndim)  # noqa: E731
+        xhat = (x - mean) * inv
+        vc = self.centered_direction(v, axes)
+        ds_s = self._mean((x - mean) * vc, axes) * inv * inv
+        xhat_d = vc * inv - xhat * ds_s
+        m1, m1_d = self._mean(g * xhat, axes), self._mean(g * xhat_d, axes)
+        gamma = b(st["gamma"])
+        dx = gamma * inv * (g - self._mean(g, axes) - xhat * m1)
+        out = {"hvp_x": (-ds_s * dx - gamma * inv * (xhat_d * m1 + xhat * m1_d)).astype(st["out_dtype"])}
+        if st["case"].has_scale:
+            out["hvp_gamma"] = self._sum(g * xhat_d, axes).reshape(-1)
+        return out
+
+    def centered_direction(self, v, axes):
+        """v - mean(v): the batch mean's derivative along v (what a second derivative through the mean needs)."""
+        return v - self._mean(v, axes)
+
+    def train_step(self, st, x, g, mask=None, v=None):
         wd = st["wd"]
         x, g = x.astype(wd), g.astype(wd)
         axes = tuple(i for i in range(x.ndim) if i != st["axis"] % x.ndim)
@@ -245,6 +265,8 @@ class NumpyBN(Adapter):
         mean, var = self.stats(x, axes)
         inv = self.invstd(var, st["eps"])
         out = self._forward_backward(st, x, g, mean, inv, True)
+        if v is not None:
+            out.update(self.hvp(st, x, g, v.astype(wd), mean, inv, axes))
         if st["case"].track_running_stats and x.size:  # an empty batch leaves the state as it was
             st["t"] += 1
             w = self.new_weight(st)
@@ -312,10 +334,10 @@ class EpsDroppedInTraining(NumpyBN):
 
     name = "bug-eps-dropped-in-training"
 
-    def train_step(self, st, x, g, mask=None):
+    def train_step(self, st, x, g, mask=None, v=None):
         eps, st["eps"] = st["eps"], 0.0
         try:
-            return super().train_step(st, x, g, mask)
+            return super().train_step(st, x, g, mask, v)
         finally:
             st["eps"] = eps
 
@@ -365,6 +387,17 @@ class UpdatesAfterEval(NumpyBN):
 
     def after_eval(self, st, x):
         self.fold(st, x)
+
+
+class DropsMeanSecondOrder(NumpyBN):
+    """Right first derivatives, but the second derivative treats the batch mean as a constant (its derivative along v,
+    mean(v), is dropped): what a backward that detaches the mean it saved (TF's moments take the variance around
+    stop_gradient(mean)) does to a double backward. Only hvp_x and hvp_gamma show it."""
+
+    name = "bug-drops-mean-second-order"
+
+    def centered_direction(self, v, axes):
+        return v
 
 
 NO_GRADIENT = "an exported inference program has no gradient"
@@ -582,9 +615,9 @@ class RefusesLikeTorch(NumpyBN):
         if st["eps"] <= 0:
             raise ValueError(f"eps must be positive during training, but got {st['eps']}")
 
-    def train_step(self, st, x, g, mask=None):
+    def train_step(self, st, x, g, mask=None, v=None):
         self._check(st, x)
-        return super().train_step(st, x, g, mask)
+        return super().train_step(st, x, g, mask, v)
 
     def eval_step(self, st, x, g, mask=None):
         if not st["case"].track_running_stats:  # eval normalizes with the batch statistics too

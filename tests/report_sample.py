@@ -98,7 +98,8 @@ def cell_records(case: Case, adapter: str, env: str, version: str, rng: np.rando
         bad_q = {"fail": "running_var", "known": "y", "stale": None, "weak": "dgamma"}.get(fate)
         keys = [(q, i) for i, kind in enumerate(case.schedule) for q in Quantity.of_phase(kind)
                 if (case.has_scale or q.base != "dgamma") and (case.has_center or q.base != "dbeta")
-                if case.track_running_stats or not q.is_state]
+                if case.track_running_stats or not q.is_state
+                if case.second_order is not None or q not in (Quantity.HVP_X, Quantity.HVP_GAMMA)]
         for q, s in keys:
             bad = bad_q is not None and (q == bad_q or (fate == "fail" and q == "y_eval"))
             m = _metrics(rng, case, q, bad)

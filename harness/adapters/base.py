@@ -277,6 +277,9 @@ class Adapter:
     # a case's ``virtual_batch_size`` (ghost batch normalization): None where the adapter runs it, else why not (a
     # skip, unless the case expects the framework's raise); never emulated where the framework has no such option
     no_virtual_batch: str | None = "the framework's BatchNorm has no virtual batch size"
+    # a case's ``second_order``: None where the adapter computes the Hessian-vector products (its train steps then get
+    # ``v=``, the direction, and return ``hvp_x`` and ``hvp_gamma`` too), else why not (a skip)
+    no_second_order: str | None = "the adapter does not compute second derivatives"
     # how the BN is run (one of PATHS); a non-eager path names the eager adapter it starts from in ``source``
     path: str = "eager"
     source: str = ""
@@ -322,6 +325,8 @@ class Adapter:
             return f"{self.name}: no mask: {self.no_mask}"
         if case.virtual_batch_size is not None and self.no_virtual_batch and self.name not in case.expect_raise:
             return f"{self.name}: no virtual batch (ghost BN): {self.no_virtual_batch}"
+        if case.second_order is not None and self.no_second_order:
+            return f"{self.name}: no second derivatives: {self.no_second_order}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)
@@ -374,6 +379,8 @@ class Adapter:
 
         Returns y, dx, dgamma, dbeta and the running_mean / running_var after
         the call (omit the running stats when the case does not track them).
+        Where the case has ``second_order`` it gets ``v=`` (the direction) and
+        returns ``hvp_x`` and ``hvp_gamma`` too (``reference.train_hvp``).
         """
         raise NotImplementedError
 
@@ -405,6 +412,8 @@ class Adapter:
                 else:
                     step = self.train_step if kind == "train" else self.frozen_step
                     kw = {} if data.mask is None else {"mask": data.mask[batch]}
+                    if data.v is not None and kind == "train":
+                        kw["v"] = data.v[batch]
                     out = step(state, data.x[batch], data.g[batch], **kw)
                 for q, v in out.items():
                     obs.put(q if kind == "train" else f"{q}_{kind}", i, v)

@@ -109,6 +109,23 @@ def _train_vjp(f, x, g, params):
     return y, dx, dparams, new_stats
 
 
+def _train_hvp(f, x, g, v, params):
+    """``_train_vjp``'s outputs and, forward over reverse, the Hessian-vector products: ``jax.jvp`` of the vjp along
+    (v, 0), so hvp_x = d/de dx(x + e v) and the parameters' tangents d/de dparams(x + e v)."""
+    import jax
+    import jax.numpy as jnp
+
+    def first(x, params):
+        y, vjp, new_stats = jax.vjp(f, x, params, has_aux=True)
+        dx, dparams = vjp(g.astype(y.dtype))
+        return (dx, dparams), (y, new_stats)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (dx, dparams), (hx, hparams), (y, new_stats) = jax.jvp(first, (x, params), (v.astype(x.dtype), zeros),
+                                                          has_aux=True)
+    return y, dx, dparams, new_stats, hx, hparams
+
+
 def _eval_vjp(f, x, g, params):
     """y, dx, dparams and the statistics after the call, of ``f(x, params) -> (y, stats)`` for the upstream
     gradient g (the statistics are not differentiated: an eval call holds them constant)."""
@@ -130,6 +147,10 @@ def _linen_program(mode: str, axis: int, fast: bool, uses: tuple[bool, bool], dt
         bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, False)
         return _train_vjp(lambda x, params: _linen_train_apply(bn, params, stats, x, mask), x, g, params)
 
+    def train_hvp(x, g, v, params, stats, momentum, eps):
+        bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, False)
+        return _train_hvp(lambda x, params: _linen_train_apply(bn, params, stats, x), x, g, v, params)
+
     def evaluate(x, g, params, stats, momentum, eps, mask=None):
         # without stored statistics (track_running_stats = false) eval normalizes with the batch's own
         bn = _linen_module(axis, fast, uses, dtype, param_dtype, momentum, eps, mode == "eval")
@@ -141,7 +162,7 @@ def _linen_program(mode: str, axis: int, fast: bool, uses: tuple[bool, bool], dt
 
         return _eval_vjp(f, x, g, params)
 
-    fn = jax.jit(train if mode == "train" else evaluate)
+    fn = jax.jit({"train": train, "train_hvp": train_hvp}.get(mode, evaluate))
     _PROGRAMS[key] = fn
     return fn
 
@@ -175,6 +196,13 @@ def _nnx_program(mode: str, graphdef):
 
         return _train_vjp(f, x, g, params)
 
+    def train_hvp(x, g, v, params, stats, momentum, eps):
+        def f(x, params):
+            bn = _nnx_module(graphdef, params, stats, momentum, eps, True)
+            return bn(x), _nnx_stats(bn)
+
+        return _train_hvp(f, x, g, v, params)
+
     def evaluate(x, g, params, stats, momentum, eps, mask=None):
         def f(x, params):
             bn = _nnx_module(graphdef, params, stats, momentum, eps, mode != "eval")
@@ -183,7 +211,7 @@ def _nnx_program(mode: str, graphdef):
 
         return _eval_vjp(f, x, g, params)
 
-    fn = jax.jit(train if mode == "train" else evaluate)
+    fn = jax.jit({"train": train, "train_hvp": train_hvp}.get(mode, evaluate))
     _PROGRAMS[key] = fn
     return fn
 
@@ -286,6 +314,7 @@ class FlaxAdapter(Adapter):
     framework = "flax"
     no_renorm = "flax.linen.BatchNorm and flax.nnx.BatchNorm have no renorm option"
     no_mask = None  # mask= broadcast to the input: the case's full mask, per channel too
+    no_second_order = None  # forward over reverse: jax.jvp of the jitted vjp along (v, 0)
     no_virtual_batch = ("flax.linen.BatchNorm and flax.nnx.BatchNorm have no virtual batch option (fields: "
                         "use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias, use_scale, "
                         "bias_init, scale_init, axis_name, axis_index_groups, use_fast_variance, "
@@ -385,13 +414,14 @@ class FlaxAdapter(Adapter):
     def build(self, case: Case, data: CaseData) -> FlaxState:
         m = self.mapped(case)
         pdt, fdt = case.resolved_param_dtype, flax_dtype(case)
+        train_mode = "train" if case.second_order is None else "train_hvp"
         if self.api == "linen":
-            train = _linen_program("train", m.axis, self.fast, uses_of(case), fdt, pdt)
+            train = _linen_program(train_mode, m.axis, self.fast, uses_of(case), fdt, pdt)
             evaluate = _linen_program("eval" if case.track_running_stats else "eval_batch_stats", m.axis, self.fast,
                                       uses_of(case), fdt, pdt)
         else:
             gd = _nnx_graphdef(case.channels, m.axis, self.fast, uses_of(case), fdt, pdt)
-            train = _nnx_program("train", gd)
+            train = _nnx_program(train_mode, gd)
             evaluate = _nnx_program("eval" if case.track_running_stats else "eval_batch_stats", gd)
         params = {k: v for k, v, has in (("scale", data.gamma, case.has_scale), ("bias", data.beta, case.has_center))
                   if has}
@@ -413,11 +443,17 @@ class FlaxAdapter(Adapter):
             _F64_CHECKED[key] = bool(_F64_ARRAY.search(fn.lower(*args).as_text()))
         state.f64_arrays = bool(state.f64_arrays) or _F64_CHECKED[key]
 
-    def train_step(self, state: FlaxState, x, g, mask=None):
-        args = (x, g, state.params, state.stats, *state.hyper, *(() if mask is None else (mask,)))
-        self._check_program(state, state.train, args)
-        y, dx, dparams, new_stats = state.train(*args)
-        out = {"y": np.asarray(y), "dx": np.asarray(dx)}
+    def train_step(self, state: FlaxState, x, g, mask=None, v=None):
+        if v is not None:  # the second-order program: (x, g, v, params, ...), forward over reverse
+            y, dx, dparams, new_stats, hx, hparams = state.train(x, g, v, state.params, state.stats, *state.hyper)
+            second = {"hvp_x": np.asarray(hx), **({"hvp_gamma": np.asarray(hparams["scale"])} if "scale" in hparams
+                                                  else {})}
+        else:
+            args = (x, g, state.params, state.stats, *state.hyper, *(() if mask is None else (mask,)))
+            self._check_program(state, state.train, args)
+            y, dx, dparams, new_stats = state.train(*args)
+            second = {}
+        out = {"y": np.asarray(y), "dx": np.asarray(dx), **second}
         out.update({q: np.asarray(dparams[k]) for q, k in (("dgamma", "scale"), ("dbeta", "bias")) if k in dparams})
         if state.case.track_running_stats:
             state.stats = new_stats

@@ -172,6 +172,7 @@ class Keras3Adapter(Adapter):
     framework = "keras"
     no_renorm = None  # renorm=True, renorm_clipping, renorm_momentum
     no_mask = None  # layer(x, training=..., mask=...): keras_mask_refusal says which masks it cannot take
+    no_second_order = None  # TF: nested GradientTapes; JAX: jax.jvp of the jitted vjp; torch: create_graph=True
     # Keras 3 dropped Keras 2's virtual_batch_size: BatchNormalization(virtual_batch_size=2) raises ValueError:
     # Unrecognized keyword arguments passed to BatchNormalization: {'virtual_batch_size': 2} (keras 3.15.1)
     no_virtual_batch = ("Keras 3 BatchNormalization has no virtual_batch_size (keras 3.15.1: ValueError: Unrecognized "
@@ -258,13 +259,14 @@ class Keras3Adapter(Adapter):
         return LayerState(self._layer(case, data), case)
 
     def _call(self, state: Any, x: np.ndarray, g: np.ndarray, training: bool,
-              mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              mask: np.ndarray | None = None, v: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One call in ``training`` mode and its backward: y, dx (and dgamma, dbeta where the layer is affine);
-        ``mask`` as Keras takes it (``keras_mask``), or None for no mask argument."""
+        ``mask`` as Keras takes it (``keras_mask``), or None for no mask argument; with a direction ``v``, the
+        backend's second derivatives too (hvp_x, hvp_gamma)."""
         raise NotImplementedError
 
-    def train_step(self, state, x, g, mask=None):
-        out = self._call(state, x, g, training=True, mask=keras_mask(mask))
+    def train_step(self, state, x, g, mask=None, v=None):
+        out = self._call(state, x, g, training=True, mask=keras_mask(mask), v=v)
         out.update(state.moving_stats())
         return out
 
@@ -319,11 +321,11 @@ class Keras3TF(TFBench, Keras3Adapter):
     def setup_backend(self) -> None:
         setup_tf()
 
-    def _call(self, state: LayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
+    def _call(self, state: LayerState, x, g, training: bool, mask=None, v=None) -> dict[str, np.ndarray]:
         layer = state.layer
-        params = {q: v.value for q, v in taped_params(layer.gamma, layer.beta).items()}
+        params = {q: p.value for q, p in taped_params(layer.gamma, layer.beta).items()}
         kw = {} if mask is None else {"mask": mask}
-        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params)
+        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v)
         state.output_dtype = taped.output_dtype
         return taped.out
 
@@ -361,12 +363,13 @@ class Keras3Jax(Keras3Adapter):
         return JaxLayerState(layer, case, tv=[v.value for v in layer.trainable_variables],
                              ntv=[v.value for v in layer.non_trainable_variables])
 
-    def _jit_key(self, case: Case, training: bool, frozen: bool = False) -> tuple:
+    def _jit_key(self, case: Case, training: bool, frozen: bool = False, second: bool = False) -> tuple:
         m = self.mapped(case)
         return (case.physical_shape, case.dtype, dtype_policy(case), keras_axis(case), case.has_scale, case.has_center,
-                case.use_defaults, m.momentum, m.eps, training, frozen, case.renorm, case.mask is not None)
+                case.use_defaults, m.momentum, m.eps, training, frozen, case.renorm, case.mask is not None, second)
 
-    def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple, frozen: bool = False):
+    def _jax_fn(self, state: JaxLayerState, training: bool, args: tuple, frozen: bool = False,
+                second: bool = False):
         """The jitted train/eval step for this case's settings, compiled once per shape and setting.
 
         The function only reads the layer's configuration: variables are passed in, so a layer
@@ -374,7 +377,7 @@ class Keras3Jax(Keras3Adapter):
         """
         import jax
 
-        key = self._jit_key(state.case, training, frozen)
+        key = self._jit_key(state.case, training, frozen, second)
         hit = self._jit_cache.get(key)
         if hit is not None:
             return hit
@@ -390,9 +393,23 @@ class Keras3Jax(Keras3Adapter):
             dtv, dx = vjp(g.astype(y.dtype))
             return y, dx, dtv, new_ntv
 
+        def step_hvp(tv, ntv, x, g, v):  # forward over reverse: jax.jvp of the vjp along (v, 0)
+            import jax.numpy as jnp
+
+            def first(x, tv):
+                y, vjp, new_ntv = jax.vjp(lambda tv, x: template.stateless_call(tv, ntv, x, training=training),
+                                          tv, x, has_aux=True)
+                dtv, dx = vjp(g.astype(y.dtype))
+                return (dx, dtv), (y, new_ntv)
+
+            (dx, dtv), (hx, htv), (y, new_ntv) = jax.jvp(first, (x, tv), (v.astype(x.dtype),
+                                                                           [jnp.zeros_like(t) for t in tv]),
+                                                         has_aux=True)
+            return y, dx, dtv, new_ntv, hx, htv
+
         t0 = time.perf_counter()
         mark = jax_support.watch()
-        compiled = jax.jit(step).lower(*args).compile()
+        compiled = jax.jit(step_hvp if second else step).lower(*args).compile()
         state.compile_s += time.perf_counter() - t0
         if jax_support.compiled_since(mark).get("compile_cache_hits"):  # read back from the persistent cache
             state.compile_cache_hits += 1
@@ -401,17 +418,24 @@ class Keras3Jax(Keras3Adapter):
         self._jit_cache[key] = compiled
         return compiled
 
-    def _call(self, state: JaxLayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
+    def _call(self, state: JaxLayerState, x, g, training: bool, mask=None, v=None) -> dict[str, np.ndarray]:
         import jax.numpy as jnp
 
         layer = state.layer
-        args = (state.tv, state.ntv, jnp.asarray(x), jnp.asarray(g), *(() if mask is None else (jnp.asarray(mask),)))
-        y, dx, dtv, new_ntv = self._jax_fn(state, training, args)(*args)
+        args = (state.tv, state.ntv, jnp.asarray(x), jnp.asarray(g), *(() if mask is None else (jnp.asarray(mask),)),
+                *(() if v is None else (jnp.asarray(v),)))
+        res = self._jax_fn(state, training, args, second=v is not None)(*args)
+        y, dx, dtv, new_ntv = res[:4]
         state.ntv = list(new_ntv)  # what the stateless call returns, in eval too (it must return them unchanged)
         state.output_dtype = str(y.dtype)
         out = {"y": np.asarray(y), "dx": np.asarray(dx)}
-        grads = {id(v): d for v, d in zip(layer.trainable_variables, dtv)}
-        out.update({q: np.asarray(grads[id(v)]) for q, v in taped_params(layer.gamma, layer.beta).items()})
+        grads = {id(p): d for p, d in zip(layer.trainable_variables, dtv)}
+        out.update({q: np.asarray(grads[id(p)]) for q, p in taped_params(layer.gamma, layer.beta).items()})
+        if v is not None:
+            hx, htv = res[4:]
+            out["hvp_x"] = np.asarray(hx)
+            if layer.gamma is not None:
+                out["hvp_gamma"] = np.asarray({id(p): d for p, d in zip(layer.trainable_variables, htv)}[id(layer.gamma)])
         return out
 
     def frozen_step(self, state: JaxLayerState, x, g, mask=None):
@@ -499,20 +523,31 @@ class Keras3Torch(Keras3Adapter):
         torch.set_num_threads(thread_count())
         torch.use_deterministic_algorithms(True)
 
-    def _call(self, state: LayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
+    def _call(self, state: LayerState, x, g, training: bool, mask=None, v=None) -> dict[str, np.ndarray]:
         import torch
 
         from harness.adapters.torch_adapter import to_numpy, to_torch
 
         layer = state.layer
         xt = to_torch(torch, x).clone().requires_grad_(True)
-        params = {q: v.value for q, v in taped_params(layer.gamma, layer.beta).items()}
+        params = {q: p.value for q, p in taped_params(layer.gamma, layer.beta).items()}
         for p in params.values():
             p.grad = None
         kw = {} if mask is None else {"mask": torch.from_numpy(mask)}
         y = layer(xt, training=training, **kw)
-        y.backward(to_torch(torch, g).to(y.dtype))
         state.output_dtype = str(y.dtype).removeprefix("torch.")
+        if v is not None:  # double backward: the gradients with a graph, then those of sum(dx * v)
+            first = torch.autograd.grad(y, [xt, *params.values()], grad_outputs=to_torch(torch, g).to(y.dtype),
+                                        create_graph=True)
+            wrt = [xt, *([params["dgamma"]] if "dgamma" in params else [])]
+            second = torch.autograd.grad((first[0] * to_torch(torch, v).to(first[0].dtype)).sum(), wrt,
+                                         allow_unused=True, materialize_grads=True)
+            out = {"y": to_numpy(y.detach()), "dx": to_numpy(first[0].detach()), "hvp_x": to_numpy(second[0])}
+            out.update({q: to_numpy(d.detach()) for q, d in zip(params, first[1:])})
+            if "dgamma" in params:
+                out["hvp_gamma"] = to_numpy(second[1])
+            return out
+        y.backward(to_torch(torch, g).to(y.dtype))
         out = {"y": to_numpy(y), "dx": to_numpy(xt.grad)}
         out.update({q: to_numpy(p.grad) for q, p in params.items() if p.grad is not None})  # frozen: no grad
         return out

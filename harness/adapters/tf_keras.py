@@ -113,7 +113,7 @@ FUSED_MASK = ("tf-keras ignores it: UserWarning: Masking is not supported with `
 def flat(quantity: str, value: np.ndarray) -> np.ndarray:
     """A per-channel quantity as (C,): with virtual_batch_size the layer's variables, so their gradients and moving
     statistics, have the input's rank plus one, every size 1 but the channels' ((1, 1, C) for a rank-2 input)."""
-    return value if quantity in ("y", "dx") else value.reshape(-1)
+    return value if quantity in ("y", "dx", "hvp_x") else value.reshape(-1)
 
 
 def moving_stats(state: LayerState) -> dict[str, np.ndarray]:
@@ -123,6 +123,7 @@ def moving_stats(state: LayerState) -> dict[str, np.ndarray]:
 class TFKerasAdapter(TFBench, Adapter):
     framework = "tf-keras"
     requires = ("tensorflow",)
+    no_second_order = None  # nested GradientTapes (tf_support.tape_call)
 
     @property
     def worker_env(self) -> dict[str, str]:  # type: ignore[override]
@@ -201,16 +202,16 @@ class TFKerasAdapter(TFBench, Adapter):
                                                    dtype=tf_keras.mixed_precision.Policy(dtype_policy(case)))
         return LayerState(load_layer(layer, case, data), case)
 
-    def _call(self, state: LayerState, x, g, training: bool, mask=None) -> dict[str, np.ndarray]:
+    def _call(self, state: LayerState, x, g, training: bool, mask=None, v=None) -> dict[str, np.ndarray]:
         layer = state.layer
         params = taped_params(layer.gamma, layer.beta)
         kw = {} if mask is None else {"mask": keras_mask(mask)}
-        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params)
+        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v)
         state.output_dtype = taped.output_dtype
         return {q: flat(q, v) for q, v in taped.out.items()}
 
-    def train_step(self, state: LayerState, x, g, mask=None):
-        out = self._call(state, x, g, training=True, mask=mask)
+    def train_step(self, state: LayerState, x, g, mask=None, v=None):
+        out = self._call(state, x, g, training=True, mask=mask, v=v)
         out.update(moving_stats(state))
         return out
 

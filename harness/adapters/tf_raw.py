@@ -79,6 +79,7 @@ class _TFAdapter(TFBench, Adapter):
     """One BN step written with TF ops: ``_forward`` and ``_store`` are what the two adapters differ in."""
 
     framework = "tensorflow"
+    no_second_order = None  # nested GradientTapes (tf_support.tape_call)
     no_renorm = ("tf.nn.batch_normalization and fused_batch_norm are the plain transform; Batch Renormalization "
                  "lives in the Keras layers (renorm=True)")
     no_mask = ("tf.nn.moments, tf.nn.batch_normalization and fused_batch_norm take no mask (masked statistics are "
@@ -118,11 +119,11 @@ class _TFAdapter(TFBench, Adapter):
         """The running statistics after ``_store``, as NumPy arrays."""
         raise NotImplementedError
 
-    def _run(self, state: TFState, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
+    def _run(self, state: TFState, x: np.ndarray, g: np.ndarray, training: bool, v=None) -> dict[str, np.ndarray]:
         # the fused adapter's stand-ins for an absent parameter are constants: no gradient of theirs is recorded
         params = taped_params(state.gamma if state.case.has_scale else None,
                               state.beta if state.case.has_center else None)
-        taped = tape_call(lambda xt: self._forward(state, xt, training), x, g, params)
+        taped = tape_call(lambda xt: self._forward(state, xt, training), x, g, params, v)
         state.output_dtype = taped.output_dtype
         out = taped.out
         if training:
@@ -132,8 +133,8 @@ class _TFAdapter(TFBench, Adapter):
             out.update(running_mean=state.rm.numpy(), running_var=state.rv.numpy())
         return out
 
-    def train_step(self, state, x, g):
-        return self._run(state, x, g, training=True)
+    def train_step(self, state, x, g, v=None):
+        return self._run(state, x, g, training=True, v=v)
 
     def eval_step(self, state, x, g):
         return self._run(state, x, g, training=False)

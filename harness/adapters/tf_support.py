@@ -126,21 +126,36 @@ def taped_params(gamma: Any, beta: Any) -> dict[str, Any]:
     return {q: v for q, v in (("dgamma", gamma), ("dbeta", beta)) if v is not None}
 
 
-def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, params: dict[str, Any]) -> Taped:
+def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, params: dict[str, Any],
+              v: np.ndarray | None = None) -> Taped:
     """``forward(x)`` under a GradientTape, then the gradient of ``sum(y * g)``.
 
     ``forward`` takes the input tensor and returns ``(y, *aux)``. The arrays are y and dx, plus the gradient
-    of each of ``params`` under its name (``taped_params``: dgamma, dbeta).
+    of each of ``params`` under its name (``taped_params``: dgamma, dbeta). With a direction ``v``, nested tapes:
+    the outer one records the inner gradient computation, and its gradient of sum(dx * v) gives hvp_x and (of the
+    ``dgamma`` parameter) hvp_gamma.
     """
     import tensorflow as tf
 
     xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        y, *aux = forward(xt)
-    grads = tape.gradient(y, [xt, *params.values()], output_gradients=tf.cast(tf.constant(g), y.dtype))
+    outer = tf.GradientTape(persistent=False) if v is not None else contextlib.nullcontext()
+    with outer:
+        if v is not None:
+            outer.watch(xt)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y, *aux = forward(xt)
+        grads = tape.gradient(y, [xt, *params.values()], output_gradients=tf.cast(tf.constant(g), y.dtype))
+        if v is not None:
+            along = tf.reduce_sum(grads[0] * tf.cast(tf.constant(v), grads[0].dtype))
     out = {"y": y.numpy(), "dx": grads[0].numpy()}
     out.update({q: gr.numpy() for q, gr in zip(params, grads[1:])})
+    if v is not None:
+        wrt = [xt, *([params["dgamma"]] if "dgamma" in params else [])]
+        second = outer.gradient(along, wrt, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        out["hvp_x"] = second[0].numpy()
+        if "dgamma" in params:
+            out["hvp_gamma"] = second[1].numpy()
     return Taped(out, y.dtype.name, tuple(aux))
 
 

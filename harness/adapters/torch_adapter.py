@@ -135,13 +135,16 @@ def torch_back(state: TorchState, t) -> np.ndarray:
     return to_numpy(t)
 
 
-def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-    """One call of the module in its current mode, and the backward of sum(y * g)."""
+def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray, v: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One call of the module in its current mode, and the backward of sum(y * g); with a direction ``v``, also the
+    double backward: the gradients taken with ``create_graph=True``, then those of sum(dx * v) (hvp_x, hvp_gamma)."""
 
     bn = state.bn
     xt = torch_leaf(state, x)
     bn.zero_grad(set_to_none=True)
     y = bn(xt)
+    if v is not None:
+        return torch_second_order(state, xt, y, g, v)
     y.backward(torch_tensor(state, g))
     out = {"y": torch_back(state, y), "dx": torch_back(state, xt.grad)}
     if state.scale and bn.weight.grad is not None:  # none where the parameters are frozen
@@ -152,12 +155,34 @@ def torch_call(state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.
     return out
 
 
-def torch_step(state: TorchState, x: np.ndarray, g: np.ndarray, training: bool) -> dict[str, np.ndarray]:
-    """A call in training or eval mode: y, dx, dgamma, dbeta, and the running statistics after it (where
-    tracked: the module's buffers as the call left them)."""
+def torch_second_order(state: TorchState, xt, y, g: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
+    """First derivatives with a graph (torch.autograd.grad, create_graph=True), then the gradient of sum(dx * v)
+    with respect to x and the weight: the Hessian-vector products along v."""
+    import torch
+
+    bn = state.bn
+    params = [p for p in (bn.weight if state.scale else None, bn.bias if state.center else None) if p is not None]
+    first = torch.autograd.grad(y, [xt, *params], grad_outputs=torch_tensor(state, g), create_graph=True)
+    dx = first[0]
+    wrt = [xt, *([bn.weight] if state.scale else [])]
+    second = torch.autograd.grad((dx * torch_tensor(state, v)).sum(), wrt, allow_unused=True)
+    out = {"y": torch_back(state, y.detach()), "dx": torch_back(state, dx.detach()),
+           "hvp_x": torch_back(state, second[0] if second[0] is not None else torch.zeros_like(xt))}
+    named = dict(zip([n for n, on in (("dgamma", state.scale), ("dbeta", state.center)) if on], first[1:]))
+    out.update({q: to_numpy(t.detach()) for q, t in named.items()})
+    if state.scale:
+        out["hvp_gamma"] = to_numpy(second[1] if second[1] is not None else torch.zeros_like(bn.weight))
+    state.memory_format = memory_format(xt)
+    return out
+
+
+def torch_step(state: TorchState, x: np.ndarray, g: np.ndarray, training: bool,
+               v: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A call in training or eval mode: y, dx, dgamma, dbeta (with ``v``, hvp_x and hvp_gamma), and the running
+    statistics after it (where tracked: the module's buffers as the call left them)."""
     bn = state.bn
     bn.train(training)
-    out = torch_call(state, x, g)
+    out = torch_call(state, x, g, v)
     if bn.track_running_stats:
         out["running_mean"] = to_numpy(bn.running_mean)
         out["running_var"] = to_numpy(bn.running_var)
@@ -183,6 +208,7 @@ class TorchAdapter(Adapter):
     no_renorm = ("torch.nn.BatchNorm1d/2d/3d have no renorm option (torch's only 'renorm' is torch.renorm / "
                  "F.embedding's max_norm, unrelated)")
     no_mask = "torch.nn.BatchNorm1d/2d/3d and F.batch_norm take no mask argument"
+    no_second_order = None  # double backward: torch.autograd.grad(create_graph=True), then grad of sum(dx * v)
     no_virtual_batch = ("torch.nn.BatchNorm1d/2d/3d have no virtual batch size (arguments: num_features, eps, "
                         "momentum, affine, track_running_stats, device, dtype, bias; torch 2.13)")
     requires = ("torch",)
@@ -255,8 +281,8 @@ class TorchAdapter(Adapter):
         m = self.mapped(case)
         return torch_build(case, data, m.momentum, m.eps)
 
-    def train_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-        return torch_step(state, x, g, training=True)
+    def train_step(self, state: TorchState, x: np.ndarray, g: np.ndarray, v=None) -> dict[str, np.ndarray]:
+        return torch_step(state, x, g, training=True, v=v)
 
     def eval_step(self, state: TorchState, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
         return torch_step(state, x, g, training=False)

@@ -341,3 +341,41 @@ def test_ghost_bugs_are_flagged_where_they_live(run_parity):
     for q, step in (("running_mean", 0), ("running_var", 0), ("y_eval", 2)):
         assert recs[("fake-good", q, step)].digest != recs[("fake-ghost-sequential", q, step)].digest, (q, step)
     assert recs[("fake-good", "y", 0)].digest == recs[("fake-ghost-sequential", "y", 0)].digest
+
+
+SECOND_ORDER = """
+[[case]]
+name = "second_order"
+shape = [8, 3, 4]
+calls = ["train", "eval", "train"]
+second_order = { direction = { kind = "normal", loc = 0.5 } }
+seed = 41
+
+[[case]]
+name = "second_order_last_f64"
+shape = [6, 2, 3, 3]
+layout = "channels_last"
+dtype = "float64"
+second_order = {}
+seed = 42
+"""
+
+
+def test_a_second_derivative_that_drops_the_mean_is_flagged_on_it_alone(run_parity):
+    """A BN whose first derivatives are right but whose double backward treats the batch mean as a constant: every
+    training call's hvp_x and hvp_gamma fail, y, dx, dgamma, dbeta and the state pass; the correct fake passes all,
+    and the second derivatives exist for training calls only (not for the eval call)."""
+    run = run_parity(SECOND_ORDER, ["NumpyBN", "DropsMeanSecondOrder"])
+    assert run.result.ret == 1
+    for case in ("second_order", "second_order_last_f64"):
+        recs = {(r.adapter, r.quantity, r.step): r for r in run.results(case=case)}
+        trains = [s for (a, q, s) in recs if a == "fake-good" and q == "dx"]
+        assert trains
+        for step in trains:
+            for q in ("hvp_x", "hvp_gamma"):
+                assert recs[("fake-good", q, step)].verdict == "pass", (case, q, step)
+                assert recs[("bug-drops-mean-second-order", q, step)].verdict == "fail", (case, q, step)
+        bug = [r for (a, q, _), r in recs.items() if a == "bug-drops-mean-second-order" and q != "outcome"
+               and not q.startswith("hvp_")]
+        assert bug and {r.verdict for r in bug} == {"pass"}, [r.message for r in bug if r.verdict != "pass"]
+    assert ("fake-good", "hvp_x", 1) not in {(r.adapter, r.quantity, r.step) for r in run.results(case="second_order")}

@@ -81,6 +81,21 @@ channel_overrides = [{ channels = [2], input = { kind = "constant", value = 3.0 
 seed = 906
 
 [[case]]
+name = "fresh_second_order_conv"
+shape = [3, 4, 4, 3]
+layout = "channels_last"
+second_order = { direction = { kind = "normal", loc = 0.3 } }
+seed = 931
+
+[[case]]
+name = "fresh_second_order_bfloat16"
+shape = [6, 4, 8]
+dtype = "bfloat16"
+precision = "mixed"
+second_order = {}
+seed = 932
+
+[[case]]
 name = "fresh_float64_momentum_0.2"
 dtype = "float64"
 shape = [10, 3, 3]
@@ -198,6 +213,9 @@ seed = 923
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
 CELLS: dict[str, list[tuple[str, str]]] = {
+    "tf-moments-stop-gradient-second-order": [(a, "fresh_second_order_conv") for a in ("keras3-tensorflow",
+                                                                                         "tf-keras-nonfused", "tf-raw")],
+    "torch-16bit-double-backward-in-half": [("torch", "fresh_second_order_bfloat16")],
     "torch-float32-variance-overflow": [("torch", "fresh_overflow_3e25")],
     "keras3-jax-float64-computed-in-float32": [("keras3-jax", "fresh_float64_momentum_0.2")],
     "keras3-torch-float64-computed-in-float32": [("keras3-torch", "fresh_float64_momentum_0.2")],

@@ -320,3 +320,40 @@ def test_ghost_gradients_match_central_differences(shape, axis, v):
     assert _rel(dx, _central_diff(loss, x)) <= 1e-7
     assert _rel(dgamma, _central_diff(loss, gamma)) <= 1e-7
     assert _rel(dbeta, _central_diff(loss, beta)) <= 1e-7
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 3), 1), ((4, 2, 3), 1), ((3, 2, 2, 3), -1), ((6, 2, 3), 2)])
+def test_second_derivatives_match_central_differences_of_the_first(shape, axis):
+    """hvp_x and hvp_gamma are the derivatives of train_backward's dx and dgamma along v: central differences of
+    the (proven) first derivatives, in float64, agree to 1e-8."""
+    rng = np.random.default_rng(2)
+    x, g, v = rng.normal(0.3, 1.5, shape), rng.normal(size=shape), rng.normal(0.4, 1.0, shape)
+    gamma, eps, h = rng.uniform(0.5, 1.5, shape[axis]), 1e-3, 1e-5
+    hx, hg = ref.train_hvp(x, g, gamma, eps, v, axis)
+    (dxp, dgp, _), (dxm, dgm, _) = (ref.train_backward(x + s * h * v, g, gamma, eps, axis) for s in (1, -1))
+    assert _rel(hx, (dxp - dxm) / (2 * h)) <= 1e-8
+    assert _rel(hg, (dgp - dgm) / (2 * h)) <= 1e-8
+    # and hvp_x is the Hessian of the loss times v: the gradient of <dx, v> (symmetric second derivatives)
+    assert _rel(hx, _central_diff(lambda: float((ref.train_backward(x, g, gamma, eps, axis)[0] * v).sum()), x,
+                                  1e-5)) <= 1e-6
+
+
+def test_second_derivatives_by_hand():
+    """Exact identities of BN's second derivatives, per channel: dx sums to zero for every x, so does hvp_x; dx does
+    not change when x shifts by a constant, so the second derivatives along a constant direction are zero; with
+    eps = 0, dx(lam x) = dx(x) / lam and dgamma(lam x) = dgamma(x), so along v = x - mean they are -dx and 0; and two
+    values per channel with eps = 0 normalize to -1 and 1 whatever they are: every derivative is zero."""
+    rng = np.random.default_rng(3)
+    x, g = rng.normal(0.5, 2.0, (7, 3)), rng.normal(size=(7, 3))
+    gamma = np.array([0.5, 1.0, 2.0])
+    hx, _ = ref.train_hvp(x, g, gamma, 1e-2, rng.normal(size=(7, 3)), 1)
+    assert np.abs(hx.sum(axis=0)).max() <= 1e-13
+    hx, hg = ref.train_hvp(x, g, gamma, 1e-2, np.full((7, 3), 2.5), 1)
+    assert np.abs(hx).max() <= 1e-13 and np.abs(hg).max() <= 1e-12
+    dx = ref.train_backward(x, g, gamma, 0.0, 1)[0]
+    hx, hg = ref.train_hvp(x, g, gamma, 0.0, x - x.mean(axis=0), 1)
+    np.testing.assert_allclose(hx, -dx, rtol=0, atol=1e-13)
+    assert np.abs(hg).max() <= 1e-12
+    two = np.array([[3.0, -1.0], [5.0, 4.0]])  # per channel: (3, 5) and (-1, 4)
+    hx, hg = ref.train_hvp(two, rng.normal(size=(2, 2)), np.ones(2), 0.0, rng.normal(size=(2, 2)), 1)
+    assert np.abs(hx).max() <= 1e-14 and np.abs(hg).max() <= 1e-14

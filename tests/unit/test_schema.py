@@ -53,7 +53,7 @@ def test_verdict_order_and_failing_set():
     with pytest.raises(ValueError):
         Verdict.worst(["pass", "mystery"])  # an unknown verdict is an error, never silently a pass
     assert [q.value for q in Quantity.of_phase("train")] == ["running_mean", "running_var", "y", "dx", "dgamma",
-                                                             "dbeta"]
+                                                             "dbeta", "hvp_x", "hvp_gamma"]
     assert Quantity.DX_EVAL.label() == "dx (eval)" and Quantity.Y.label(0) == "y of call 0 (train)"
 
 
