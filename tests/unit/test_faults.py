@@ -21,6 +21,11 @@ seed = 1
 [[case]]
 name = "fault_target"
 seed = 2
+timeout = 120
+
+[[case]]
+name = "hang_target"
+seed = 4
 timeout = 4
 
 [[case]]
@@ -39,15 +44,19 @@ EXPECT = {  # fake -> verdict of its target case
 
 
 def test_each_fault_costs_exactly_its_case(run_parity):
+    """Only the hang races the clock, on a case of its own with a 4 s limit; the other faults' target has a
+    long one (120 s), so a busy machine that takes seconds to fill a memory cap cannot turn a crash into a
+    timeout: each verdict is the fault's, whatever the load."""
     run = run_parity(CASES, list(EXPECT))
     out = run.result.stdout.str()
     assert run.result.ret == 1  # crashes, timeouts and unexpected raises fail the run
     assert run.header.status == "complete"
     for cls, verdict in EXPECT.items():
         name = getattr(fakes, cls).name
-        outcome = run.results(adapter=name, case="fault_target", quantity="outcome")
+        target = fakes.HANG_CASE if cls == "Hang" else "fault_target"
+        outcome = run.results(adapter=name, case=target, quantity="outcome")
         assert [r.verdict for r in outcome] == [verdict], (name, outcome)
-        for neighbour in ("before", "after"):
+        for neighbour in {"before", "fault_target", "hang_target", "after"} - {target}:
             assert run.verdicts(name, neighbour) == {"pass"}, (name, neighbour, run.verdicts(name, neighbour))
     seg = run.results(adapter="fault-segfault", case="fault_target", quantity="outcome")[0]
     assert seg.exit_code == -11 and "SIGSEGV" in seg.message
@@ -55,14 +64,15 @@ def test_each_fault_costs_exactly_its_case(run_parity):
     assert "SIGABRT" in abort.message and "about to abort" in abort.stderr_tail
     mem = run.results(adapter="fault-memory", case="fault_target", quantity="outcome")[0]
     assert "SIGKILL" in mem.message
-    hang = run.results(adapter="fault-hang", case="fault_target", quantity="outcome")[0]
+    hang = run.results(adapter="fault-hang", case="hang_target", quantity="outcome")[0]
     assert "no answer within 4 s" in hang.message
     raised = run.results(adapter="fault-raises", case="fault_target", quantity="outcome")[0]
     assert raised.exception_type == "RuntimeError" and "fake framework error" in raised.exception_message
     # the summary says what happened
     assert "crashed=3" in out and "timeout=1" in out and "raised=1" in out
-    for name in ("fault-segfault", "fault-abort", "fault-hang", "fault-memory"):
+    for name in ("fault-segfault", "fault-abort", "fault-memory"):
         assert f"FAILED test_parity.py::test_parity[{name}-fault_target]" in out
+    assert "FAILED test_parity.py::test_parity[fault-hang-hang_target]" in out
     assert "FAILED test_parity.py::test_parity[fault-stdout" not in out
 
 
@@ -88,7 +98,7 @@ def test_faults_that_escape_an_exception_handler_cost_exactly_their_case(run_par
     limit is long (120 s): a worker that exits is found by polling its process, not by the clock."""
     pidfile = tmp_path / "grandchild.pid"
     monkeypatch.setenv("BNPARITY_FAULT_PIDFILE", str(pidfile))
-    run = run_parity(CASES.replace("timeout = 4", "timeout = 120"), list(ESCAPES), "-n", "2", "--dist", "loadgroup")
+    run = run_parity(CASES, list(ESCAPES), "-n", "2", "--dist", "loadgroup")
     assert run.header.status == "complete"
     for cls, (verdict, said) in ESCAPES.items():
         name = getattr(fakes, cls).name

@@ -93,7 +93,7 @@ link = "https://example.org/stale"
 def test_sigterm_leaves_a_parseable_file_marked_interrupted(pytester, tmp_path):
     cases = tmp_path / "cases"
     cases.mkdir()
-    (cases / "c.toml").write_text(CASES.replace('name = "c5"', 'name = "fault_target"\ntimeout = 600'))
+    (cases / "c.toml").write_text(CASES.replace('name = "c5"', 'name = "hang_target"\ntimeout = 600'))
     test = tmp_path / "test_parity.py"
     test.write_text(PARITY_TEST)
     env = {**os.environ, "BNPARITY_ADAPTERS": "tests.fakes:Hang", "PYTHONPATH": str(REPO)}
