@@ -62,8 +62,10 @@ class ParitySession:
         if self._specs is None:
             specs = discover()
             try:
-                specs = select(specs, self.config.getoption("adapters"), lambda n: getattr(self.adapter_for(n, specs), "path", "eager"),
-                               listed_in_env())
+                def path_of(name: str) -> str:
+                    return getattr(self.adapter_for(name, specs), "path", "eager")
+
+                specs = select(specs, self.config.getoption("adapters"), path_of, listed_in_env())
             except ValueError as e:
                 raise pytest.UsageError(f"--adapters: {e}") from None
             self._specs = specs

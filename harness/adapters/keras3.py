@@ -435,7 +435,8 @@ class Keras3Jax(Keras3Adapter):
             hx, htv = res[4:]
             out["hvp_x"] = np.asarray(hx)
             if layer.gamma is not None:
-                out["hvp_gamma"] = np.asarray({id(p): d for p, d in zip(layer.trainable_variables, htv)}[id(layer.gamma)])
+                by_id = {id(p): d for p, d in zip(layer.trainable_variables, htv)}
+                out["hvp_gamma"] = np.asarray(by_id[id(layer.gamma)])
         return out
 
     def frozen_step(self, state: JaxLayerState, x, g, mask=None):

@@ -84,22 +84,19 @@ FUSED_FLOAT64 = Refusal(
     "(BatchNormalizationBase._raise_if_fused_cannot_be_used)")
 
 
-# BatchNormalization(fused=True, renorm=True) raises from the constructor (tf-keras 2.21), in its own words
-FUSED_RENORM_RAISES = Raises(
-    "ValueError", re.escape("Passing both `fused=True` and `renorm=True` is not supported"),
-    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py "
-    "(BatchNormalizationBase.__init__)")
-FUSED_RENORM = (f"tf-keras refuses it: {FUSED_RENORM_RAISES.type}: Passing both `fused=True` and `renorm=True` is "
-                f"not supported (source: {FUSED_RENORM_RAISES.source})")
+def _constructor_refusal(message: str) -> tuple[Raises, str]:
+    """A ValueError tf-keras 2.21's BatchNormalization constructor raises, in its own words: the expectation and
+    the skip reason that quotes it."""
+    raises = Raises("ValueError", re.escape(message),
+                    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/"
+                    "batch_normalization.py (BatchNormalizationBase.__init__)")
+    return raises, f"tf-keras refuses it: {raises.type}: {message} (source: {raises.source})"
 
 
-# BatchNormalization(fused=True, virtual_batch_size=v) raises from the constructor (tf-keras 2.21), in its own words
-FUSED_VIRTUAL_RAISES = Raises(
-    "ValueError", re.escape("Passing `fused=True` is not supported when `virtual_batch_size` is specified"),
-    "https://github.com/keras-team/tf-keras/blob/v2.21.0/tf_keras/layers/normalization/batch_normalization.py "
-    "(BatchNormalizationBase.__init__)")
-FUSED_VIRTUAL = (f"tf-keras refuses it: {FUSED_VIRTUAL_RAISES.type}: Passing `fused=True` is not supported when "
-                 f"`virtual_batch_size` is specified. (source: {FUSED_VIRTUAL_RAISES.source})")
+# BatchNormalization(fused=True, renorm=True) and (fused=True, virtual_batch_size=v) raise from the constructor
+FUSED_RENORM_RAISES, FUSED_RENORM = _constructor_refusal("Passing both `fused=True` and `renorm=True` is not supported")
+FUSED_VIRTUAL_RAISES, FUSED_VIRTUAL = _constructor_refusal(
+    "Passing `fused=True` is not supported when `virtual_batch_size` is specified.")
 
 
 # BatchNormalization(fused=True) called with a mask normalizes with the statistics of every position and warns

@@ -146,17 +146,20 @@ def markdown(groups: list[PathGroup]) -> str:
     head = ["path adapter", "path", "cases", "both ok", "path fails, eager ok", "eager fails, path ok", "both fail",
             "skipped by path", "bit-identical quantities", "worst error/bound (eager / path)", "omits"]
     for g in groups:
-        lines = [f"### {g.source} and its paths ({g.env})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [f"### {g.source} and its paths ({g.env})", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
         for r in g.rows:
             cols = [r.adapter, r.path, str(r.cases), str(r.both_ok), str(r.path_fails), str(r.eager_fails),
-                    str(r.both_fail), str(r.skipped), identical_text(r), f"{_fmt(r.eager_worst)} / {_fmt(r.path_worst)}",
+                    str(r.both_fail), str(r.skipped), identical_text(r),
+                    f"{_fmt(r.eager_worst)} / {_fmt(r.path_worst)}",
                     ", ".join(sorted(r.omits))]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |")
         diffs = [(r.adapter, d) for r in g.rows for d in r.diffs]
         if diffs:
             lines += ["", "| path adapter | case | eager | path | failing quantities |", "|---|---|---|---|---|"]
             for adapter, d in diffs:
+                more = " ..." if len(d.failing) > 6 else ""
                 lines.append(f"| {adapter} | {d.case} | {d.eager} {_fmt(d.eager_ratio)} | {d.path} "
-                             f"{_fmt(d.path_ratio)} | {', '.join(d.failing[:6])}{' ...' if len(d.failing) > 6 else ''} |")
+                             f"{_fmt(d.path_ratio)} | {', '.join(d.failing[:6])}{more} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n" if parts else "No compiled, graph, exported or converted paths in these results.\n"

@@ -13,9 +13,9 @@ from typing import Any
 
 from harness.report.analysis import Divergence, Drift, drift, first_divergence
 from harness.report.families import FAMILY_CONVENTIONS, families
-from harness.report.paths import identical_text, path_groups
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
+from harness.report.paths import identical_text, path_groups
 from harness.report.story import summaries
 from harness.report.text import fmt_g, fmt_ratio, fmt_ulp, safe_link
 from harness.schema import Quantity, Verdict

@@ -180,6 +180,24 @@ specials = [{ value = "inf", index = [2, 1] }]
 seed = 910
 
 [[case]]
+name = "fresh_inf_input_float64"
+shape = [5, 2, 3]
+dtype = "float64"
+momentum = 0.25
+specials = [{ value = "-inf", index = [1, 0, 2] }]
+steps = 3
+seed = 911
+
+[[case]]
+name = "fresh_mask_float64_dense"
+shape = [9, 2]
+dtype = "float64"
+input = { kind = "normal", loc = -500.0, scale = 3.0 }
+mask = { keep = 0.6 }
+steps = 2
+seed = 925
+
+[[case]]
 name = "fresh_empty_conv2d_channels_last"
 shape = [0, 3, 2, 5]
 layout = "channels_last"
@@ -213,8 +231,8 @@ seed = 923
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
 CELLS: dict[str, list[tuple[str, str]]] = {
-    "tf-moments-stop-gradient-second-order": [(a, "fresh_second_order_conv") for a in ("keras3-tensorflow",
-                                                                                         "tf-keras-nonfused", "tf-raw")],
+    "tf-moments-stop-gradient-second-order": [(a, "fresh_second_order_conv")
+                                              for a in ("keras3-tensorflow", "tf-keras-nonfused", "tf-raw")],
     "torch-16bit-double-backward-in-half": [("torch", "fresh_second_order_bfloat16")],
     "torch-float32-variance-overflow": [("torch", "fresh_overflow_3e25")],
     "keras3-jax-float64-computed-in-float32": [("keras3-jax", "fresh_float64_momentum_0.2")],
@@ -226,6 +244,8 @@ CELLS: dict[str, list[tuple[str, str]]] = {
     "tf-keras-nonfused-float64-decay-in-float32": [("tf-keras-nonfused", "fresh_float64_momentum_0.2")],
     "tf-keras-nonfused-assign-sub-inf": [("tf-keras-nonfused", "fresh_inf_input"),
                                          ("tf-keras-nonfused", "fresh_overflow_3e25")],
+    "tf-keras-nonfused-assign-sub-inf-float64": [("tf-keras-nonfused", "fresh_inf_input_float64")],
+    "keras3-mask-count-plus-epsilon": [("keras3-tensorflow", "fresh_mask_float64_dense")],
     "tf-keras-nonfused-float32-variance-overflow": [("tf-keras-nonfused", "fresh_overflow_3e25")],
     "tf-raw-float16-math-in-half": [("tf-raw", "fresh_float16")],
     "tf-raw-float32-variance-overflow": [("tf-raw", "fresh_overflow_3e25")],

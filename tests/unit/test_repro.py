@@ -209,7 +209,8 @@ def test_copied_inputs_oracle_and_mapping_agree_with_the_harness(monkeypatch: py
         updates = reference.GHOST_UPDATES if case.virtual_batch_size else ("group_average",)
         for estimator, update in itertools.product(reference.ESTIMATORS, updates):
             exp = expected_quantities(case, want, estimator, momentum, eps, virtual_batch_update=update)
-            # the reproducer's oracle has no second derivatives yet: a second-order case reproduces its first-order calls
+            # the reproducer's oracle has no second derivatives yet: a second-order case reproduces its first-order
+            # calls
             exp = {k: e for k, e in exp.items() if k[0] not in ("hvp_x", "hvp_gamma")}
             ora = ns["oracle"](copy, got, momentum, eps, estimator, virtual_batch_update=update)
             assert ora.keys() == exp.keys(), case.name
