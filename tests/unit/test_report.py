@@ -101,7 +101,12 @@ def _blob(page: str) -> dict:
 def _rows(blob: dict, cell: dict) -> list[dict]:
     """A cell's result rows as {field: value}, the way the page reads them (by the column names it ships)."""
     fields = blob["fields"]["result"]
-    return [dict(zip(fields, r)) for r in cell["results"]]
+    start, n = cell["rows"]
+    rows = [dict(zip(fields, (col[i] for col in blob["rows"]))) for i in range(start, start + n)]
+    for r in rows:  # as the page's cellRows reads blob.SAME_AS_EXPECTED
+        if r["observed"] == blob_module.SAME_AS_EXPECTED:
+            r["observed"] = r["expected"]
+    return rows
 
 
 def _cell_of(blob: dict, case: str, env: str, adapter: str) -> dict:

@@ -1,6 +1,7 @@
 /* The data blob (harness/report/blob.py) and the lookups built from its tables: the page has no
    vocabulary of its own. A result record is a row whose columns are named by D.fields.result:
-   r[F.error_ratio]. A column past the end of a row is empty. */
+   r[F.error_ratio]. The blob ships the records column by column (D.rows[j][i]); a cell's rows
+   (cell.results) are built from its range of them (cell.rows = [start, count]) when first read. */
 var D = null;      // the blob
 var F = null;      // result column name -> position in a row
 var V = null;      // verdict name -> its row of Verdict.table() (severity, fails_run, differs, shows_error, mark, meaning)
@@ -28,6 +29,23 @@ function setData(data) {
   V = {};
   D.verdicts.forEach(function (v) { V[v.name] = v; });
   QI = index(D.quantities);
+  Object.keys(D.cells).forEach(function (k) {
+    Object.defineProperty(D.cells[k], "results", {get: cellRows});
+  });
+}
+
+/* a cell's result rows (this: the cell), made from the columns once */
+function cellRows() {
+  if (this._rows) return this._rows;
+  var cols = D.rows, start = this.rows[0], n = this.rows[1], out = new Array(n);
+  for (var i = 0; i < n; i++) {
+    var r = new Array(cols.length);
+    for (var j = 0; j < cols.length; j++) r[j] = cols[j][start + i];
+    if (r[F.observed] === "=") r[F.observed] = r[F.expected];  // blob.SAME_AS_EXPECTED
+    out[i] = r;
+  }
+  Object.defineProperty(this, "_rows", {value: out});
+  return out;
 }
 
 function cellKey(r, c) { return r + ":" + c; }
