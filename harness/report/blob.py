@@ -12,9 +12,10 @@ object (``D`` in the page), and has no vocabulary of its own:
   page rebuilds a cell's rows when it first reads them (``cell.results``, ``templates/js/data.js``)
   and looks a column up by name (``r[F.mismatch_kind]``). Verdicts, quantities and mismatch kinds
   are indices into their tables and numbers are rounded (every digit of a failure's worst element
-  is kept); an observed value that rounds to the expected one is ``"="`` (``SAME_AS_EXPECTED``). A column of like values compresses far better than rows of mixed ones (a million
-  records: see the README's At scale table), and the columns are encoded one at a time
-  (``Columns``), so the blob is never held as one big object.
+  is kept); an observed value that rounds to the expected one is ``"="`` (``SAME_AS_EXPECTED``).
+  A column of like values compresses far better than rows of mixed ones (a million records: see
+  the README's At scale table), and the columns are encoded one at a time (``Columns``), so the
+  blob is never held as one big object.
 * Every other object is keyed by the schema's field names.
 
     >>> blob = Blob(model, builder).build()
@@ -173,7 +174,7 @@ class Blob:
         start = len(self._records)
         self._records.extend(r for r in cell.results if r.quantity is not Quantity.OUTCOME)
         d: dict[str, Any] = {"verdict": _VERDICT_INDEX[cell.verdict], "max_ulp": rounded(cell.max_ulp(), 3),
-                             "rows": [start, len(self._records) - start]}
+                             "rows": [start, len(self._records) - start], "tip": self.builder.cell_tip(cell)}
         if cell.outcome is not None:
             d["outcome"] = self.outcome(cell.outcome)
         rec = cell.record

@@ -184,7 +184,13 @@ class ReportCell:
 
     def headline(self, quantity: Quantity | None = None) -> Headline:
         """The worst error over its bound over the cell's records (of one quantity): what the matrix shows."""
-        return headline(r for r in self.results if quantity is None or r.quantity == quantity)
+        if quantity is None:
+            return self._headline
+        return headline(r for r in self.results if r.quantity == quantity)
+
+    @cached_property
+    def _headline(self) -> Headline:  # read by the matrix, its tooltip and several views (after loading: cached)
+        return headline(self.results)
 
     @cached_property
     def outcome(self) -> Result | None:

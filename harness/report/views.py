@@ -62,6 +62,24 @@ class Builder:
         """A cell's key in the page (``data-key``, and the blob's ``cells``)."""
         return f"{self.row_of[case]}:{self.col_of[(env, adapter)]}"
 
+    @staticmethod
+    def outcome_short(cell: ReportCell) -> str:
+        """What a cell that did not pass says of its outcome, in brief (its tooltip and the row's search text)."""
+        out = cell.outcome
+        if out is None or out.verdict is Verdict.PASS:
+            return ""
+        return (out.exception_type or out.message)[:TITLE_CHARS]
+
+    @staticmethod
+    def cell_tip(cell: ReportCell) -> str:
+        """A matrix cell's tooltip after '{case} × {adapter} @ {env}: {verdict}' (which the page puts before it,
+        ``cellTitle`` in ``templates/js/detail.js``): the worst error/bound and where, the worst ULPs, and for a
+        cell that did not pass its outcome in brief. A million-record matrix has 40,000 cells: their tooltips
+        are a third of its HTML, and compress ten to one in the blob."""
+        tip = headline_title(cell.headline(), cell.max_ulp())
+        short = Builder.outcome_short(cell)
+        return tip + f" — {short}" if short else tip
+
     def matrix(self) -> list[dict[str, Any]]:
         m = self.model
         groups = []
@@ -75,15 +93,12 @@ class Builder:
                     if cell is None:
                         tds.append({"c": c, "cls": "none", "text": "", "title": f"{adapter} @ {env}: not run"})
                         continue
-                    verdict, hl = cell.verdict, cell.headline()
-                    text = hl.matrix_text(verdict)
-                    title = f"{name} × {adapter} @ {env}: {verdict}" + headline_title(hl, cell.max_ulp())
-                    out = cell.outcome
-                    if out is not None and out.verdict is not Verdict.PASS:
-                        short = (out.exception_type or out.message)[:TITLE_CHARS]
-                        title += f" — {short}"
+                    verdict = cell.verdict
+                    short = self.outcome_short(cell)
+                    if short:
                         search.append(short)
-                    tds.append({"c": c, "cls": f"v-{verdict}", "text": text, "title": title})
+                    # the tooltip travels in the blob (cell_tip), put on the cell when the pointer is over it
+                    tds.append({"c": c, "cls": f"v-{verdict}", "text": cell.headline().matrix_text(verdict)})
                 rows.append({"r": self.row_of[name], "name": name, "desc": info.description,
                              "tags": " ".join(info.tags), "cells": tds,
                              "search": " ".join(str(s) for s in search).lower()})

@@ -456,12 +456,17 @@ def _ratio_cases(env: str = "e") -> list:
 
 
 def _matrix_cells(page: str) -> dict[str, tuple[str, str, str]]:
-    """{case: (class, text, title)} of the first column's cells in the rendered matrix."""
+    """{case: (class, text, title)} of the first column's cells in the rendered matrix; the title as the page puts
+    it on the cell (cellTitle in templates/js/detail.js: the cell's name and verdict, then the blob's tip)."""
     m = page[page.index('id="matrix-table"'):page.index('id="environments"')]
+    blob = _blob(page)
+    col = blob["cols"][0]
     out = {}
-    for name, cls, title, text in re.findall(r'<th class="case"[^>]*>([^<]+)</th><td class="([^"]*)" data-c="0" '
-                                             r'title="([^"]*)">([^<]*)</td>', m):
-        out[name] = (cls, text, title)
+    for r, name, cls, text in re.findall(r'<tr data-r="(\d+)"[^>]*><th class="case"[^>]*>([^<]+)</th>'
+                                         r'<td class="([^"]*)" data-c="0">([^<]*)</td>', m):
+        cell = blob["cells"][f"{r}:0"]
+        verdict = blob["verdicts"][cell["verdict"]]["name"]
+        out[name] = (cls, text, f"{name} × {col['adapter']} @ {col['env']}: {verdict}{cell['tip']}")
     return out
 
 
