@@ -25,8 +25,9 @@ object (``D`` in the page), and has no vocabulary of its own:
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -114,12 +115,36 @@ class Columns:
     def __len__(self) -> int:
         return len(self.blob.fields)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[Any]]:
         for (_, encode), get in zip(self.blob.columns, self.blob._getters):
-            if encode is None:
-                yield [get(r) for r in self.records]
-            else:
-                yield [None if v is None else encode(v, r) for r in self.records for v in (get(r),)]
+            yield self._column(encode, get)
+
+    def _column(self, encode: Encode | None, get: Callable[[Result], Any]) -> list[Any]:
+        if encode is None:
+            return [get(r) for r in self.records]
+        return [None if v is None else encode(v, r) for r in self.records for v in (get(r),)]
+
+    def json(self) -> Iterator[str]:
+        """Each column as compact JSON text. A column of metrics is written in one pass (``_metric_json``:
+        the numbers ``_metric`` rounds, as ``'%.3g'`` writes them, which JSON reads as the same doubles);
+        the rest, and a metric column holding a non-finite number, through ``json.dumps`` of ``__iter__``'s
+        list. Strings are left for the caller to make script-safe."""
+        for (_, encode), get in zip(self.blob.columns, self.blob._getters):
+            text = _metric_json([get(r) for r in self.records]) if encode is _metric else None
+            if text is None:
+                text = json.dumps(self._column(encode, get), separators=(",", ":"), allow_nan=False,
+                                  ensure_ascii=False)
+            yield text
+
+
+_G3 = _FMT[3]
+
+
+def _metric_json(values: list[Any]) -> str | None:
+    """``[rounded(v, 3) ...]`` as JSON text, or None where one pass cannot say it: a NaN or an infinity (the
+    blob writes them as strings) or a number that rounds past the largest float."""
+    text = "[" + ",".join(["null" if v is None else _G3 % v for v in values]) + "]"
+    return None if "inf" in text or "nan" in text or "e+308" in text else text
 
 
 class Blob:

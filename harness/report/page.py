@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 from harness import __version__
 from harness.report import bench as bench_section
-from harness.report.blob import Blob
+from harness.report.blob import Blob, Columns
 from harness.report.model import Model, load
 from harness.report.plots import PlotCache, sweep_plots
 from harness.report.text import fmt_setting, fmt_ulp
@@ -72,8 +72,8 @@ def _chunks(blob: dict[str, Any]) -> Iterator[str]:
         yield _json(rest)
         return
     yield '{"rows":['
-    for i, col in enumerate(rows):
-        yield ("," if i else "") + _json(col)
+    for i, col in enumerate(rows.json() if isinstance(rows, Columns) else map(_json, rows)):
+        yield ("," if i else "") + col.translate(_HTML_SAFE)
     yield "],"
     yield _json(rest)[1:]
 

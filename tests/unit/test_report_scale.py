@@ -104,3 +104,17 @@ def test_the_blob_encoded_a_column_at_a_time_is_the_whole_blob_as_json(sample: l
                         else "gzip+base64")
     if encoding == "json":
         assert "<" not in str(payload) and "&" not in str(payload)
+
+
+def test_a_metric_column_in_one_pass_reads_as_the_rounded_numbers() -> None:
+    """The one-pass text of a metric column is the rounded numbers exactly (as JSON reads them back); a column
+    with a number it cannot write (NaN, infinity, one that rounds past the largest float) is left to the
+    general path, which writes those as the blob always did."""
+    from harness.report.blob import _metric_json, rounded
+
+    plain = [None, 0.0, -0.0, 1.0, 3.0396153687405007e-10, 0.020770195930292605, 12345.678, -2.5e-300, 7, 1e300,
+             5e-324]
+    text = _metric_json(plain)
+    assert text is not None and json.loads(text) == [rounded(v, 3) for v in plain]
+    for odd in (float("nan"), float("inf"), -float("inf"), 1.7976931348623157e308):
+        assert _metric_json([1.0, odd]) is None
