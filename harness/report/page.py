@@ -107,8 +107,9 @@ def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plo
            plot_cache: PlotCache | None = None) -> str:
     """The report as one HTML string. ``compress``: None = gzip the blob only when it is large;
     ``baseline``: the adapter the defaults-vs-defaults view compares the others with; ``plot_cache``:
-    where finished figures are kept by content (None: every figure is drawn)."""
-    b = Builder(model, gaps=gaps, baseline=baseline)
+    where finished figures and oracle gaps are kept by content (None: every figure is drawn, every gap computed)."""
+    # the figures' cache keeps the portability view's oracle gaps too (gaps.GapCache: by content, beside them)
+    b = Builder(model, gaps=gaps, baseline=baseline, gap_cache=plot_cache.root if plot_cache is not None else None)
     payload, encoding = encode(Blob(model, b).build(), compress)
     ctx = {
         "version": __version__, "model": model, "envs": b.envs(), "groups": b.matrix(),

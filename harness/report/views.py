@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from harness.report.analysis import Divergence, Drift, drift, first_divergence
@@ -43,14 +44,15 @@ def headline_title(hl: Headline, ulp: float | None) -> str:
 class Builder:
     """Model -> everything the template needs (matrix rows, sections) and the order the blob uses."""
 
-    def __init__(self, model: Model, gaps: bool = True, baseline: str = DEFAULT_BASELINE):
+    def __init__(self, model: Model, gaps: bool = True, baseline: str = DEFAULT_BASELINE,
+                 gap_cache: Path | str | None = None):
         self.model = model
         self.baseline = baseline
         self.groups = [(g, [c.name for c in cs]) for g, cs in model.groups()]
         self.rows = [name for _, names in self.groups for name in names]
         self.row_of = {name: i for i, name in enumerate(self.rows)}
         self.col_of = {col: i for i, col in enumerate(model.columns)}
-        self.portability = Portability(model, compute=gaps)
+        self.portability = Portability(model, compute=gaps, cache=gap_cache)
         self.starts: dict[tuple[str, str, str], Divergence] = {}
         for key, cell in model.cells.items():
             if cell.verdict.fails_run or cell.verdict.differs:

@@ -118,3 +118,27 @@ def test_a_metric_column_in_one_pass_reads_as_the_rounded_numbers() -> None:
     assert text is not None and json.loads(text) == [rounded(v, 3) for v in plain]
     for odd in (float("nan"), float("inf"), -float("inf"), 1.7976931348623157e308):
         assert _metric_json([1.0, odd]) is None
+
+
+def test_oracle_gaps_are_kept_by_content(tmp_path: Path) -> None:
+    """A re-render reads the portability view's oracle gaps back (the same numbers); another signature, or an
+    entry that cannot be read, is computed again."""
+    from harness.cases import load_cases
+    from harness.report.gaps import GapCache, oracle_gaps
+
+    case = next(c for c in load_cases([Path(__file__).parents[2] / "cases"]) if c.steps)
+    params = case.summary()
+    sigs = [("unbiased", 0.1, 1e-5), ("biased", 0.1, 1e-5)]
+    want = oracle_gaps(params, sigs)
+    assert want and want["0,1"]
+    first = GapCache(tmp_path / "cache")
+    assert first.get(params, sigs) == want and first.hits == 0
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("gaps-")
+    again = GapCache(tmp_path / "cache")
+    assert again.get(params, sigs) == want and again.hits == 1
+    other = [("unbiased", 0.1, 1e-3), ("biased", 0.1, 1e-5)]
+    assert again.get(params, other) == oracle_gaps(params, other) and again.hits == 1
+    files[0].write_text("{torn")
+    third = GapCache(tmp_path / "cache")
+    assert third.get(params, sigs) == want and third.hits == 0
