@@ -1,14 +1,13 @@
 """The model -> one self-contained HTML file: the Jinja environment, the data blob's encoding, file writing.
 
 No network, no CDN, vanilla JS, opens from disk. Jinja2 autoescaping is on; the data blob is
-script-safe JSON (as ``jinja2.utils.htmlsafe_json_dumps`` writes it), gzip + base64 when it is large, and the
+script-safe JSON (as ``jinja2.utils.htmlsafe_json_dumps`` writes it), gzip + base-85 when it is large, and the
 page renders it with ``textContent`` only, so nothing from a results file is ever parsed as markup.
 The page's script is ``templates/js/*.js``, one file per concern, inlined in ``JS`` order.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import zlib
@@ -21,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from harness import __version__
+from harness.report import base85
 from harness.report import bench as bench_section
 from harness.report.blob import Blob, Columns
 from harness.report.model import Model, load
@@ -32,7 +32,7 @@ from harness.schema import MismatchKind, Quantity, Verdict, _clean
 TEMPLATES = Path(__file__).parent / "templates"
 JS = ("util.js", "data.js", "filters.js", "sort.js", "detail.js", "portability.js", "main.js")
 PLOT_CACHE = Path(".bnparity-cache") / "plots"  # beside the report: figures by content (plots.PlotCache)
-COMPRESS_ABOVE = 1_500_000  # characters of JSON: beyond this the blob travels gzip + base64
+COMPRESS_ABOVE = 1_500_000  # characters of JSON: beyond this the blob travels gzip + base-85 (base85.py)
 
 
 def _jinja() -> Environment:
@@ -79,7 +79,7 @@ def _chunks(blob: dict[str, Any]) -> Iterator[str]:
 
 
 def encode(blob: dict[str, Any], compress: bool | None = None) -> tuple[Markup, str]:
-    """(payload, encoding) of the data blob: script-safe JSON, or gzip + base64 of it when large. The
+    """(payload, encoding) of the data blob: script-safe JSON, or gzip + base-85 of it when large. The
     JSON is made and compressed a piece at a time (``_chunks``)."""
     if compress is False:
         return Markup("".join(_chunks(blob))), "json"
@@ -99,7 +99,7 @@ def encode(blob: dict[str, Any], compress: bool | None = None) -> tuple[Markup, 
     if text is not None:
         return Markup("".join(text)), "json"
     packed.append(z.flush())
-    return Markup(base64.b64encode(b"".join(packed)).decode()), "gzip+base64"
+    return Markup(base85.encode(b"".join(packed))), "gzip+base85"
 
 
 def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plots: bool = True,

@@ -10,17 +10,32 @@ var QI = null;     // quantity name -> position in D.quantities
 function loadData() {
   var el = document.getElementById("bn-data");
   var text = el.textContent;
-  if (el.getAttribute("data-encoding") === "gzip+base64") {
+  if (el.getAttribute("data-encoding") === "gzip+base85") {
     if (typeof DecompressionStream === "undefined") {
       return Promise.reject(new Error("this browser has no DecompressionStream: open the report in a current Chrome, Firefox or Safari"));
     }
-    var bin = atob(text.trim());
-    var bytes = new Uint8Array(bin.length);
-    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    var bytes = b85decode(text.trim());
     var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     return new Response(stream).text().then(JSON.parse);
   }
   return Promise.resolve(JSON.parse(text));
+}
+
+/* harness/report/base85.py: RFC 1924's alphabet with "." for "<", 5 characters per 4 bytes, the last group short */
+var B85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;.=>?@^_`{|}~";
+function b85decode(text) {
+  var digit = new Uint8Array(128), n = text.length, i, j;
+  for (i = 0; i < 85; i++) digit[B85.charCodeAt(i)] = i;
+  var size = Math.floor(n / 5) * 4 + (n % 5 ? n % 5 - 1 : 0), out = new Uint8Array(size), o = 0;
+  for (i = 0; i < n; i += 5) {
+    var v = 0;
+    for (j = i; j < i + 5; j++) v = v * 85 + (j < n ? digit[text.charCodeAt(j)] : 84);
+    if (o < size) out[o++] = v >>> 24;
+    if (o < size) out[o++] = (v >>> 16) & 255;
+    if (o < size) out[o++] = (v >>> 8) & 255;
+    if (o < size) out[o++] = v & 255;
+  }
+  return out;
 }
 
 function setData(data) {
