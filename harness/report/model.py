@@ -30,8 +30,9 @@ from harness.schema import Cell, Header, MismatchKind, Quantity, Result, Verdict
 
 class Row(namedtuple("Row", Result.model_fields)):
     """A result record as the report keeps it: the validated ``Result``'s fields in a tuple, read by the
-    same names (``r.verdict``, ``r.compared``). A pydantic object and its field dict take about 1.6 kB; a
-    row about 0.5 kB, which is what keeps a 100,000-record report within 300 MB."""
+    same names (``r.verdict``, ``r.compared``), not a pydantic object: the object and its field dict take
+    912 bytes, the tuple 376 (the values, shared or not, are the same). Code that reads result records
+    in the report reads attributes only (no ``isinstance(r, Result)``, no ``model_dump``)."""
 
     __slots__ = ()
     compared = Result.compared
