@@ -3,9 +3,10 @@
 Fabricates results (``tests/report_sample.py``: made-up metrics on the real catalogue's cases, 3
 training steps each) for 12 adapters x 4 environments, with renamed copies of cases until the
 files hold about ``--records`` result records, then runs ``bnparity report`` on them in a fresh
-process, twice: first with an empty plot cache (every figure drawn), then again (the figures read
-back from the cache, as on a re-render of unchanged results). Prints per run the wall time, the
-peak resident memory and the HTML size. ``--results DIR`` measures existing results files instead
+process, twice: first with an empty cache (every figure drawn, every oracle gap computed), then
+again (both read back from the cache, as on a re-render of unchanged results). Prints per run the
+wall time, the CPU time (user + system: on a machine that other work shares, the steadier figure),
+the peak resident memory and the HTML size. ``--results DIR`` measures existing results files instead
 (real runs: ``reports/``).
 
     python benchmarks/bench_report.py [--records 100000] [--keep DIR] [--results DIR]
@@ -32,7 +33,8 @@ _CHILD = """
 import json, resource, sys
 from harness.report.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+u = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rc": rc, "peak_mb": u.ru_maxrss / 1024, "cpu_s": u.ru_utime + u.ru_stime}))
 """
 
 
@@ -57,8 +59,9 @@ def measure(paths: list[Path], html: Path, label: str) -> dict:
     got = json.loads(p.stdout.strip().splitlines()[-1])
     summary = next((ln for ln in p.stdout.splitlines() if ln.startswith("wrote")), "")
     size = html.stat().st_size
-    print(f"  {label}: {wall:.2f} s, peak {got['peak_mb']:.0f} MB, HTML {size / 1e6:.2f} MB  ({summary})", flush=True)
-    return {"wall_s": wall, "peak_mb": got["peak_mb"], "html_mb": size / 1e6}
+    print(f"  {label}: {wall:.2f} s ({got['cpu_s']:.2f} s CPU), peak {got['peak_mb']:.0f} MB, "
+          f"HTML {size / 1e6:.2f} MB  ({summary})", flush=True)
+    return {"wall_s": wall, "cpu_s": got["cpu_s"], "peak_mb": got["peak_mb"], "html_mb": size / 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         html = out / "index.html"
         cache = html.parent / ".bnparity-cache"
         shutil.rmtree(cache, ignore_errors=True)
-        measure(paths, html, "first render (empty plot cache)")
-        measure(paths, html, "re-render (plots from the cache)")
+        measure(paths, html, "first render (empty cache)")
+        measure(paths, html, "re-render (figures and oracle gaps from the cache)")
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ def _upgrade_eval_steps(records: list[Record]) -> None:
             r.step = steps.get((r.env, r.case, r.adapter))
 
 
-def read(path: Path | str) -> ResultsFile:
+def read(path: Path | str, result: Callable[[Result], Any] | None = None) -> ResultsFile:
     """The header and records of one results file, each validated against the schema.
 
     Results files travel between machines, so one damaged line costs that line only: a line that is
@@ -124,7 +124,9 @@ def read(path: Path | str) -> ResultsFile:
     validated straight from its JSON text (pydantic reuses the strings that repeat, such as the
     environment, case and adapter names), and records with the same fields present share one
     ``model_fields_set`` (half of a record's memory otherwise; nothing here reads it). A line that
-    does not validate is decoded again to say why.
+    does not validate is decoded again to say why. ``result``, when given, turns each validated
+    ``Result`` into what the caller keeps (the report keeps a slim tuple of its fields,
+    ``harness.report.model.Row``), so that a million full objects are never held at once.
     """
     path = Path(path)
     out = ResultsFile(path, None)
@@ -150,6 +152,8 @@ def read(path: Path | str) -> ResultsFile:
                         out.skipped.append(f"{path}:{n}: a second header")
                         continue
                     out.header = rec
+                elif result is not None and version >= 4 and isinstance(rec, Result):
+                    out.records.append(result(rec))
                 else:
                     fs = rec.__pydantic_fields_set__
                     object.__setattr__(rec, "__pydantic_fields_set__", fields_sets.setdefault(frozenset(fs), fs))
@@ -159,6 +163,8 @@ def read(path: Path | str) -> ResultsFile:
             gc.enable()
     if version < 4:
         _upgrade_eval_steps(out.records)
+        if result is not None:  # converted after the upgrade, which sets fields on the full records
+            out.records = [result(r) if isinstance(r, Result) else r for r in out.records]
     return out
 
 

@@ -6,21 +6,28 @@ object (``D`` in the page), and has no vocabulary of its own:
 * ``verdicts`` is ``Verdict.table()`` (name, severity, fails_run, differs, shows_error, mark,
   meaning, in severity order); ``quantities`` and ``kinds`` are the ``Quantity`` and
   ``MismatchKind`` tables.
-* A cell's result records travel as rows whose columns are named in ``fields.result``
-  (``Blob.fields``, field names of ``harness.schema.Result``); the page looks a column up by
-  name (``r[F.mismatch_kind]``). Verdicts, quantities and mismatch kinds are indices into their
-  tables, numbers are rounded (every digit of a failure's worst element is kept), and empty
-  trailing columns are dropped: a 100,000-record report stays a few MB.
+* The result records travel column by column: ``rows`` holds one list per name in
+  ``fields.result`` (``Blob.fields``, field names of ``harness.schema.Result``), each with one
+  value per record, and a cell names its records as ``rows: [start, count]`` in those lists. The
+  page rebuilds a cell's rows when it first reads them (``cell.results``, ``templates/js/data.js``)
+  and looks a column up by name (``r[F.mismatch_kind]``). Verdicts, quantities and mismatch kinds
+  are indices into their tables and numbers are rounded (every digit of a failure's worst element
+  is kept); an observed value that rounds to the expected one is ``"="`` (``SAME_AS_EXPECTED``).
+  A column of like values compresses far better than rows of mixed ones (a million records: see
+  the README's At scale table), and the columns are encoded one at a time (``Columns``), so the
+  blob is never held as one big object.
 * Every other object is keyed by the schema's field names.
 
     >>> blob = Blob(model, builder).build()
     >>> F = {f: i for i, f in enumerate(blob["fields"]["result"])}
+    >>> start, n = blob["cells"]["0:0"]["rows"]                # blob["rows"]: a Columns, encoded lazily
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -81,9 +88,63 @@ def _value(v: Any, r: Result) -> Any:
     return rounded(v, 4 if r.verdict is Verdict.PASS else 17)
 
 
+SAME_AS_EXPECTED = "="  # an observed value that reads as the expected one, as rounded
+
+
+def _observed(v: Any, r: Result) -> Any:
+    """A pass's observed value rounds, as a rule, to its expected one: the blob says so in one character (the
+    page puts the expected value back, ``cellRows`` in ``templates/js/data.js``)."""
+    x = _value(v, r)
+    return SAME_AS_EXPECTED if r.expected is not None and x == _value(r.expected, r) else x
+
+
 def _message(v: Any, r: Result) -> Any:
     """Compared arrays are described by the columns; the message is kept for everything else."""
     return None if r.compared or not v else v[:MESSAGE_CHARS]
+
+
+class Columns:
+    """The blob's ``rows``: the result records' columns, each made (a list, one value a record) only when
+    iterated, so that ``harness.report.page.encode`` writes one column at a time. ``list(Columns)`` is the
+    whole table (tests; small reports)."""
+
+    def __init__(self, blob: Blob, records: list[Result]):
+        self.blob = blob
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.blob.fields)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for (_, encode), get in zip(self.blob.columns, self.blob._getters):
+            yield self._column(encode, get)
+
+    def _column(self, encode: Encode | None, get: Callable[[Result], Any]) -> list[Any]:
+        if encode is None:
+            return [get(r) for r in self.records]
+        return [None if v is None else encode(v, r) for r in self.records for v in (get(r),)]
+
+    def json(self) -> Iterator[str]:
+        """Each column as compact JSON text. A column of metrics is written in one pass (``_metric_json``:
+        the numbers ``_metric`` rounds, as ``'%.3g'`` writes them, which JSON reads as the same doubles);
+        the rest, and a metric column holding a non-finite number, through ``json.dumps`` of ``__iter__``'s
+        list. Strings are left for the caller to make script-safe."""
+        for (_, encode), get in zip(self.blob.columns, self.blob._getters):
+            text = _metric_json([get(r) for r in self.records]) if encode is _metric else None
+            if text is None:
+                text = json.dumps(self._column(encode, get), separators=(",", ":"), allow_nan=False,
+                                  ensure_ascii=False)
+            yield text
+
+
+_G3 = _FMT[3]
+
+
+def _metric_json(values: list[Any]) -> str | None:
+    """``[rounded(v, 3) ...]`` as JSON text, or None where one pass cannot say it: a NaN or an infinity (the
+    blob writes them as strings) or a number that rounds past the largest float."""
+    text = "[" + ",".join(["null" if v is None else _G3 % v for v in values]) + "]"
+    return None if "inf" in text or "nan" in text or "e+308" in text else text
 
 
 class Blob:
@@ -94,15 +155,14 @@ class Blob:
         self.builder = builder
         self.conventions = _Index()
         self.ledger: dict[str, dict[str, Any]] = {}
-        # (field of Result, how it is written); None: as it is. The order puts the columns that
-        # are usually empty last, so that they drop off the end of a passing record's row.
+        # (field of Result, how it is written); None: as it is
         self.columns: list[tuple[str, Encode | None]] = [
             ("quantity", lambda q, r: _QUANTITY_INDEX[q]),
             ("step", None),
             ("verdict", lambda v, r: _VERDICT_INDEX[v]),
             ("max_abs_err", _metric), ("max_rel_err", _metric), ("max_ulp_err", _metric),
             ("threshold", _metric), ("error_ratio", _metric), ("weak_ratio", _metric), ("stable_abs_err", _metric),
-            ("worst_index", None), ("expected", _value), ("observed", _value),
+            ("worst_index", None), ("expected", _value), ("observed", _observed),
             ("total", None),
             ("mismatched", lambda n, r: n or None),
             ("mismatch_kind", lambda k, r: None if k is MismatchKind.MATCH else _KIND_INDEX[k]),
@@ -116,15 +176,8 @@ class Blob:
         if unknown:  # a field renamed in the schema must be renamed here (and in the page's script)
             raise TypeError(f"not fields of harness.schema.Result: {unknown}")
         self.fields = [f for f, _ in self.columns]
-        self._values = attrgetter(*self.fields)
-        self._encoders = [e for _, e in self.columns]
-
-    def row(self, r: Result) -> list[Any]:
-        """One result record as a row of ``fields``, trailing empty columns dropped."""
-        out = [v if e is None or v is None else e(v, r) for v, e in zip(self._values(r), self._encoders)]
-        while out and out[-1] is None:
-            out.pop()
-        return out
+        self._getters = [attrgetter(f) for f in self.fields]
+        self._records: list[Result] = []  # every cell's result rows, in the order the cells are built
 
     def _ledger(self, e: LedgerRef) -> str:
         if e.id not in self.ledger:
@@ -143,8 +196,10 @@ class Blob:
         return o
 
     def cell(self, cell: ReportCell) -> dict[str, Any]:
+        start = len(self._records)
+        self._records.extend(r for r in cell.results if r.quantity is not Quantity.OUTCOME)
         d: dict[str, Any] = {"verdict": _VERDICT_INDEX[cell.verdict], "max_ulp": rounded(cell.max_ulp(), 3),
-                             "results": [self.row(r) for r in cell.results if r.quantity is not Quantity.OUTCOME]}
+                             "rows": [start, len(self._records) - start], "tip": self.builder.cell_tip(cell)}
         if cell.outcome is not None:
             d["outcome"] = self.outcome(cell.outcome)
         rec = cell.record
@@ -213,6 +268,7 @@ class Blob:
                 "kinds": [{"name": k.value, "headline": k.headline, "note": not k.bounded, "bounded": k.bounded,
                            "mark": k.mark} for k in MismatchKind],
                 "conventions": self.conventions.items, "ledger": self.ledger, "cols": cols,
-                "envs": [e.key for e in m.envs], "cases": cases, "cells": cells, "gaps": gaps,
+                "envs": [e.key for e in m.envs], "cases": cases, "cells": cells, "rows": Columns(self, self._records),
+                "gaps": gaps,
                 "templates": templates.items, "placeholder": repro.CASE_PLACEHOLDER, "weak_factor": WEAK_FACTOR}
 

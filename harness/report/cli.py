@@ -25,9 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plots", action="store_true",
                    help="leave out the figures (no matplotlib needed); the benchmark's tables stay")
     p.add_argument("--plot-cache", default=None, metavar="DIR",
-                   help="where figures are cached by content, so that a re-render of unchanged results draws "
-                        "nothing (default: .bnparity-cache/plots beside the output)")
-    p.add_argument("--no-plot-cache", action="store_true", help="draw every figure, keep none")
+                   help="where figures (and the portability view's oracle gaps) are cached by content, so that a "
+                        "re-render of unchanged results draws and recomputes nothing (default: .bnparity-cache/plots "
+                        "beside the output)")
+    p.add_argument("--no-plot-cache", action="store_true",
+                   help="draw every figure and recompute every oracle gap, keep none")
     p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="ADAPTER",
                    help=f"the adapter the defaults-vs-defaults view compares the others with (default: "
                         f"{DEFAULT_BASELINE})")

@@ -14,7 +14,7 @@ section.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, namedtuple
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +26,21 @@ from harness.cases import Case
 from harness.report.text import fmt_ratio, ratio_value
 from harness.results import read
 from harness.schema import Cell, Header, MismatchKind, Quantity, Result, Verdict
+
+
+class Row(namedtuple("Row", Result.model_fields)):
+    """A result record as the report keeps it: the validated ``Result``'s fields in a tuple, read by the
+    same names (``r.verdict``, ``r.compared``), not a pydantic object: the object and its field dict take
+    912 bytes, the tuple 376 (the values, shared or not, are the same). Code that reads result records
+    in the report reads attributes only (no ``isinstance(r, Result)``, no ``model_dump``)."""
+
+    __slots__ = ()
+    compared = Result.compared
+
+    @classmethod
+    def of(cls, r: Result) -> Row:
+        return tuple.__new__(cls, r.__dict__.values())  # a Result's __dict__ holds its fields in declaration order
+
 
 _PHASES = list(dict.fromkeys(q.phase for q in Quantity))  # outcome, train, eval: the order they happen in
 _RANK = {q: (_PHASES.index(q.phase), q.order) for q in Quantity}  # sorting 1e5 records reads it 1e5 times
@@ -147,7 +162,7 @@ class ReportCell:
     env: str
     case: str
     adapter: str
-    results: list[Result] = field(default_factory=list)
+    results: list[Row | Result] = field(default_factory=list)  # Row when loaded from files
     record: Cell | None = None  # absent for skips and torn runs
 
     @cached_property
@@ -164,13 +179,26 @@ class ReportCell:
 
     def max_ulp(self, quantity: Quantity | None = None) -> float | None:
         """The largest error in ULPs over the cell's records (of one quantity), NaN left out."""
+        if quantity is None:
+            return self._max_ulp
         vals = [r.max_ulp_err for r in self.results if r.max_ulp_err is not None and not math.isnan(r.max_ulp_err)
-                and (quantity is None or r.quantity == quantity)]
+                and r.quantity == quantity]
+        return max(vals) if vals else None
+
+    @cached_property
+    def _max_ulp(self) -> float | None:  # read by the matrix's tooltip, the blob and the drift view (cached)
+        vals = [u for r in self.results for u in (r.max_ulp_err,) if u is not None and not math.isnan(u)]
         return max(vals) if vals else None
 
     def headline(self, quantity: Quantity | None = None) -> Headline:
         """The worst error over its bound over the cell's records (of one quantity): what the matrix shows."""
-        return headline(r for r in self.results if quantity is None or r.quantity == quantity)
+        if quantity is None:
+            return self._headline
+        return headline(r for r in self.results if r.quantity == quantity)
+
+    @cached_property
+    def _headline(self) -> Headline:  # read by the matrix, its tooltip and several views (after loading: cached)
+        return headline(self.results)
 
     @cached_property
     def outcome(self) -> Result | None:
@@ -297,13 +325,13 @@ def load(paths: Iterable[Path | str]) -> Model:
     cases: dict[str, CaseInfo] = {}
     taken: set[str] = set()
     for path in resolve(paths):
-        rf = read(path)
+        rf = read(path, result=Row.of)
         name = rf.header.env if rf.header else path.parent.name
         env = Env(_unique_key(name, path, taken), name, str(path), rf.header, skipped=rf.skipped)
         envs.append(env)
         adapters: dict[str, None] = dict.fromkeys((rf.header.adapters or []) if rf.header else [])
         for r in rf.records:
-            if not isinstance(r, (Result, Cell)):
+            if not isinstance(r, (Row, Result, Cell)):
                 env.ignored[r.kind] += 1
                 continue
             adapters.setdefault(r.adapter)
@@ -314,7 +342,7 @@ def load(paths: Iterable[Path | str]) -> Model:
             info = cases.get(r.case)
             if info is None:
                 info = cases[r.case] = CaseInfo(r.case)
-            if isinstance(r, Result):
+            if not isinstance(r, Cell):
                 cell.results.append(r)
                 env.verdicts[r.verdict] += 1
             else:

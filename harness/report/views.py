@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from harness.report.analysis import Divergence, Drift, drift, first_divergence
@@ -43,14 +44,15 @@ def headline_title(hl: Headline, ulp: float | None) -> str:
 class Builder:
     """Model -> everything the template needs (matrix rows, sections) and the order the blob uses."""
 
-    def __init__(self, model: Model, gaps: bool = True, baseline: str = DEFAULT_BASELINE):
+    def __init__(self, model: Model, gaps: bool = True, baseline: str = DEFAULT_BASELINE,
+                 gap_cache: Path | str | None = None):
         self.model = model
         self.baseline = baseline
         self.groups = [(g, [c.name for c in cs]) for g, cs in model.groups()]
         self.rows = [name for _, names in self.groups for name in names]
         self.row_of = {name: i for i, name in enumerate(self.rows)}
         self.col_of = {col: i for i, col in enumerate(model.columns)}
-        self.portability = Portability(model, compute=gaps)
+        self.portability = Portability(model, compute=gaps, cache=gap_cache)
         self.starts: dict[tuple[str, str, str], Divergence] = {}
         for key, cell in model.cells.items():
             if cell.verdict.fails_run or cell.verdict.differs:
@@ -61,6 +63,24 @@ class Builder:
     def key(self, env: str, case: str, adapter: str) -> str:
         """A cell's key in the page (``data-key``, and the blob's ``cells``)."""
         return f"{self.row_of[case]}:{self.col_of[(env, adapter)]}"
+
+    @staticmethod
+    def outcome_short(cell: ReportCell) -> str:
+        """What a cell that did not pass says of its outcome, in brief (its tooltip and the row's search text)."""
+        out = cell.outcome
+        if out is None or out.verdict is Verdict.PASS:
+            return ""
+        return (out.exception_type or out.message)[:TITLE_CHARS]
+
+    @staticmethod
+    def cell_tip(cell: ReportCell) -> str:
+        """A matrix cell's tooltip after '{case} × {adapter} @ {env}: {verdict}' (which the page puts before it,
+        ``cellTitle`` in ``templates/js/detail.js``): the worst error/bound and where, the worst ULPs, and for a
+        cell that did not pass its outcome in brief. A million-record matrix has 40,000 cells: their tooltips
+        are a third of its HTML, and compress ten to one in the blob."""
+        tip = headline_title(cell.headline(), cell.max_ulp())
+        short = Builder.outcome_short(cell)
+        return tip + f" — {short}" if short else tip
 
     def matrix(self) -> list[dict[str, Any]]:
         m = self.model
@@ -75,15 +95,12 @@ class Builder:
                     if cell is None:
                         tds.append({"c": c, "cls": "none", "text": "", "title": f"{adapter} @ {env}: not run"})
                         continue
-                    verdict, hl = cell.verdict, cell.headline()
-                    text = hl.matrix_text(verdict)
-                    title = f"{name} × {adapter} @ {env}: {verdict}" + headline_title(hl, cell.max_ulp())
-                    out = cell.outcome
-                    if out is not None and out.verdict is not Verdict.PASS:
-                        short = (out.exception_type or out.message)[:TITLE_CHARS]
-                        title += f" — {short}"
+                    verdict = cell.verdict
+                    short = self.outcome_short(cell)
+                    if short:
                         search.append(short)
-                    tds.append({"c": c, "cls": f"v-{verdict}", "text": text, "title": title})
+                    # the tooltip travels in the blob (cell_tip), put on the cell when the pointer is over it
+                    tds.append({"c": c, "cls": f"v-{verdict}", "text": cell.headline().matrix_text(verdict)})
                 rows.append({"r": self.row_of[name], "name": name, "desc": info.description,
                              "tags": " ".join(info.tags), "cells": tds,
                              "search": " ".join(str(s) for s in search).lower()})

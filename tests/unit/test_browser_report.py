@@ -138,6 +138,13 @@ def test_report_in_chromium(browser, results: list[Path], tmp_path: Path, compre
     # open the detail of a failing cell
     page.select_option("#f-verdict", "fail")
     cell = page.locator("#matrix-table td.v-fail:not(.dim)").first
+    # its tooltip, put on it from the blob when the pointer comes over it (Builder.cell_tip)
+    assert cell.get_attribute("title") is None
+    cell.hover()
+    name = cell.locator("xpath=../th").inner_text()
+    col = page.locator(f'#matrix-table th.ad-h[data-c="{cell.get_attribute("data-c")}"]').get_attribute("title")
+    title = cell.get_attribute("title")
+    assert title.startswith(f"{name} × {col.split(':')[0]}: fail; ") and "error/bound" in title, (title, col)
     cell.click()
     drawer = page.locator("#detail")
     assert drawer.is_visible()

@@ -13,6 +13,7 @@ import pytest
 
 from harness import report, repro
 from harness.cases import Case, load_cases
+from harness.report import base85
 from harness.report import blob as blob_module
 from harness.report.analysis import drift, first_divergence, orders_apart
 from harness.report.cli import main as report_main
@@ -93,15 +94,20 @@ def two_envs(tmp_path: Path) -> list[Path]:
 def _blob(page: str) -> dict:
     m = re.search(r'<script type="application/json" id="bn-data" data-encoding="([^"]+)">(.*?)</script>', page, re.S)
     assert m, "the data blob is missing"
-    if m.group(1) == "gzip+base64":
-        return json.loads(gzip.decompress(base64.b64decode(m.group(2))))
+    if m.group(1) == "gzip+base85":
+        return json.loads(gzip.decompress(base85.decode(m.group(2))))
     return json.loads(m.group(2))
 
 
 def _rows(blob: dict, cell: dict) -> list[dict]:
     """A cell's result rows as {field: value}, the way the page reads them (by the column names it ships)."""
     fields = blob["fields"]["result"]
-    return [dict(zip(fields, r)) for r in cell["results"]]
+    start, n = cell["rows"]
+    rows = [dict(zip(fields, (col[i] for col in blob["rows"]))) for i in range(start, start + n)]
+    for r in rows:  # as the page's cellRows reads blob.SAME_AS_EXPECTED
+        if r["observed"] == blob_module.SAME_AS_EXPECTED:
+            r["observed"] = r["expected"]
+    return rows
 
 
 def _cell_of(blob: dict, case: str, env: str, adapter: str) -> dict:
@@ -216,7 +222,7 @@ def test_reproducer_uses_the_recorded_worker_env(tmp_path: Path, monkeypatch: py
 def test_compressed_blob_round_trips(two_envs: list[Path], tmp_path: Path) -> None:
     model = load([tmp_path / "reports"])
     plain, packed = report.render(model, compress=False), report.render(model, compress=True)
-    assert 'data-encoding="json"' in plain and 'data-encoding="gzip+base64"' in packed
+    assert 'data-encoding="json"' in plain and 'data-encoding="gzip+base85"' in packed
     assert _blob(plain) == _blob(packed)
 
 
@@ -451,12 +457,17 @@ def _ratio_cases(env: str = "e") -> list:
 
 
 def _matrix_cells(page: str) -> dict[str, tuple[str, str, str]]:
-    """{case: (class, text, title)} of the first column's cells in the rendered matrix."""
+    """{case: (class, text, title)} of the first column's cells in the rendered matrix; the title as the page puts
+    it on the cell (cellTitle in templates/js/detail.js: the cell's name and verdict, then the blob's tip)."""
     m = page[page.index('id="matrix-table"'):page.index('id="environments"')]
+    blob = _blob(page)
+    col = blob["cols"][0]
     out = {}
-    for name, cls, title, text in re.findall(r'<th class="case"[^>]*>([^<]+)</th><td class="([^"]*)" data-c="0" '
-                                             r'title="([^"]*)">([^<]*)</td>', m):
-        out[name] = (cls, text, title)
+    for r, name, cls, text in re.findall(r'<tr data-r="(\d+)"[^>]*><th class="case"[^>]*>([^<]+)</th>'
+                                         r'<td class="([^"]*)" data-c="0">([^<]*)</td>', m):
+        cell = blob["cells"][f"{r}:0"]
+        verdict = blob["verdicts"][cell["verdict"]]["name"]
+        out[name] = (cls, text, f"{name} × {col['adapter']} @ {col['env']}: {verdict}{cell['tip']}")
     return out
 
 

@@ -1,6 +1,7 @@
 /* The data blob (harness/report/blob.py) and the lookups built from its tables: the page has no
    vocabulary of its own. A result record is a row whose columns are named by D.fields.result:
-   r[F.error_ratio]. A column past the end of a row is empty. */
+   r[F.error_ratio]. The blob ships the records column by column (D.rows[j][i]); a cell's rows
+   (cell.results) are built from its range of them (cell.rows = [start, count]) when first read. */
 var D = null;      // the blob
 var F = null;      // result column name -> position in a row
 var V = null;      // verdict name -> its row of Verdict.table() (severity, fails_run, differs, shows_error, mark, meaning)
@@ -9,17 +10,32 @@ var QI = null;     // quantity name -> position in D.quantities
 function loadData() {
   var el = document.getElementById("bn-data");
   var text = el.textContent;
-  if (el.getAttribute("data-encoding") === "gzip+base64") {
+  if (el.getAttribute("data-encoding") === "gzip+base85") {
     if (typeof DecompressionStream === "undefined") {
       return Promise.reject(new Error("this browser has no DecompressionStream: open the report in a current Chrome, Firefox or Safari"));
     }
-    var bin = atob(text.trim());
-    var bytes = new Uint8Array(bin.length);
-    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    var bytes = b85decode(text.trim());
     var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     return new Response(stream).text().then(JSON.parse);
   }
   return Promise.resolve(JSON.parse(text));
+}
+
+/* harness/report/base85.py: RFC 1924's alphabet with "." for "<", 5 characters per 4 bytes, the last group short */
+var B85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;.=>?@^_`{|}~";
+function b85decode(text) {
+  var digit = new Uint8Array(128), n = text.length, i, j;
+  for (i = 0; i < 85; i++) digit[B85.charCodeAt(i)] = i;
+  var size = Math.floor(n / 5) * 4 + (n % 5 ? n % 5 - 1 : 0), out = new Uint8Array(size), o = 0;
+  for (i = 0; i < n; i += 5) {
+    var v = 0;
+    for (j = i; j < i + 5; j++) v = v * 85 + (j < n ? digit[text.charCodeAt(j)] : 84);
+    if (o < size) out[o++] = v >>> 24;
+    if (o < size) out[o++] = (v >>> 16) & 255;
+    if (o < size) out[o++] = (v >>> 8) & 255;
+    if (o < size) out[o++] = v & 255;
+  }
+  return out;
 }
 
 function setData(data) {
@@ -28,6 +44,23 @@ function setData(data) {
   V = {};
   D.verdicts.forEach(function (v) { V[v.name] = v; });
   QI = index(D.quantities);
+  Object.keys(D.cells).forEach(function (k) {
+    Object.defineProperty(D.cells[k], "results", {get: cellRows});
+  });
+}
+
+/* a cell's result rows (this: the cell), made from the columns once */
+function cellRows() {
+  if (this._rows) return this._rows;
+  var cols = D.rows, start = this.rows[0], n = this.rows[1], out = new Array(n);
+  for (var i = 0; i < n; i++) {
+    var r = new Array(cols.length);
+    for (var j = 0; j < cols.length; j++) r[j] = cols[j][start + i];
+    if (r[F.observed] === "=") r[F.observed] = r[F.expected];  // blob.SAME_AS_EXPECTED
+    out[i] = r;
+  }
+  Object.defineProperty(this, "_rows", {value: out});
+  return out;
 }
 
 function cellKey(r, c) { return r + ":" + c; }

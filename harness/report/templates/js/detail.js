@@ -203,7 +203,19 @@ function openDetail(key) {
 
 function closeDetail() { $("#detail").hidden = true; current = null; markSelected(); }
 
+/* a matrix cell's tooltip: the blob keeps what follows the verdict (Builder.cell_tip) */
+function cellTitle(key) {
+  var cell = D.cells[key], p = key.split(":"), col = D.cols[+p[1]];
+  return D.cases[+p[0]].name + " \u00d7 " + col.adapter + " @ " + col.env + ": " + verdictAt(cell.verdict).name + (cell.tip || "");
+}
+
 function bindDetail() {
+  $("#matrix-table").addEventListener("mouseover", function (ev) {
+    var td = ev.target.closest("td[data-c]");
+    if (!td || td.hasAttribute("title")) return;
+    var key = cellKey(td.parentNode.getAttribute("data-r"), td.getAttribute("data-c"));
+    if (D.cells[key]) td.setAttribute("title", cellTitle(key));
+  });
   $("#matrix-table").addEventListener("click", function (ev) {
     var td = ev.target.closest("td[data-c]");
     if (!td || td.classList.contains("none")) return;
