@@ -207,8 +207,8 @@ def test_copied_inputs_oracle_and_mapping_agree_with_the_harness(monkeypatch: py
         momentum, eps = torch_real.effective(case)
         assert torch_copy.effective(copy) == (momentum, eps)
         updates = reference.GHOST_UPDATES if case.virtual_batch_size else ("group_average",)
-        replicas = (list(itertools.product(reference.REPLICA_RUNNING, reference.REPLICA_GRADIENTS))
-                    if case.data_parallel else [("first", "sum")])
+        replicas = (itertools.product(reference.REPLICA_RUNNING, reference.REPLICA_GRADIENTS) if case.data_parallel
+                    else [("first", "sum")])
         for estimator, update, (kept, reduce) in itertools.product(reference.ESTIMATORS, updates, replicas):
             conv = {"virtual_batch_update": update, "replica_running": kept, "replica_gradients": reduce}
             exp = expected_quantities(case, want, estimator, momentum, eps, **conv)
@@ -217,7 +217,8 @@ def test_copied_inputs_oracle_and_mapping_agree_with_the_harness(monkeypatch: py
             ora = ns["oracle"](copy, got, momentum, eps, estimator, **conv)
             assert ora.keys() == exp.keys(), case.name
             for key, e in exp.items():
-                assert np.array_equal(ora[key], e.value, equal_nan=True), (case.name, estimator, update, kept, reduce, key)
+                assert np.array_equal(ora[key], e.value, equal_nan=True), (case.name, estimator, update, kept, reduce,
+                                                                           key)
 
 
 def test_template_loads_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
