@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.keras3 import Keras3TF, keras_mask  # noqa: F401  (keras_mask: masks are refused below)
+from harness.adapters.keras3 import Keras3TF
 from harness.adapters.tf_keras import TFKerasAdapter, flat, keras2
 from harness.adapters.tf_support import setup_tf, taped_params
 from harness.cases import Case
@@ -137,7 +137,8 @@ class StrategyRun:
         state.output_dtype = s.experimental_local_results(y)[0].dtype.name
         for q, gr in grads.items():
             out[q] = flat(q, s.reduce(tf.distribute.ReduceOp.SUM, gr, axis=None).numpy())
-        copies = [np.asarray(c).reshape(-1) for c in s.experimental_local_results(self.raw(state.layer.moving_variance))]
+        copies = [np.asarray(c).reshape(-1)
+                  for c in s.experimental_local_results(self.raw(state.layer.moving_variance))]
         state.copies_spread = max(state.copies_spread, float(np.max(np.ptp(np.stack(copies), axis=0))))
         out.update(self.moving(state))
         return out
