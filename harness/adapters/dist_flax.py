@@ -34,6 +34,7 @@ from harness.adapters.flax_adapter import (
 )
 from harness.cases import Case
 from harness.inputs import CaseData
+from harness.adapters.replicas import kept_summary
 
 HOST_DEVICES = 8  # the most replicas a case may ask for (harness.cases.DataParallel)
 AXIS = "data"
@@ -104,6 +105,7 @@ class DPState:
     flax: FlaxState  # the eager adapter's state: its eval program, parameters, hyper-parameters
     train: Any  # the shard_map program
     stats: dict[str, Any]  # per-device batch_stats, (replicas, C)
+    spread: float = 0.0  # how far the devices' copies of the running variance part after the last training call
 
 
 class FlaxDataParallel(FlaxAdapter):
@@ -159,8 +161,7 @@ class FlaxDataParallel(FlaxAdapter):
         state.flax.stats = kept
         out = {"y": np.asarray(y), "dx": np.asarray(dx), "running_mean": kept["mean"], "running_var": kept["var"]}
         out.update({q: np.asarray(dparams[k]) for q, k in (("dgamma", "scale"), ("dbeta", "bias")) if k in dparams})
-        spread = float(np.max(np.ptp(np.asarray(stats["var"]), axis=0)))
-        state.flax.dtypes["replica_running_var_spread"] = f"{spread:.3g}"  # how far the devices' copies part
+        state.spread = float(np.max(np.ptp(np.asarray(stats["var"], dtype=np.float64), axis=0)))
         return out
 
     def eval_step(self, state: DPState, x, g, mask=None):
@@ -170,6 +171,7 @@ class FlaxDataParallel(FlaxAdapter):
         super().describe(state.flax, info)
         info["module"] += " under jax.shard_map"
         info["devices"] = len(__import__("jax").devices())
+        info.update(kept_summary(state.flax.stats["var"], state.spread))
 
 
 LINEN_DP = FlaxDataParallel("flax-linen-dp", "linen", "flax-linen")

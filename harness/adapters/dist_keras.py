@@ -27,6 +27,7 @@ from harness.adapters.tf_keras import TFKerasAdapter, flat, keras2
 from harness.adapters.tf_support import setup_tf, taped_params
 from harness.cases import Case
 from harness.inputs import CaseData
+from harness.adapters.replicas import kept_summary
 from reference import shard_slices
 
 LOGICAL_CPUS = 8  # the most replicas a case may ask for (harness.cases.DataParallel)
@@ -73,7 +74,7 @@ class StrategyState:
     strategy: Any
     step: Any  # the tf.function each replica runs
     output_dtype: str | None = None
-    copies_spread: float = 0.0  # how far the replicas' copies of the moving variance part (max over channels)
+    copies_spread: float = 0.0  # how far the replicas' copies of the moving variance part after the last training call
 
 
 class StrategyRun:
@@ -139,7 +140,7 @@ class StrategyRun:
             out[q] = flat(q, s.reduce(tf.distribute.ReduceOp.SUM, gr, axis=None).numpy())
         copies = [np.asarray(c).reshape(-1)
                   for c in s.experimental_local_results(self.raw(state.layer.moving_variance))]
-        state.copies_spread = max(state.copies_spread, float(np.max(np.ptp(np.stack(copies), axis=0))))
+        state.copies_spread = float(np.max(np.ptp(np.stack(copies).astype(np.float64), axis=0)))
         out.update(self.moving(state))
         return out
 
@@ -167,7 +168,7 @@ class StrategyRun:
         info["strategy"] = f"MirroredStrategy over {state.case.data_parallel.replicas} logical CPUs"
         info["synchronized"] = state.case.data_parallel.sync
         info["moving_variable"] = type(self.raw(state.layer.moving_mean)).__name__
-        info["replica_copies_spread"] = state.copies_spread
+        info.update(kept_summary(self.moving(state)["running_var"], state.copies_spread))
         info["output_dtype"] = state.output_dtype
 
 
