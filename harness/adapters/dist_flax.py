@@ -32,9 +32,9 @@ from harness.adapters.flax_adapter import (
     flax_dtype,
     uses_of,
 )
+from harness.adapters.replicas import kept_summary
 from harness.cases import Case
 from harness.inputs import CaseData
-from harness.adapters.replicas import kept_summary
 
 HOST_DEVICES = 8  # the most replicas a case may ask for (harness.cases.DataParallel)
 AXIS = "data"

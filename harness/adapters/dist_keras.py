@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from harness.adapters.keras3 import Keras3TF
+from harness.adapters.replicas import kept_summary
 from harness.adapters.tf_keras import TFKerasAdapter, flat, keras2
 from harness.adapters.tf_support import setup_tf, taped_params
 from harness.cases import Case
 from harness.inputs import CaseData
-from harness.adapters.replicas import kept_summary
 from reference import shard_slices
 
 LOGICAL_CPUS = 8  # the most replicas a case may ask for (harness.cases.DataParallel)

@@ -29,6 +29,7 @@ import numpy as np
 
 from harness.adapters.base import Observed, Raised
 from harness.adapters.devices import gpu_visible
+from harness.adapters.replicas import kept_summary
 from harness.adapters.torch_adapter import (
     TorchAdapter,
     to_numpy,
@@ -41,7 +42,6 @@ from harness.adapters.torch_adapter import (
 )
 from harness.cases import Case
 from harness.inputs import CaseData
-from harness.adapters.replicas import kept_summary
 from reference import shard_slices
 
 # torch 2.13.0, torch/nn/modules/batchnorm.py l.843-854 (SyncBatchNorm.forward), tried here on CPU tensors
