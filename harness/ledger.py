@@ -92,11 +92,12 @@ class Facts:
 
     ``offset_ratio``: |mean| / std per channel (population std, over the finite values of one batch), the
     largest over channels and the batches normalized with their own statistics (every training batch, and the
-    eval batch of a case without running statistics; under data parallelism without sync, every shard); ``inf``
-    for a constant non-zero channel, 0 for a constant zero one and with no training step. ``max_abs``: the
-    largest |value| the layer is fed, NaN left out: the training batches, the eval batch and the initial running
-    statistics (``inf`` where one of them holds inf, e.g. a running mean beyond the parameter dtype's range).
-    ``nonfinite``: the kinds of non-finite value the training batches hold, ``("nan",)``, ``("inf",)``, ``("inf", "nan")``, or ``("none",)``
+    eval batch of a case without running statistics; every shard of a data-parallel case without sync, where
+    each replica normalizes its own); ``inf`` for a constant non-zero channel, 0 for a
+    constant zero one and with no training step. ``max_abs``: the largest |value| the layer is fed, NaN left
+    out: the training batches, the eval batch and the initial running statistics (``inf`` where one of them
+    holds inf, e.g. a running mean beyond the parameter dtype's range). ``nonfinite``: the kinds of non-finite
+    value the training batches hold, ``("nan",)``, ``("inf",)``, ``("inf", "nan")``, or ``("none",)``
     (planted by ``specials``, or a value beyond the dtype's range). ``momentum`` is None for "cumulative".
     ``layout``: ``channels_first`` or ``channels_last`` as the case says, ``other`` for channels at a middle axis
     (``axis``). ``batch_calls``: the calls that normalize with their own batch's statistics (train and frozen
