@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from harness.adapters.replicas import kept_summary
 from tests.fakes import TORCH_LIKE, NumpyBN
 
 
@@ -21,6 +22,7 @@ class ReplicatedBN(NumpyBN):
     source = "fake-good"
     no_data_parallel = None
     conventions = replace(TORCH_LIKE, replica_running="mean", replica_gradients="sum")
+    keeps: str | None = None  # which copy the fake keeps: None, the one it declares (a planted bug keeps another)
 
     def supports(self, case):
         if case.data_parallel is None:
@@ -85,13 +87,17 @@ class ReplicatedBN(NumpyBN):
             for m, var, c in zip(means, variances, kept_counts):
                 copies.append((((1 - w) * st["rm"] + w * m.reshape(-1)).astype(wd),
                                ((1 - w) * st["rv"] + w * self.stored_var(var.reshape(-1), int(c))).astype(wd)))
-        if self.conventions.replica_running == "first":
+        st["spread"] = float(np.max(np.ptp(np.stack([c[1] for c in copies]).astype(np.float64), axis=0)))
+        if (self.keeps or self.conventions.replica_running) == "first":
             st["rm"], st["rv"] = copies[0]
         else:
             st["rm"] = (sum(c[0] for c in copies) / wd(len(copies))).astype(wd)
             st["rv"] = (sum(c[1] for c in copies) / wd(len(copies))).astype(wd)
         out["running_mean"], out["running_var"] = st["rm"].copy(), st["rv"].copy()
         return out
+
+    def describe(self, st, info):
+        info.update(kept_summary(st["rv"], st.get("spread", 0.0)))
 
 
 class ReplicatedBNFirst(ReplicatedBN):
@@ -119,3 +125,12 @@ class SyncsForwardOnly(ReplicatedBN):
 
     def reduce_grad(self, local_sums, local_counts):
         return [s / c for s, c in zip(local_sums, local_counts)]
+
+
+class DeclaresFirstKeepsMean(ReplicatedBN):
+    """BUG (in the declaration): says replica 0's running statistics survive, keeps the replicas' mean: the
+    per-replica cases tell the two conventions apart on the running statistics (and the eval that uses them)."""
+
+    name = "fake-dp-declares-first"
+    conventions = replace(TORCH_LIKE, replica_running="first", replica_gradients="sum")
+    keeps = "mean"

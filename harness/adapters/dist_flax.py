@@ -113,6 +113,7 @@ class FlaxDataParallel(FlaxAdapter):
 
     path = "distributed"
     no_data_parallel = None
+    bench_variants = ()  # bnparity bench times the eager adapter's BN; the replicas' cost is the parity cells' own
     worker_env = {**FlaxAdapter.worker_env, "XLA_FLAGS": HOST_DEVICES_FLAG}
 
     def __init__(self, name: str, api: str, source: str):

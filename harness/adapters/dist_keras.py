@@ -82,6 +82,7 @@ class StrategyRun:
 
     path = "distributed"
     no_data_parallel = None
+    bench_variants = ()  # bnparity bench times the eager adapter's BN; the replicas' cost is the parity cells' own
     no_second_order = "the data-parallel path computes first derivatives only"
     no_mask = "a mask under data parallelism is not defined by the oracle yet"
 

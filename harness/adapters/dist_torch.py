@@ -125,6 +125,7 @@ class TorchDataParallel(TorchAdapter):
     path = "distributed"
     source = "torch"
     no_data_parallel = None
+    bench_variants = ()  # bnparity bench times the eager adapter's BN; the replicas' cost is the parity cells' own
     no_second_order = "the data-parallel path computes first derivatives only"
     conventions = TorchAdapter.conventions.__class__(**{
         **TorchAdapter.conventions.as_dict(),

@@ -61,7 +61,8 @@ for path in sys.argv[2:]:
 # the cases every adapter's script runs, where the case applies and the adapter supports it: float32
 # channels_first rank 4 without gamma and beta, float32 channels_last, bfloat16 channels_last, and
 # the cumulative average (torch only)
-ADAPTER_CASES = ("affine_off", "conv2d_channels_last", "bfloat16_channels_last", "cumulative_average")
+ADAPTER_CASES = ("affine_off", "conv2d_channels_last", "bfloat16_channels_last", "cumulative_average",
+                 "dp2_local", "dp2_uneven_sync")  # (the last two: the distributed adapters, which run only those)
 # the torch script against the torch adapter in-process: large values, a strided input, bfloat16 with
 # channels_last, the cumulative average, and a case where torch raises as its conventions declare
 TORCH_CASES = ("huge_float32", "noncontiguous", "bfloat16_channels_last", "cumulative_average", "batch1_dense")
