@@ -271,6 +271,30 @@ class SecondOrder(StrictModel):
     direction: Generator = Normal(kind="normal")
 
 
+class DataParallel(StrictModel):
+    """``data_parallel = { replicas = 2, sync = true }``: each training batch is split along axis 0 into contiguous
+    shards, one per replica (``split``: the shard sizes, in order, summing to N; default: N / replicas each), and
+    every replica runs the layer on its shard. ``sync = true`` normalizes every shard with the statistics of the global
+    batch (synchronized BN), ``false`` each with its own shard's; the gradients of parameters are reduced over the
+    replicas as the adapter declares (``Conventions.replica_gradients``), and which running statistics survive the
+    step is the adapter's convention too (``Conventions.replica_running``). Eval calls run on the whole eval batch
+    with the running statistics kept."""
+
+    replicas: Annotated[int, Field(ge=2, le=8)]
+    sync: bool
+    split: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=False)] | None = None
+
+    @model_validator(mode="after")
+    def _split_matches(self):
+        if self.split is not None and len(self.split) != self.replicas:
+            raise FieldProblem("split", f"{len(self.split)} shard sizes for {self.replicas} replicas: one per replica")
+        return self
+
+    @property
+    def uneven(self) -> bool:
+        return self.split is not None and len(set(self.split)) > 1
+
+
 class Case(StrictModel):
     """One validated scenario. ``shape`` is logical: (N, C, *spatial)."""
 
@@ -306,6 +330,9 @@ class Case(StrictModel):
     # direction v (a seeded batch of its own, ``SecondOrder.direction``): hvp_x = d/de dx(x + e v) and
     # hvp_gamma = d/de dgamma(x + e v) (``_check_second_order``)
     second_order: SecondOrder | None = None
+    # data parallelism (``DataParallel``): each training batch split into contiguous shards, one per replica, with
+    # synchronized or per-replica statistics (``_check_data_parallel``)
+    data_parallel: DataParallel | None = None
     contiguous: bool = True
     steps: Annotated[int, Field(ge=0, le=10_000)] = 3
     # the calls in order ("train": forward and backward in training mode; "eval": in inference mode; "frozen": in
@@ -399,7 +426,39 @@ class Case(StrictModel):
         self._check_mask()
         self._check_virtual_batch()
         self._check_second_order()
+        self._check_data_parallel()
         return self
+
+    def _check_data_parallel(self) -> None:
+        """Shards are whole samples of a non-empty batch, every replica gets at least one; the oracle defines data
+        parallelism for plain BN with running statistics and train and eval calls."""
+        dp = self.data_parallel
+        if dp is None:
+            return
+        n = self.shape[0]
+        if dp.split is not None and sum(dp.split) != n:
+            raise FieldProblem("data_parallel", f"split {list(dp.split)} sums to {sum(dp.split)}, not to the batch "
+                                                f"size N = {n}")
+        if dp.split is None and n % dp.replicas:
+            raise FieldProblem("data_parallel", f"{dp.replicas} replicas do not divide N = {n}: give a divisor, or the "
+                                                f"shard sizes in split")
+        for what, problem in ((self.count == 0, "an empty batch has no sample to shard"),
+                              (not self.track_running_stats, "data parallelism is defined with running statistics "
+                                                             "only (what survives the step is the question)"),
+                              (self.renorm is not None, "batch renormalization under data parallelism is not "
+                                                        "defined by the oracle yet"),
+                              (self.mask is not None, "a mask under data parallelism is not defined by the oracle "
+                                                      "yet"),
+                              (self.virtual_batch_size is not None, "virtual batches under data parallelism are not "
+                                                                    "defined by the oracle yet"),
+                              (self.second_order is not None, "second derivatives under data parallelism are not "
+                                                              "defined by the oracle yet"),
+                              (self.momentum == "cumulative", "a cumulative average under data parallelism is not "
+                                                              "defined by the oracle yet"),
+                              ("frozen" in self.schedule, "frozen calls under data parallelism are not defined by "
+                                                          "the oracle yet")):
+            if what:
+                raise FieldProblem("data_parallel", problem)
 
     def _check_second_order(self) -> None:
         """The oracle's second derivatives are those of plain BN in training mode over a non-empty batch."""
@@ -500,6 +559,15 @@ class Case(StrictModel):
         one)."""
         v = self.virtual_batch_size
         return 1 if v is None else max(self.shape[0] // v, 1)
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """The sizes of the replicas' shards of a training batch, in order (one shard, N, without data parallelism)."""
+        dp = self.data_parallel
+        if dp is None:
+            return (self.shape[0],)
+        split = getattr(dp, "split", None)  # (a reproducer's case holds only the fields given)
+        return tuple(split) if split is not None else (self.shape[0] // dp.replicas,) * dp.replicas
 
     @property
     def has_scale(self) -> bool:

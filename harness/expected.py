@@ -77,6 +77,14 @@ above with that group's own statistics, ``A`` and ``G`` and ``n_v = v * prod(spa
   with the Bessel factor of a group's ``n_v`` values. ``sequential`` makes ``G`` updates in turn, each
   with its group's statistics and their bounds, propagated through the recurrence above.
 
+Data parallelism (a case's ``data_parallel``: ``R`` replicas, contiguous shards of the batch, ``dp_like``): with
+``sync`` a training call is BN over the global batch (the frameworks all-reduce the replicas' partial sums: one
+reduction over the ``n`` values, inside the growth above), so its bounds are BN's; without it each shard gets BN's
+bounds with its own ``n_r``, ``A`` and ``G``, and ``dgamma`` and ``dbeta`` add up as ghost BN's groups do. A
+``"mean"`` gradient reduction (``Conventions.replica_gradients``) divides value and bound by ``R`` and adds one
+rounding. The running statistics (``Conventions.replica_running``): ``first`` is replica 0's update, with its
+statistics and bounds; ``mean`` averages the replicas' updates, each with its own bound, plus the average's rounding.
+
 Eval and inference-mode calls use the running statistics and are plain BN. A case whose ``v`` does not
 divide ``N`` exists only to record a framework's refusal: the oracle defines nothing for it (no
 quantity).
@@ -203,7 +211,8 @@ def _per_channel(a: np.ndarray, axis: int, fn) -> np.ndarray:
 
 def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str,
                         eps: float, precision: Precision | None = None, frozen_call: str = "batch_statistics",
-                        virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], Expected]:
+                        virtual_batch_update: str = "group_average", replica_running: str = "first",
+                        replica_gradients: str = "sum") -> dict[tuple[str, int | None], Expected]:
     """Oracle values and bounds for every quantity an adapter reports.
 
     ``momentum`` is the weight of the new statistic (or ``"cumulative"``) and
@@ -212,7 +221,8 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
     declares it works in (``Precision.of(case)`` when not given), ``frozen_call``
     what its training call on a frozen layer does (``Conventions.frozen_call``) and
     ``virtual_batch_update`` how a ghost-BN call updates the running statistics
-    (``Conventions.virtual_batch_update``).
+    (``Conventions.virtual_batch_update``); ``replica_running`` and ``replica_gradients`` what survives a data-parallel
+    step and how its parameter gradients are reduced (``Conventions.replica_running``, ``replica_gradients``).
     """
     p = precision or Precision.of(case)
     ax = data.channel_axis
@@ -429,6 +439,50 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
         tol_rm, tol_rv = ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar)
         return q, rm, rv, tol_rm, tol_rv
 
+    def dp_like(x, g, rm0, rv0, tol_rm0, tol_rv0):
+        """A data-parallel training call (``reference.dp_train_forward``): BN's bounds over the global batch (sync) or
+        per shard, the parameters' gradients reduced over the replicas, and the running statistics the adapter's
+        convention keeps, with their bounds."""
+        dp, sizes = case.data_parallel, case.shards
+        w = float(momentum)
+        y, means, variances = ref.dp_train_forward(x, gamma, beta, eps, sizes, dp.sync, ax)
+        dx, dgamma, dbeta = ref.dp_train_backward(x, g, gamma, eps, sizes, dp.sync, ax, replica_gradients)
+        counts = ref.dp_replica_stats(x, sizes, dp.sync, ax)[2]
+        if dp.sync:
+            q, mean, var, tm, tv = train_like(x, g)
+            parts = [(q, tm, tv)] * len(sizes)
+        else:
+            q = {}
+            parts = [train_like(x[s], g[s], n=int(nr)) for s, nr in zip(ref.shard_slices(sizes), counts)]
+            parts = [(pq, tm, tv) for pq, _, _, tm, tv in parts]
+            for name in ("y", "dx"):
+                q[name] = Expected(np.concatenate([pq[name].value for pq, _, _ in parts]),
+                                   np.concatenate([np.broadcast_to(pq[name].tol, pq[name].value.shape)
+                                                   for pq, _, _ in parts]), p.output)
+            for name in ("dgamma", "dbeta"):
+                if name in parts[0][0]:
+                    tol = sum(pq[name].tol for pq, _, _ in parts)
+                    part = sum(np.abs(pq[name].value) for pq, _, _ in parts)
+                    q[name] = Expected(sum(pq[name].value for pq, _, _ in parts), tol + C * uc * k0 * part, p.params)
+        q["y"], q["dx"] = Expected(y, q["y"].tol, p.output), Expected(dx, q["dx"].tol, p.output)
+        for name, value in (("dgamma", dgamma), ("dbeta", dbeta)):
+            if name in q:
+                tol = q[name].tol / len(sizes) if replica_gradients == "mean" else q[name].tol
+                q[name] = Expected(value, tol + C * uc * np.abs(value) + ulp_of(value, p.params), p.params)
+        updated = []
+        for mean, var, nr, (_, tm, tv) in zip(means, variances, counts, parts):
+            rm, rv = ref.update_running(rm0, rv0, mean, var, int(nr), w, estimator)
+            updated.append((rm, rv, *ema_bounds(rm0, rv0, rm, rv, mean, var, w, ref.bessel_factor(int(nr), estimator),
+                                                tol_rm0, tol_rv0, tm, tv)))
+            if replica_running == "first":
+                break
+        rm, rv = ref.dp_update_running(rm0, rv0, means, variances, counts, w, estimator, replica_running)
+        kr = reduction_growth(len(updated))
+        with np.errstate(invalid="ignore", over="ignore"):
+            tol_rm = sum(u[2] for u in updated) / len(updated) + (C * uc * kr * np.abs(rm) if len(updated) > 1 else 0)
+            tol_rv = sum(u[3] for u in updated) / len(updated) + (C * uc * kr * np.abs(rv) if len(updated) > 1 else 0)
+        return q, rm, rv, tol_rm, tol_rv
+
     def ema_bounds(rm0, rv0, rm, rv, mean, var, w, f, tol_rm0, tol_rv0, tmean, tvar):
         """The bounds of the running statistics after one update ``r = (1 - w) r0 + w f b``: the earlier bounds and
         the batch statistics' carried through, plus the update's own roundings and one rounding to the stored
@@ -499,6 +553,12 @@ def expected_quantities(case: Case, data: CaseData, estimator: str, momentum: fl
             q, st, tol_st = renorm_like(x, g, st, tol_st)
             out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
             rm, rv, tol_rm, tol_rv = st.moving_mean, st.moving_variance, tol_st.moving_mean, tol_st.moving_variance
+            out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
+            out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
+            continue
+        if case.data_parallel is not None:  # replicas: global or per-shard statistics, the kept running statistics
+            q, rm, rv, tol_rm, tol_rv = dp_like(x, g, rm, rv, tol_rm, tol_rv)
+            out.update({(f"{name}{sfx}", i): e for name, e in q.items() if keep(name)})
             out[(f"running_mean{sfx}", i)] = Expected(rm, tol_rm, p.running)
             out[(f"running_var{sfx}", i)] = Expected(rv, tol_rv, p.running)
             continue

@@ -92,7 +92,8 @@ class Facts:
 
     ``offset_ratio``: |mean| / std per channel (population std, over the finite values of one batch), the
     largest over channels and the batches normalized with their own statistics (every training batch, and the
-    eval batch of a case without running statistics); ``inf`` for a constant non-zero channel, 0 for a
+    eval batch of a case without running statistics; every shard of a data-parallel case without sync, where
+    each replica normalizes its own); ``inf`` for a constant non-zero channel, 0 for a
     constant zero one and with no training step. ``max_abs``: the largest |value| the layer is fed, NaN left
     out: the training batches, the eval batch and the initial running statistics (``inf`` where one of them
     holds inf, e.g. a running mean beyond the parameter dtype's range). ``nonfinite``: the kinds of non-finite
@@ -172,6 +173,10 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
     # the batches normalized with their own statistics: every training batch, and the eval batch of a case that
     # keeps no running statistics (its eval call normalizes with the batch's)
     own = [*data.x, *([] if case.track_running_stats else [data.x_eval])]
+    if case.data_parallel is not None and not case.data_parallel.sync:  # each replica normalizes its own shard
+        from reference import shard_slices
+
+        own = [x[s] for x in data.x for s in shard_slices(case.shards)]
     for x in own:
         r, t, k = _channel_stats(x, data.channel_axis)
         ratio, top, kinds = max(ratio, r), max(top, t), kinds | k

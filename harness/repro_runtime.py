@@ -20,6 +20,10 @@ import numpy as np
 from harness.compare import ulp
 from harness.inputs import as_stored, build, digest, np_dtype
 from reference import (
+    dp_replica_stats,
+    dp_train_backward,
+    dp_train_forward,
+    dp_update_running,
     eval_backward,
     eval_forward,
     ghost_train_backward,
@@ -64,13 +68,15 @@ def case_from_params(params: dict[str, Any], defaults: dict[str, Any], case_clas
 
 
 def oracle(case, data, momentum: float | str, eps: float, estimator: str, frozen_call: str = "batch_statistics",
-           virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], np.ndarray]:
+           virtual_batch_update: str = "group_average", replica_running: str = "first",
+           replica_gradients: str = "sum") -> dict[tuple[str, int | None], np.ndarray]:
     """The float64 value of every quantity: ``reference`` composed over the calls as ``harness.expected`` does.
 
     ``momentum`` is the weight of the new statistic (or ``"cumulative"``), ``eps`` the one the
     framework uses, ``estimator`` the adapter's running-variance estimator, ``frozen_call`` what its training
     call on a frozen layer does (``inference`` or ``batch_statistics``), ``virtual_batch_update`` how a ghost-BN
-    call updates the running statistics (``group_average`` or ``sequential``).
+    call updates the running statistics (``group_average`` or ``sequential``), ``replica_running`` and
+    ``replica_gradients`` what a data-parallel step keeps and how it reduces the parameters' gradients.
     """
     ax = data.channel_axis
     gamma, beta = data.f64("gamma"), data.f64("beta")
@@ -102,6 +108,13 @@ def oracle(case, data, momentum: float | str, eps: float, estimator: str, frozen
             dx, dgamma, dbeta = renorm_train_backward(x, g, gamma, eps, r, d, ax)
             state = renorm_update(state, mean, var, eps, momentum, rn.momentum)
             rm, rv = state.moving_mean, state.moving_variance
+            out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
+        elif getattr(case, "data_parallel", None) is not None and kind != "eval":  # a data-parallel training call
+            sync = case.data_parallel.sync
+            y, means, variances = dp_train_forward(x, gamma, beta, eps, case.shards, sync, ax)
+            dx, dgamma, dbeta = dp_train_backward(x, g, gamma, eps, case.shards, sync, ax, replica_gradients)
+            counts = dp_replica_stats(x, case.shards, sync, ax)[2]
+            rm, rv = dp_update_running(rm, rv, means, variances, counts, momentum, estimator, replica_running)
             out[f"running_mean{sfx}", i], out[f"running_var{sfx}", i] = rm, rv
         elif v and kind != "eval":  # a ghost-BN training call
             y, means, variances = ghost_train_forward(x, gamma, beta, eps, v, ax)
@@ -207,7 +220,9 @@ def reproduce(adapter, case, adapter_name: str) -> int:
     momentum, eps = adapter.effective(case)
     estimator = adapter.conventions.running_var_estimator
     expected = oracle(case, data, momentum, eps, estimator, adapter.conventions.frozen_call or "batch_statistics",
-                      getattr(adapter.conventions, "virtual_batch_update", "group_average"))
+                      getattr(adapter.conventions, "virtual_batch_update", "group_average"),
+                      getattr(adapter.conventions, "replica_running", "first"),
+                      getattr(adapter.conventions, "replica_gradients", "sum"))
     print(f"oracle: float64, momentum (weight of new) {num(momentum)}, eps {num(eps)}, "
           f"running variance estimator {estimator}")
     rank = {q: i for i, q in enumerate(ORDER)}

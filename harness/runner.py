@@ -104,8 +104,10 @@ def run_cell(case: Case, adapter: Adapter, spec: str, workers: Workers, *, env: 
     # the oracle and the stable baseline run while the framework works in its worker
     frozen = adapter.conventions.frozen_call or "batch_statistics"  # (a case with frozen calls needs one declared)
     ghost = adapter.conventions.virtual_batch_update
-    expected = expected_quantities(case, data, estimator, momentum, eps, precision, frozen, ghost)
-    stable = stable_quantities(case, data, estimator, momentum, eps, precision, frozen, ghost)
+    replicas = {"replica_running": getattr(adapter.conventions, "replica_running", "first"),
+                "replica_gradients": getattr(adapter.conventions, "replica_gradients", "sum")}
+    expected = expected_quantities(case, data, estimator, momentum, eps, precision, frozen, ghost, **replicas)
+    stable = stable_quantities(case, data, estimator, momentum, eps, precision, frozen, ghost, **replicas)
     outcome = wait()
     obs = outcome.observed
     verdict, message = judge_raise(outcome, expected_raises(case, adapter, eps))

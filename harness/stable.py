@@ -55,7 +55,8 @@ def _back(a_cn: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
 
 def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: float | str, eps: float,
                       precision: Precision | None = None, frozen_call: str = "batch_statistics",
-                      virtual_batch_update: str = "group_average") -> dict[tuple[str, int | None], np.ndarray]:
+                      virtual_batch_update: str = "group_average", replica_running: str = "first",
+                      replica_gradients: str = "sum") -> dict[tuple[str, int | None], np.ndarray]:
     """The stable BN's value of every quantity the oracle has (float64 arrays of the stored values), over the
     calls as ``harness.expected`` composes them."""
     p = precision or Precision.of(case)
@@ -162,6 +163,28 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             sum_gx, sum_g = sum_gx + vals["dgamma"], sum_g + vals["dbeta"]
         return means, variances, {"y": _cn(y, ax), "dx": _cn(dx, ax), "dgamma": sum_gx, "dbeta": sum_g}
 
+    def dp_train(x_like, g_like):
+        """Data parallelism, careful: with sync ``train`` on the whole batch (what an all-reduce of the shards' sums
+        gives), else on each shard; dgamma and dbeta reduced over the replicas in ``statistics``; the replicas' (means,
+        variances, value counts), y and dx as (C, n) of the whole batch."""
+        sizes = case.shards
+        if case.data_parallel.sync:
+            mean, var, vals = train(_cn(x_like, ax), _cn(g_like, ax))
+            stats_ = [(mean, var, n)] * len(sizes)
+        else:
+            y, dx = np.empty(x_like.shape, wn), np.empty(x_like.shape, wn)
+            stats_, sum_gx, sum_g = [], ws.type(0), ws.type(0)
+            for sl, size in zip(ref.shard_slices(sizes), sizes):
+                nr = n // case.shape[0] * size
+                mean, var, part = train(_cn(x_like[sl], ax), _cn(g_like[sl], ax), n=nr)
+                y[sl], dx[sl] = _back(part["y"], x_like[sl], ax), _back(part["dx"], x_like[sl], ax)
+                stats_.append((mean, var, nr))
+                sum_gx, sum_g = sum_gx + part["dgamma"], sum_g + part["dbeta"]
+            vals = {"y": _cn(y, ax), "dx": _cn(dx, ax), "dgamma": sum_gx, "dbeta": sum_g}
+        if replica_gradients == "mean":
+            vals["dgamma"], vals["dbeta"] = vals["dgamma"] / ws.type(len(sizes)), vals["dbeta"] / ws.type(len(sizes))
+        return stats_, vals
+
     if case.virtual_batch_size and case.shape[0] % case.virtual_batch_size:
         return out  # an uneven split: the oracle defines nothing (harness.expected)
     updates = 0
@@ -187,6 +210,22 @@ def stable_quantities(case: Case, data: CaseData, estimator: str, momentum: floa
             vals = renorm_train(x, g)
             store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
             rm, rv = st["mm"], st["mv"]
+            out[(f"running_mean{sfx}", i)] = f64(rm)
+            out[(f"running_var{sfx}", i)] = f64(rv)
+            continue
+        if case.data_parallel is not None:  # replicas: each updates its copy; the first, or their average, is kept
+            stats_, vals = dp_train(x_like, g_like)
+            store(sfx, {k: v for k, v in vals.items() if k in keep}, i, x_like)
+            w = float(momentum)
+            kept = []
+            with np.errstate(invalid="ignore", over="ignore"):
+                for mean, var, nr in stats_[:1] if replica_running == "first" else stats_:
+                    f = ref.bessel_factor(nr, estimator)
+                    kept.append(((ws.type(1 - w) * rm.astype(ws) + ws.type(w) * mean).astype(wr),
+                                 (ws.type(1 - w) * rv.astype(ws) + ws.type(w) * (var * ws.type(f))).astype(wr)))
+                cnt = ws.type(len(kept))
+                rm = (np.sum([a for a, _ in kept], axis=0, dtype=ws) / cnt).astype(wr)
+                rv = (np.sum([b for _, b in kept], axis=0, dtype=ws) / cnt).astype(wr)
             out[(f"running_mean{sfx}", i)] = f64(rm)
             out[(f"running_var{sfx}", i)] = f64(rv)
             continue

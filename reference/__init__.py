@@ -51,6 +51,20 @@ tf-keras), so the running variance takes the mean within-group variance, not the
 variance; or once per virtual batch, in order (``update="sequential"``, the ghost BN paper's
 algorithm, and what a BN module called per chunk does) (``ghost_update_running``). Eval is
 plain BN with the running statistics, for any N.
+
+Data parallelism (``replicas`` shards of a training batch, contiguous along axis 0, of sizes
+``sizes``; ``shard_slices``): with ``sync=True`` (synchronized BN) every replica normalizes with
+the statistics of the global batch, so ``y`` and the gradient of the global loss
+``sum_r sum(y_r g_r)`` are those of plain BN over the whole batch (the gradient of each shard
+depends on the others through the global mean and variance); with ``sync=False`` each replica
+normalizes with its own shard's statistics and the gradient flows through them only
+(``dp_train_forward``, ``dp_train_backward``). ``dgamma`` and ``dbeta`` are the replicas'
+gradients reduced by ``"sum"`` (the gradient of the global loss) or ``"mean"`` (torch DDP averages
+over ranks). Each replica updates its own running statistics with the statistics it normalized
+with (the Bessel factor of its shard's count, or of the global count when synchronized); which
+copy survives is a convention (``dp_update_running``): ``"first"`` (replica 0's: torch DDP
+broadcasts rank 0's buffers, per-device copies read on device 0) or ``"mean"`` (the replicas'
+average, a variable aggregated on read).
 """
 
 from __future__ import annotations
@@ -86,10 +100,19 @@ __all__ = [
     "ghost_train_forward",
     "ghost_train_backward",
     "ghost_update_running",
+    "REPLICA_RUNNING",
+    "REPLICA_GRADIENTS",
+    "shard_slices",
+    "dp_replica_stats",
+    "dp_train_forward",
+    "dp_train_backward",
+    "dp_update_running",
 ]
 
 ESTIMATORS = ("biased", "unbiased", "unbiased_guarded")
 GHOST_UPDATES = ("group_average", "sequential")  # how a ghost-BN call updates the running statistics
+REPLICA_RUNNING = ("first", "mean")  # which replica's running statistics survive a data-parallel step
+REPLICA_GRADIENTS = ("sum", "mean")  # how the replicas' parameter gradients are reduced
 
 
 def _f64(a) -> np.ndarray:
@@ -458,3 +481,68 @@ def ghost_update_running(running_mean, running_var, group_means, group_vars, gro
     for mean, var in zip(_f64(group_means), _f64(group_vars)):
         rm, rv = update_running(rm, rv, mean, var, group_count, momentum, estimator)
     return rm, rv
+
+
+# -- data parallelism (replicas) -----------------------------------------------------------------------
+
+
+def shard_slices(sizes) -> list[slice]:
+    """The contiguous shards of axis 0, of ``sizes`` samples each, in order."""
+    edges = np.cumsum([0, *[int(s) for s in sizes]])
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def dp_replica_stats(x, sizes, sync: bool, channel_axis: int = 1):
+    """(means, biased vars, counts): what each replica normalizes with, (R, C), (R, C), (R,): its shard's
+    ``batch_stats`` and value count per channel, or with ``sync`` the global batch's for every replica."""
+    x = _f64(x)
+    per = x.size // max(x.shape[channel_axis % x.ndim], 1) // max(x.shape[0], 1)  # values per sample and channel
+    if sync:
+        mean, var = batch_stats(x, channel_axis)
+        r = len(sizes)
+        return np.tile(mean, (r, 1)), np.tile(var, (r, 1)), np.full(r, x.shape[0] * per)
+    stats = [batch_stats(x[s], channel_axis) for s in shard_slices(sizes)]
+    return (np.array([m for m, _ in stats]), np.array([v for _, v in stats]),
+            np.array([int(n) * per for n in sizes]))
+
+
+def dp_train_forward(x, gamma, beta, eps, sizes, sync: bool, channel_axis: int = 1):
+    """y of every shard, normalized with the global statistics (``sync``) or its own; returns (y, means, vars)."""
+    x = _f64(x)
+    if sync:
+        y = train_forward(x, gamma, beta, eps, channel_axis)[0]
+    else:
+        y = np.concatenate([train_forward(x[s], gamma, beta, eps, channel_axis)[0] for s in shard_slices(sizes)])
+    means, variances, _ = dp_replica_stats(x, sizes, sync, channel_axis)
+    return y, means, variances
+
+
+def dp_train_backward(x, g, gamma, eps, sizes, sync: bool, channel_axis: int = 1, reduce: str = "sum"):
+    """Gradients of the global loss sum_r sum(y_r g_r): ``sync``: ``train_backward`` of the whole batch (each shard's
+    dx through the global statistics); else each shard's ``train_backward``. dgamma, dbeta: summed over the
+    replicas, or with ``reduce="mean"`` divided by their number."""
+    x, g = _f64(x), _f64(g)
+    if reduce not in REPLICA_GRADIENTS:
+        raise ValueError(f"reduce must be one of {REPLICA_GRADIENTS}, got {reduce!r}")
+    if sync:
+        dx, dgamma, dbeta = train_backward(x, g, gamma, eps, channel_axis)
+    else:
+        parts = [train_backward(x[s], g[s], gamma, eps, channel_axis) for s in shard_slices(sizes)]
+        dx = np.concatenate([p[0] for p in parts])
+        dgamma, dbeta = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    if reduce == "mean":
+        dgamma, dbeta = dgamma / len(sizes), dbeta / len(sizes)
+    return dx, dgamma, dbeta
+
+
+def dp_update_running(running_mean, running_var, means, variances, counts, momentum: float,
+                      estimator: str = "unbiased", kept: str = "first"):
+    """Each replica's ``update_running`` with the statistics it normalized with (``dp_replica_stats``), from the same
+    state; ``kept="first"``: replica 0's result, ``"mean"``: the average of the replicas' results."""
+    if kept not in REPLICA_RUNNING:
+        raise ValueError(f"kept must be one of {REPLICA_RUNNING}, got {kept!r}")
+    results = [update_running(running_mean, running_var, m, v, int(n), momentum, estimator)
+               for m, v, n in zip(_f64(means), _f64(variances), counts)]
+    if kept == "first":
+        return results[0]
+    return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)

@@ -48,7 +48,7 @@ import numpy as np
 
 from harness.cases import Case
 from harness.inputs import CaseData
-from reference import GHOST_UPDATES
+from reference import GHOST_UPDATES, REPLICA_GRADIENTS, REPLICA_RUNNING
 
 IN_WORKER = "BNPARITY_IN_WORKER"  # set inside worker processes (harness.workers)
 
@@ -103,6 +103,12 @@ class Conventions:
     statistics, one of ``reference.GHOST_UPDATES``: ``"group_average"`` (once, with the averages over the virtual
     batches of their means and variances: tf-keras) or ``"sequential"`` (once per virtual batch, in order: the ghost
     BN paper's algorithm, a BN module called per chunk). Only adapters that run virtual batches read it.
+
+    ``replica_running`` and ``replica_gradients``: under data parallelism (a case's ``data_parallel``), which copy of
+    the running statistics survives a training step, one of ``reference.REPLICA_RUNNING`` (``"first"``: replica 0's,
+    ``"mean"``: the replicas' average), and how the parameters' gradients are reduced over the replicas, one of
+    ``reference.REPLICA_GRADIENTS`` (``"sum"``: the gradient of the global loss; ``"mean"``: torch DDP's average).
+    Only data-parallel adapters read them.
     """
 
     momentum_style: str
@@ -115,6 +121,8 @@ class Conventions:
     frozen_call: str = ""
     frozen_note: str = ""
     virtual_batch_update: str = "group_average"
+    replica_running: str = "first"
+    replica_gradients: str = "sum"
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -123,6 +131,9 @@ class Conventions:
         if self.virtual_batch_update not in GHOST_UPDATES:
             raise TypeError(f"Conventions.virtual_batch_update is one of {GHOST_UPDATES}, not "
                             f"{self.virtual_batch_update!r}")
+        for name, allowed in (("replica_running", REPLICA_RUNNING), ("replica_gradients", REPLICA_GRADIENTS)):
+            if getattr(self, name) not in allowed:
+                raise TypeError(f"Conventions.{name} is one of {allowed}, not {getattr(self, name)!r}")
         for name in ("single_value_training", "zero_eps_training"):
             value = getattr(self, name)
             if value != COMPUTES and not isinstance(value, Raises):
@@ -280,6 +291,9 @@ class Adapter:
     # a case's ``second_order``: None where the adapter computes the Hessian-vector products (its train steps then get
     # ``v=``, the direction, and return ``hvp_x`` and ``hvp_gamma`` too), else why not (a skip)
     no_second_order: str | None = "the adapter does not compute second derivatives"
+    # a case's ``data_parallel``: None where the adapter runs the layer over replicas (its ``run`` then gets each
+    # training batch whole and shards it, ``case.shards``), else why not (a skip)
+    no_data_parallel: str | None = "the adapter runs one replica (data-parallel cases run on the distributed path)"
     # how the BN is run (one of PATHS); a non-eager path names the eager adapter it starts from in ``source``
     path: str = "eager"
     source: str = ""
@@ -327,6 +341,8 @@ class Adapter:
             return f"{self.name}: no virtual batch (ghost BN): {self.no_virtual_batch}"
         if case.second_order is not None and self.no_second_order:
             return f"{self.name}: no second derivatives: {self.no_second_order}"
+        if case.data_parallel is not None and self.no_data_parallel:
+            return f"{self.name}: no data parallelism: {self.no_data_parallel}"
         if "frozen" in case.schedule and not self.conventions.frozen_call:
             return f"{self.name}: no frozen layer to call ({self.conventions.frozen_note or 'not declared'})"
         refusal = self.refusal(case)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.report import paths as paths_view
+from harness.report import replicas as replicas_view
 from harness.report.families import families, markdown
 from harness.report.page import write
 from harness.report.views import DEFAULT_BASELINE
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", default=None, metavar="FILE", dest="paths_md",
                    help="also write the Paths view (each eager adapter beside its compiled, graph, exported and "
                         "converted paths) as Markdown tables to FILE")
+    p.add_argument("--replicas", default=None, metavar="FILE",
+                   help="also write the data-parallel view (per case configuration and framework, sync on and off "
+                        "side by side, with the running statistics kept and the cost) as Markdown tables to FILE")
     args = p.parse_args(argv)
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     try:
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.paths_md:
         Path(args.paths_md).write_text(paths_view.markdown(paths_view.path_groups(m)))
         print(f"wrote {args.paths_md}: the Paths view as Markdown")
+    if args.replicas:
+        Path(args.replicas).write_text(replicas_view.markdown(replicas_view.replica_rows(m)))
+        print(f"wrote {args.replicas}: the data-parallel view (sync on and off side by side) as Markdown")
     skipped = [s for e in m.envs for s in e.skipped]
     if skipped:
         print(f"bnparity report: {len(skipped)} damaged line(s) left out (the page lists them):", file=sys.stderr)

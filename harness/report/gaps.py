@@ -32,7 +32,8 @@ from harness.report.model import Model, ReportCell
 from harness.schema import Cell, Quantity
 
 # (running_var_estimator, effective momentum or "cumulative", eps[, frozen_call where the case makes frozen calls or
-# has virtual batches[, virtual_batch_update where it has virtual batches]])
+# has virtual batches or replicas[, virtual_batch_update where it has virtual batches ("" with replicas)[,
+# replica_running, replica_gradients where it has replicas]]])
 Signature = tuple[Any, ...]
 
 
@@ -46,6 +47,10 @@ def signature(record: Cell | None) -> Signature | None:
         return None
     sig = (str(est), m if isinstance(m, str) else float(m), float(eps))
     frozen = str(record.conventions.get("frozen_call") or "")
+    if record.case_params.get("data_parallel"):  # replicas: which running statistics survive, how gradients reduce
+        conv = record.conventions
+        return (*sig, frozen, "", str(conv.get("replica_running") or "first"),
+                str(conv.get("replica_gradients") or "sum"))
     if record.case_params.get("virtual_batch_size"):  # ghost BN: how the running statistics are updated, too
         return (*sig, frozen, str(record.conventions.get("virtual_batch_update") or "group_average"))
     if "frozen" in (record.case_params.get("calls") or ()):
@@ -86,9 +91,10 @@ def oracle_gaps(case_params: dict[str, Any], sigs: list[Signature]) -> dict[str,
         data = inputs.build(case)
         values = []
         for est, m, eps, *more in sigs:
-            frozen, ghost = (*more, "", "")[:2]
+            frozen, ghost, kept, reduce = (*more, "", "", "", "")[:4]
             exp = expected_quantities(case, data, est, m, eps, frozen_call=frozen or "batch_statistics",
-                                      virtual_batch_update=ghost or "group_average")
+                                      virtual_batch_update=ghost or "group_average",
+                                      replica_running=kept or "first", replica_gradients=reduce or "sum")
             # a quantity the settings do not touch (train y and dx under another estimator) is kept once
             values.append({k: next((v[k] for v in values if k in v and _same(v[k], e.value)), e.value)
                            for (q, s), e in exp.items() for k in [gap_key(q, s)]})

@@ -66,6 +66,23 @@ BAD = [
     ("renorm untracked", GOOD + "renorm = { rmax = 2.0 }\ntrack_running_stats = false\n", "renorm",
      "needs track_running_stats"),
     ("renorm cumulative", GOOD + "renorm = { rmax = 2.0 }\nmomentum = 'cumulative'\n", "renorm", "numeric momentum"),
+    ("data parallel one replica", GOOD + "data_parallel = { replicas = 1, sync = true }\n", "data_parallel.replicas",
+     "greater than or equal to 2"),
+    ("data parallel no sync", GOOD + "data_parallel = { replicas = 2 }\n", "data_parallel.sync", "missing"),
+    ("data parallel uneven without split", GOOD + "data_parallel = { replicas = 3, sync = true }\n", "data_parallel",
+     "3 replicas do not divide N = 4"),
+    ("data parallel split sum", GOOD + "data_parallel = { replicas = 2, sync = true, split = [1, 2] }\n",
+     "data_parallel", "sums to 3"),
+    ("data parallel split length", GOOD + "data_parallel = { replicas = 2, sync = true, split = [1, 1, 2] }\n",
+     "data_parallel.split", "3 shard sizes for 2 replicas"),
+    ("data parallel empty shard", GOOD + "data_parallel = { replicas = 2, sync = true, split = [0, 4] }\n",
+     "data_parallel.split.0", "greater than or equal to 1"),
+    ("data parallel untracked", GOOD + "data_parallel = { replicas = 2, sync = true }\ntrack_running_stats = false\n",
+     "data_parallel", "running statistics"),
+    ("data parallel ghost", GOOD + "data_parallel = { replicas = 2, sync = true }\nvirtual_batch_size = 2\n",
+     "data_parallel", "virtual batches"),
+    ("data parallel frozen", GOOD + "data_parallel = { replicas = 2, sync = true }\ncalls = ['train', 'frozen']\n",
+     "data_parallel", "frozen calls"),
 ]
 
 
@@ -320,3 +337,15 @@ def test_virtual_batch_groups_and_recorded_refusal(tmp_path):
     ghost, uneven, plain = load_file(f)
     assert (ghost.virtual_batch_size, ghost.groups) == (2, 4)
     assert uneven.virtual_batch_size == 3 and plain.virtual_batch_size is None and plain.groups == 1
+
+
+def test_data_parallel_shards(tmp_path):
+    """Even shards by default, the split as given, one shard without data parallelism."""
+    f = tmp_path / "dp.toml"
+    f.write_text('[[case]]\nname = "even"\nshape = [8, 3]\ndata_parallel = { replicas = 4, sync = false }\n\n'
+                 '[[case]]\nname = "uneven"\nshape = [8, 3]\ndata_parallel = { replicas = 2, sync = true, '
+                 'split = [3, 5] }\n\n[[case]]\nname = "plain"\nshape = [8, 3]\n')
+    even, uneven, plain = load_file(f)
+    assert even.shards == (2, 2, 2, 2) and not even.data_parallel.uneven
+    assert uneven.shards == (3, 5) and uneven.data_parallel.uneven and uneven.data_parallel.sync
+    assert plain.shards == (8,) and plain.data_parallel is None

@@ -75,6 +75,13 @@ input = { kind = "normal", loc = 50.0, scale = 1.0 }
 seed = 905
 
 [[case]]
+name = "fresh_dp_pair_offset_50"
+shape = [4, 6]
+data_parallel = { replicas = 2, sync = false }
+input = { kind = "normal", loc = 50.0, scale = 1.0 }
+seed = 906
+
+[[case]]
 name = "fresh_constant_channel"
 shape = [6, 3, 4]
 channel_overrides = [{ channels = [2], input = { kind = "constant", value = 3.0 } }]
@@ -251,6 +258,8 @@ CELLS: dict[str, list[tuple[str, str]]] = {
     "tf-raw-float32-variance-overflow": [("tf-raw", "fresh_overflow_3e25")],
     "flax-fast-variance-mean-offset": [("flax-linen", "fresh_offset_300"), ("flax-nnx", "fresh_float64_offset_5e4"),
                                        ("flax-nnx", "fresh_pair_offset_50"), ("flax-linen", "fresh_constant_channel")],
+    "flax-dp-fast-variance-shard-offset": [("flax-linen-dp", "fresh_dp_pair_offset_50"),
+                                           ("flax-nnx-dp", "fresh_dp_pair_offset_50")],
     "flax-fast-variance-overflow-nan": [("flax-nnx", "fresh_overflow_3e25")],
     "flax-twopass-float32-variance-overflow": [("flax-linen-twopass", "fresh_overflow_3e25")],
     "flax-linen-low-precision-dx-rounded-twice": [("flax-linen-twopass", "fresh_float16")],

@@ -61,7 +61,8 @@ for path in sys.argv[2:]:
 # the cases every adapter's script runs, where the case applies and the adapter supports it: float32
 # channels_first rank 4 without gamma and beta, float32 channels_last, bfloat16 channels_last, and
 # the cumulative average (torch only)
-ADAPTER_CASES = ("affine_off", "conv2d_channels_last", "bfloat16_channels_last", "cumulative_average")
+ADAPTER_CASES = ("affine_off", "conv2d_channels_last", "bfloat16_channels_last", "cumulative_average",
+                 "dp2_local", "dp2_uneven_sync")  # (the last two: the distributed adapters, which run only those)
 # the torch script against the torch adapter in-process: large values, a strided input, bfloat16 with
 # channels_last, the cumulative average, and a case where torch raises as its conventions declare
 TORCH_CASES = ("huge_float32", "noncontiguous", "bfloat16_channels_last", "cumulative_average", "batch1_dense")
@@ -207,15 +208,19 @@ def test_copied_inputs_oracle_and_mapping_agree_with_the_harness(monkeypatch: py
         momentum, eps = torch_real.effective(case)
         assert torch_copy.effective(copy) == (momentum, eps)
         updates = reference.GHOST_UPDATES if case.virtual_batch_size else ("group_average",)
-        for estimator, update in itertools.product(reference.ESTIMATORS, updates):
-            exp = expected_quantities(case, want, estimator, momentum, eps, virtual_batch_update=update)
+        replicas = (itertools.product(reference.REPLICA_RUNNING, reference.REPLICA_GRADIENTS) if case.data_parallel
+                    else [("first", "sum")])
+        for estimator, update, (kept, reduce) in itertools.product(reference.ESTIMATORS, updates, replicas):
+            conv = {"virtual_batch_update": update, "replica_running": kept, "replica_gradients": reduce}
+            exp = expected_quantities(case, want, estimator, momentum, eps, **conv)
             # the reproducer's oracle has no second derivatives yet: a second-order case reproduces its first-order
             # calls
             exp = {k: e for k, e in exp.items() if k[0] not in ("hvp_x", "hvp_gamma")}
-            ora = ns["oracle"](copy, got, momentum, eps, estimator, virtual_batch_update=update)
+            ora = ns["oracle"](copy, got, momentum, eps, estimator, **conv)
             assert ora.keys() == exp.keys(), case.name
             for key, e in exp.items():
-                assert np.array_equal(ora[key], e.value, equal_nan=True), (case.name, estimator, update, key)
+                assert np.array_equal(ora[key], e.value, equal_nan=True), (case.name, estimator, update, kept, reduce,
+                                                                           key)
 
 
 def test_template_loads_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
