@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from harness.adapters.base import Refusal
 from harness.adapters.keras3 import Keras3TF
 from harness.adapters.tf_keras import TFKerasAdapter
 from harness.adapters.tf_raw import TFFusedAdapter, TFRawAdapter
@@ -61,8 +62,40 @@ class TFRawFunction(TFFunction, TFRawAdapter):
     """tf.nn.moments + tf.nn.batch_normalization under ``tf.function`` (graph) or with XLA."""
 
 
+_OP_DEF = ('https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/core/ops/nn_ops.cc '
+           '(REGISTER_OP("FusedBatchNormV3"): T in {half, bfloat16, float}, U in {bfloat16, float}; a graph checks '
+           'the attrs when the op is added, tensorflow/python/framework/op_def_library.py)')
+_GRAD_U = ('https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/python/ops/nn_grad.py '
+           '(_BaseFusedBatchNormGrad: the gradient op is added to the graph with a bfloat16 scale and the '
+           'forward\'s other inputs as float32; observed on TF 2.21, not traced further)')
+
+
+def _scale(dtype: str) -> str:
+    return f"Value passed to parameter 'scale' has DataType {dtype} not in list of allowed values: bfloat16, float32"
+
+
+_X_DOUBLE = ("Value passed to parameter 'x' has DataType float64 not in list of allowed values: float16, bfloat16, "
+             "float32")
+_GRAD_BFLOAT16 = ("Input 'scale' of 'FusedBatchNormGradV3' Op has type bfloat16 that does not match expected type of "
+                  "float32.")
+
+
 class TFFusedXLA(TFFunction, TFFusedAdapter):
-    """tf.compat.v1.nn.fused_batch_norm (FusedBatchNormV3) under ``tf.function(jit_compile=True)``."""
+    """tf.compat.v1.nn.fused_batch_norm (FusedBatchNormV3) under ``tf.function(jit_compile=True)``.
+
+    A graph refuses the dtype pairs that eager TensorFlow refuses, in other words: the op's attrs are checked when
+    the op is added to the graph (TypeError, where eager raises InvalidArgumentError when it runs), and with
+    bfloat16 parameters the forward is built but its gradient is not (eager: no CPU kernel, NotFoundError). Tried on
+    TF 2.21 for all 16 pairs (float16/bfloat16/float32 inputs with float32 parameters run)."""
+
+    refuses = tuple(
+        Refusal(frozenset(pairs), "TypeError", says, source)
+        for pairs, says, source in (
+            ({("float16", "float16"), ("bfloat16", "float16"), ("float32", "float16")}, _scale("float16"), _OP_DEF),
+            ({("float16", "float64"), ("bfloat16", "float64"), ("float32", "float64")}, _scale("float64"), _OP_DEF),
+            ({("float64", d) for d in ("float16", "bfloat16", "float32", "float64")}, _X_DOUBLE, _OP_DEF),
+            ({("float16", "bfloat16"), ("bfloat16", "bfloat16"), ("float32", "bfloat16")}, _GRAD_BFLOAT16, _GRAD_U),
+        ))
 
 
 KERAS3_TF_XLA = _named(Keras3TFXLA(), "keras3-tensorflow-xla", "keras3-tensorflow", "compiled", True)
