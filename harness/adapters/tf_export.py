@@ -67,8 +67,18 @@ class _Exported(Keras3TF):
 
 
 class Keras3ONNXRuntime(_Exported):
+    """ONNX Runtime's Python binding takes no bfloat16 NumPy array as an input (tried with onnxruntime 1.32.0 on the
+    Keras 3 bfloat16 cases, mixed and pure: the eval call raises when it feeds the batch); float16, float32 and
+    float64 run."""
+
     export_requires = ("tf2onnx", "onnx", "onnxruntime")
     export_distributions = ("tf2onnx", "onnx", "onnxruntime")
+    refuses = (
+        Refusal(frozenset({("bfloat16", "float32"), ("bfloat16", "bfloat16")}), "RuntimeError",
+                "Numpy_type 256 can't be converted to MLDataType.",
+                "https://github.com/microsoft/onnxruntime/blob/v1.32.0/onnxruntime/python/"
+                "onnxruntime_pybind_mlvalue.cc (NumpyTypeToOnnxRuntimeTensorType: no bfloat16 NumPy type)"),
+    )
 
     def _infer(self, state: LayerState, x: np.ndarray) -> np.ndarray:
         import onnxruntime
