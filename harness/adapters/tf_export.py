@@ -77,7 +77,7 @@ class Keras3ONNXRuntime(_Exported):
         Refusal(frozenset({("bfloat16", "float32"), ("bfloat16", "bfloat16")}), "RuntimeError",
                 "Numpy_type 256 can't be converted to MLDataType.",
                 "https://github.com/microsoft/onnxruntime/blob/v1.32.0/onnxruntime/python/"
-                "onnxruntime_pybind_mlvalue.cc (NumpyTypeToOnnxRuntimeTensorType: no bfloat16 NumPy type)"),
+                "onnxruntime_pybind_mlvalue.cc (its NumPy-type map has no entry for ml_dtypes bfloat16)"),
     )
 
     def _infer(self, state: LayerState, x: np.ndarray) -> np.ndarray:
