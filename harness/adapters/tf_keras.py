@@ -206,7 +206,7 @@ class TFKerasAdapter(TFStep, TFBench, Adapter):
     def _call(self, state: LayerState, x, g, training: bool, mask=None, v=None) -> dict[str, np.ndarray]:
         layer = state.layer
         params = taped_params(layer.gamma, layer.beta)
-        kw = {} if mask is None else {"mask": keras_mask(mask)}
+        kw = {} if mask is None else {"mask": self.tf_mask(keras_mask(mask))}
         taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v, self.tf_step())
         state.output_dtype = taped.output_dtype
         return {q: flat(q, v) for q, v in taped.out.items()}

@@ -39,6 +39,11 @@ class TFFunction:
 
         return lambda step: tf.function(step, jit_compile=self.jit_compile, reduce_retracing=False)
 
+    def tf_mask(self, mask):
+        import tensorflow as tf
+
+        return tf.constant(mask)
+
     def describe(self, state, info) -> None:
         super().describe(state, info)  # type: ignore[misc]
         info["tf_function"] = True

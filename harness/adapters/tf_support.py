@@ -182,6 +182,11 @@ class TFStep:
     def tf_step(self) -> Callable[[Callable], Callable] | None:
         return None
 
+    def tf_mask(self, mask: np.ndarray) -> Any:
+        """The mask as the step's layer call takes it: a NumPy array in eager (tf-keras converts it); the graph
+        paths hand a tensor to tf-keras, whose traced call sets attributes on the mask."""
+        return mask
+
 
 # -- benchmark helpers (bnparity bench) ------------------------------------------------------------
 
