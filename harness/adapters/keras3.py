@@ -40,6 +40,7 @@ from harness.adapters.tf_support import (
     TF_DISTRIBUTIONS,
     TF_ENV,
     TFBench,
+    TFStep,
     setup_tf,
     tape_call,
     taped_params,
@@ -310,7 +311,7 @@ class Keras3Adapter(Adapter):
         raise NotImplementedError
 
 
-class Keras3TF(TFBench, Keras3Adapter):
+class Keras3TF(TFStep, TFBench, Keras3Adapter):
     """Keras 3 on TensorFlow: eager calls, gradients from ``tf.GradientTape``."""
 
     backend = "tensorflow"
@@ -325,7 +326,7 @@ class Keras3TF(TFBench, Keras3Adapter):
         layer = state.layer
         params = {q: p.value for q, p in taped_params(layer.gamma, layer.beta).items()}
         kw = {} if mask is None else {"mask": mask}
-        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v)
+        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v, self.tf_step())
         state.output_dtype = taped.output_dtype
         return taped.out
 

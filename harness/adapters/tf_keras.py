@@ -40,6 +40,7 @@ from harness.adapters.tf_support import (
     KERAS_FROZEN,
     TF_ENV,
     TFBench,
+    TFStep,
     fused_rank_refusal,
     setup_tf,
     tape_call,
@@ -117,7 +118,7 @@ def moving_stats(state: LayerState) -> dict[str, np.ndarray]:
     return {q: flat(q, v) for q, v in state.moving_stats().items()}
 
 
-class TFKerasAdapter(TFBench, Adapter):
+class TFKerasAdapter(TFStep, TFBench, Adapter):
     framework = "tf-keras"
     requires = ("tensorflow",)
     no_second_order = None  # nested GradientTapes (tf_support.tape_call)
@@ -202,8 +203,8 @@ class TFKerasAdapter(TFBench, Adapter):
     def _call(self, state: LayerState, x, g, training: bool, mask=None, v=None) -> dict[str, np.ndarray]:
         layer = state.layer
         params = taped_params(layer.gamma, layer.beta)
-        kw = {} if mask is None else {"mask": keras_mask(mask)}
-        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v)
+        kw = {} if mask is None else {"mask": self.tf_mask(keras_mask(mask))}
+        taped = tape_call(lambda xt: (layer(xt, training=training, **kw),), x, g, params, v, self.tf_step())
         state.output_dtype = taped.output_dtype
         return {q: flat(q, v) for q, v in taped.out.items()}
 

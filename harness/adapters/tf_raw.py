@@ -34,6 +34,7 @@ from harness.adapters.tf_support import (
     TF_DISTRIBUTIONS,
     TF_ENV,
     TFBench,
+    TFStep,
     fused_rank_refusal,
     setup_tf,
     tape_call,
@@ -75,7 +76,7 @@ class FusedState(TFState):
     kwargs: dict[str, float]  # epsilon and exponential_avg_factor, or nothing for the wrapper's defaults
 
 
-class _TFAdapter(TFBench, Adapter):
+class _TFAdapter(TFStep, TFBench, Adapter):
     """One BN step written with TF ops: ``_forward`` and ``_store`` are what the two adapters differ in."""
 
     framework = "tensorflow"
@@ -123,11 +124,17 @@ class _TFAdapter(TFBench, Adapter):
         # the fused adapter's stand-ins for an absent parameter are constants: no gradient of theirs is recorded
         params = taped_params(state.gamma if state.case.has_scale else None,
                               state.beta if state.case.has_center else None)
-        taped = tape_call(lambda xt: self._forward(state, xt, training), x, g, params, v)
+
+        def forward(xt):
+            y, *stats = self._forward(state, xt, training)
+            if training:  # the update is part of the step (a tf.function step updates its variables in the graph)
+                self._store(state, *stats)
+            return (y, *stats)
+
+        taped = tape_call(forward, x, g, params, v, self.tf_step())
         state.output_dtype = taped.output_dtype
         out = taped.out
         if training:
-            self._store(state, *taped.aux)
             out.update(self._stored(state, *taped.aux))
         else:  # the variables as the eval call left them
             out.update(running_mean=state.rm.numpy(), running_var=state.rv.numpy())

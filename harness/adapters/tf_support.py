@@ -126,37 +126,66 @@ def taped_params(gamma: Any, beta: Any) -> dict[str, Any]:
     return {q: v for q, v in (("dgamma", gamma), ("dbeta", beta)) if v is not None}
 
 
+def taped_tensors(forward: Callable[[Any], tuple], xt: Any, gt: Any, params: dict[str, Any],
+                  vt: Any = None) -> tuple[dict[str, Any], Any, tuple]:
+    """The taped step on tensors (graph-safe: a ``tf.function`` may trace it): ``(arrays, y, aux)``; see
+    ``tape_call``."""
+    import tensorflow as tf
+
+    outer = tf.GradientTape(persistent=False) if vt is not None else contextlib.nullcontext()
+    with outer:
+        if vt is not None:
+            outer.watch(xt)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y, *aux = forward(xt)
+        grads = tape.gradient(y, [xt, *params.values()], output_gradients=tf.cast(gt, y.dtype))
+        if vt is not None:
+            along = tf.reduce_sum(grads[0] * tf.cast(vt, grads[0].dtype))
+    out = {"y": y, "dx": grads[0]}
+    out.update(zip(params, grads[1:]))
+    if vt is not None:
+        wrt = [xt, *([params["dgamma"]] if "dgamma" in params else [])]
+        second = outer.gradient(along, wrt, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        out["hvp_x"] = second[0]
+        if "dgamma" in params:
+            out["hvp_gamma"] = second[1]
+    return out, y, tuple(aux)
+
+
 def tape_call(forward: Callable[[Any], tuple], x: np.ndarray, g: np.ndarray, params: dict[str, Any],
-              v: np.ndarray | None = None) -> Taped:
+              v: np.ndarray | None = None, wrap: Callable[[Callable], Callable] | None = None) -> Taped:
     """``forward(x)`` under a GradientTape, then the gradient of ``sum(y * g)``.
 
     ``forward`` takes the input tensor and returns ``(y, *aux)``. The arrays are y and dx, plus the gradient
     of each of ``params`` under its name (``taped_params``: dgamma, dbeta). With a direction ``v``, nested tapes:
     the outer one records the inner gradient computation, and its gradient of sum(dx * v) gives hvp_x and (of the
-    ``dgamma`` parameter) hvp_gamma.
+    ``dgamma`` parameter) hvp_gamma. ``wrap`` runs the whole step (forward, tapes, any variable update the forward
+    makes) another way: the adapter's ``TFStep.tf_step`` (None: eagerly; ``tf.function``, with or without XLA, on
+    the graph and compiled paths).
     """
     import tensorflow as tf
 
-    xt = tf.constant(x)
-    outer = tf.GradientTape(persistent=False) if v is not None else contextlib.nullcontext()
-    with outer:
-        if v is not None:
-            outer.watch(xt)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y, *aux = forward(xt)
-        grads = tape.gradient(y, [xt, *params.values()], output_gradients=tf.cast(tf.constant(g), y.dtype))
-        if v is not None:
-            along = tf.reduce_sum(grads[0] * tf.cast(tf.constant(v), grads[0].dtype))
-    out = {"y": y.numpy(), "dx": grads[0].numpy()}
-    out.update({q: gr.numpy() for q, gr in zip(params, grads[1:])})
-    if v is not None:
-        wrt = [xt, *([params["dgamma"]] if "dgamma" in params else [])]
-        second = outer.gradient(along, wrt, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        out["hvp_x"] = second[0].numpy()
-        if "dgamma" in params:
-            out["hvp_gamma"] = second[1].numpy()
-    return Taped(out, y.dtype.name, tuple(aux))
+    def step(xt, gt, *vt):
+        return taped_tensors(forward, xt, gt, params, vt[0] if vt else None)
+
+    if wrap is not None:
+        step = wrap(step)
+    out, y, aux = step(tf.constant(x), tf.constant(g), *(() if v is None else (tf.constant(v),)))
+    return Taped({q: t.numpy() for q, t in out.items()}, y.dtype.name, tuple(aux))
+
+
+class TFStep:
+    """How a TensorFlow-based adapter runs its taped step (``tape_call``'s ``wrap``): eagerly here; the graph and
+    compiled paths (harness.adapters.tf_paths) return a ``tf.function`` wrapper."""
+
+    def tf_step(self) -> Callable[[Callable], Callable] | None:
+        return None
+
+    def tf_mask(self, mask: np.ndarray) -> Any:
+        """The mask as the step's layer call takes it: a NumPy array in eager (tf-keras converts it); the graph
+        paths hand a tensor to tf-keras, whose traced call sets attributes on the mask."""
+        return mask
 
 
 # -- benchmark helpers (bnparity bench) ------------------------------------------------------------

@@ -9,6 +9,7 @@ One cell per (entry, adapter) that the installed framework versions make applica
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,13 @@ shape = [0, 2, 2, 3, 4]
 layout = "channels_last"
 steps = 1
 seed = 923
+
+[[case]]
+name = "fresh_offset_1e4_conv2d_channels_first"
+shape = [6, 3, 3, 4]
+input = { kind = "normal", loc = 1e4, scale = 1.0 }
+steps = 2
+seed = 941
 """
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
@@ -291,12 +299,43 @@ CELLS: dict[str, list[tuple[str, str]]] = {
                                           ("keras3-jax", "fresh_mask_single_channel_conv2d_channels_last")],
     "keras3-tensorflow-mask-single-channel-axis1-raises": [("keras3-tensorflow", "fresh_mask_single_channel_dense")],
 }
+# the graph, compiled and exported TF paths (harness.adapters.tf_paths, tf_export): their rows run where
+# BNPARITY_PATHS=1 (the environment that installs the export packages), the ids are checked everywhere
+PATH_CELLS: dict[str, list[tuple[str, str]]] = {
+    "xla-fused-batch-norm-one-pass-variance": [("tf-fused-xla", "fresh_offset_1e4_conv2d_channels_first"),
+                                               ("tf-keras-fused-xla", "fresh_offset_1e4_conv2d_channels_first")],
+    "tf2xla-fused-batch-norm-empty-batch-nan": [("tf-fused-xla", "fresh_empty_conv2d_channels_last")],
+    "tf-xla-mean-by-reciprocal-constant-channel": [("keras3-tensorflow-xla", "fresh_constant_channel_eps0"),
+                                                   ("tf-keras-nonfused-xla", "fresh_constant_channel_eps0"),
+                                                   ("tf-raw-xla", "fresh_constant_channel_eps0")],
+    "litert-converter-saturates-infinite-constant": [("keras3-tensorflow-litert", "fresh_pair_eps0_momentum1")],
+    "keras3-float32-variance-overflow": [("keras3-tensorflow-xla", "fresh_overflow_3e25"),
+                                         ("keras3-tensorflow-onnxruntime", "fresh_overflow_3e25")],
+    "folded-affine-eps0-zero-variance-nan": [("keras3-tensorflow-xla", "fresh_pair_eps0_momentum1"),
+                                             ("keras3-tensorflow-onnxruntime", "fresh_pair_eps0_momentum1"),
+                                             ("tf-raw-xla", "fresh_pair_eps0_momentum1")],
+    "tf-moments-stop-gradient-second-order": [("keras3-tensorflow-xla", "fresh_second_order_conv"),
+                                              ("tf-raw-function", "fresh_second_order_conv")],
+    "tf-keras-nonfused-float64-decay-in-float32": [("tf-keras-nonfused-xla", "fresh_float64_momentum_0.2")],
+    "tf-keras-nonfused-assign-sub-inf": [("tf-keras-nonfused-xla", "fresh_inf_input")],
+    "tf-keras-nonfused-float32-variance-overflow": [("tf-keras-nonfused-xla", "fresh_overflow_3e25")],
+    "tf-keras-mask-no-unmasked-value-zero-statistics": [("tf-keras-nonfused-xla",
+                                                         "fresh_mask_all_masked_conv1d_channels_last")],
+    "tf-raw-float16-math-in-half": [("tf-raw-function", "fresh_float16"), ("tf-raw-xla", "fresh_float16")],
+    "tf-raw-float32-variance-overflow": [("tf-raw-xla", "fresh_overflow_3e25")],
+    "folded-form-empty-batch-nan-dgamma": [("tf-raw-xla", "fresh_empty_conv2d_channels_last")],
+    "tf-empty-batch-nan-moving-statistics": [("tf-raw-function", "fresh_empty_conv2d_channels_last")],
+    "keras3-tensorflow-mask-single-channel-axis1-raises": [("keras3-tensorflow-xla",
+                                                            "fresh_mask_single_channel_dense")],
+}
 # entries no fresh case can show (yet): the mechanism is not traced, and other draws of the same kind pass; each
 # is judged in its evidence case, and its ledger text says so
 BY_NAME: set[str] = {"keras3-pure-float16-moving-variance-overflow",
                      "torch-pure-float16-running-variance-update-overflows",
                      "tf-fused-float16-dx-overflow-constant-channel"}
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
+if os.environ.get("BNPARITY_PATHS") == "1":
+    ROWS += [(entry, adapter, case) for entry, cells in PATH_CELLS.items() for adapter, case in cells]
 
 
 @pytest.fixture(scope="module")
@@ -315,10 +354,11 @@ def test_fresh_cases_are_not_in_the_catalogue(fresh):
 
 def test_every_mechanism_entry_has_a_fresh_case():
     ids = {e.id for e in LEDGER}
-    assert set(CELLS) <= ids and BY_NAME <= ids, sorted((set(CELLS) | BY_NAME) - ids)
+    cells = set(CELLS) | set(PATH_CELLS)
+    assert cells <= ids and BY_NAME <= ids, sorted((cells | BY_NAME) - ids)
     # the entries of older version sets are checked by their own env's parity run (versions exclude today's)
     older = {e.id for e in LEDGER if e.versions.startswith(("<", "==3.0"))}
-    assert ids - set(CELLS) - BY_NAME == older, sorted(ids - set(CELLS) - BY_NAME - older)
+    assert ids - cells - BY_NAME == older, sorted(ids - cells - BY_NAME - older)
 
 
 @pytest.mark.parametrize("entry_id,adapter_name,case_name", ROWS, ids=[f"{e}:{a}:{c}" for e, a, c in ROWS])
