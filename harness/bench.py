@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, adapter in adapters.items():
             reason = adapter.available() or (None if isinstance(adapter, BenchHooks) else "no bench_callable")
             if not reason and not adapter.bench_variants:  # (no worker started to time nothing)
-                reason = (f"no bench variant: it runs the BN of {getattr(adapter, 'source', None) or 'its eager adapter'}"
-                          " on another path, and bnparity bench times that")
+                source = getattr(adapter, "source", None) or "its eager adapter"
+                reason = f"no bench variant: it runs the BN of {source} on another path, and bnparity bench times that"
             if reason:
                 writer.write([Benchmark(env=args.env, adapter=name, status=BenchStatus.SKIP, reason=reason)])
                 print(f"{name}: skip ({reason})")
