@@ -35,8 +35,15 @@ from typing import Any
 import numpy as np
 
 from harness.adapters.base import Observed, Raises, Refusal
-from harness.adapters.torch_adapter import (TorchAdapter, TorchState, memory_format, to_numpy, to_torch,
-                                            torch_back, torch_call, torch_step, torch_tensor)
+from harness.adapters.torch_adapter import (
+    TorchAdapter,
+    TorchState,
+    memory_format,
+    to_numpy,
+    to_torch,
+    torch_back,
+    torch_tensor,
+)
 from harness.cases import Case
 from harness.inputs import CaseData
 
