@@ -77,6 +77,7 @@ class _CompileAccounting:
 
     # inductor compiles in this process (no subprocess pool): the worker's one thread, as for the other frameworks
     worker_env = {**TorchAdapter.worker_env, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    bench_variants = ()  # bnparity bench times torch.compile as the torch adapter's "compile" variant
     no_second_order = ("torch.compile (inductor, torch 2.13): a double backward raises RuntimeError 'torch.compile "
                        "with aot_autograd does not currently support double backward' (torch/_functorch/_aot_autograd/"
                        "runtime_wrappers.py)")
@@ -256,6 +257,7 @@ class _OnnxEval(TorchAdapter):
     path = "exported"
     source = "torch"
     requires = ("torch", "onnx", "onnxscript")
+    bench_variants = ()  # what bnparity bench would time here is eager torch's training and a fresh export per call
     omits = {"dx_eval": NO_EVAL_GRADIENT, "dgamma_eval": NO_EVAL_GRADIENT, "dbeta_eval": NO_EVAL_GRADIENT}
     runtime = ""
 
