@@ -434,6 +434,51 @@ class ExportLosesEps(InferenceExport):
         return super().eval_step({**st, "eps": 1e-3}, x, g)
 
 
+NO_TRAIN_GRADIENT = "the exported program runs the forward only"
+GRADIENTS = ("dx", "dgamma", "dbeta")
+
+
+class TrainingExport(NumpyBN):
+    """fake-good's layer exported in training mode, every call run by another runtime that returns y and the updated
+    running statistics, not the gradients (as torch-onnxruntime-training does), and declares so."""
+
+    name = "fake-export-training"
+    path = "exported"
+    source = "fake-good"
+    no_second_order = NO_TRAIN_GRADIENT
+    omits = {q: NO_TRAIN_GRADIENT for q in (*GRADIENTS, "dx_frozen", "dx_eval", "dgamma_eval", "dbeta_eval")}
+
+    def train_step(self, st, x, g, mask=None, v=None):
+        return {q: a for q, a in super().train_step(st, x, g, mask).items() if q not in GRADIENTS}
+
+    def frozen_step(self, st, x, g, mask=None):
+        return {q: a for q, a in super().frozen_step(st, x, g, mask).items() if q not in GRADIENTS}
+
+    def eval_step(self, st, x, g, mask=None):
+        return {q: a for q, a in super().eval_step(st, x, g).items() if q not in GRADIENTS}
+
+
+class ExportMomentumInverted(TrainingExport):
+    """A converter that writes torch's momentum (the weight of the new value) into an attribute the runtime reads as
+    the weight of the old one (ONNX's BatchNormalization momentum): every running update, and each eval after it,
+    is off; y of the training calls is right."""
+
+    name = "bug-export-momentum-inverted"
+
+    def new_weight(self, st):
+        return 1.0 - super().new_weight(st)
+
+
+class ExportBiasedRunningVar(TrainingExport):
+    """A converter whose runtime keeps the population (biased) batch variance in the running variance while the
+    source framework declares the unbiased one (ONNX's training-mode BatchNormalization under torch's conventions)."""
+
+    name = "bug-export-biased-running-var"
+
+    def stored_var(self, var, n):
+        return var
+
+
 class EvalNotRepeatable(NumpyBN):
     """Eval mode nudges its running variance by one ulp after each call: every eval output is within the bound,
     but two eval calls in a row disagree bit for bit and the state changes."""

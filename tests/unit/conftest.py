@@ -72,6 +72,15 @@ def run_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     return run
 
 
+def framework_adapters() -> dict[str, str]:
+    """``{name: spec}`` of the registered adapters the framework self-tests check: the eager ones, and the compiled,
+    exported and other paths where ``BNPARITY_PATHS=1`` (tox's ``paths`` env, which installs what they need)."""
+    specs = discover()
+    if os.environ.get("BNPARITY_PATHS") == "1":
+        return specs
+    return {n: s for n, s in specs.items() if getattr(load_spec(s), "path", "eager") == "eager"}
+
+
 def installed_adapter(name: str):
     """(adapter, spec) of a registered adapter whose framework imports here; else skip, or fail where
     ``BNPARITY_REQUIRE_FRAMEWORKS=1`` (tox's current env) says the frameworks must be there."""

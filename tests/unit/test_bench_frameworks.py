@@ -17,17 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.adapters.base import discover, load_spec
+from harness.adapters.base import load_spec
 from harness.bench import MODES
 from harness.results import read
 from harness.schema import Benchmark
+from tests.unit.conftest import framework_adapters
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.frameworks
 
 
 def test_quick_bench_times_every_installed_adapter(tmp_path: Path) -> None:
-    adapters = {name: load_spec(spec) for name, spec in discover().items()}
+    adapters = {name: load_spec(spec) for name, spec in framework_adapters().items()}
     why_not = {name: a.available() for name, a in adapters.items()}  # None where the framework imports
     installed = sorted(name for name, reason in why_not.items() if not reason)
     missing = {name: reason for name, reason in why_not.items() if reason}

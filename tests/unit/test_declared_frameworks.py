@@ -18,11 +18,11 @@ import re
 import pytest
 
 from harness import runner
-from harness.adapters.base import discover, load_spec
+from harness.adapters.base import load_spec
 from harness.cases import Case
 from harness.schema import Quantity, Verdict
 from harness.workers import Workers
-from tests.unit.conftest import installed_adapter
+from tests.unit.conftest import framework_adapters, installed_adapter
 
 pytestmark = pytest.mark.frameworks
 
@@ -33,7 +33,7 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 def _declaring() -> list[str]:
     try:
-        specs = discover()
+        specs = framework_adapters()
         # the distributed adapters run data-parallel cases only: the refusals they inherit are checked on their source
         return sorted(n for n, s in specs.items() if getattr(load_spec(s), "refuses", ())
                       and getattr(load_spec(s), "path", "eager") != "distributed")
@@ -74,7 +74,7 @@ def test_every_declared_refusal_is_what_the_framework_raises(name: str, workers:
 
 def _raising() -> list[str]:
     try:
-        specs = discover()
+        specs = framework_adapters()
         return sorted(n for n, s in specs.items() if load_spec(s).conventions.raises_on(
             Case.model_validate({"name": "c", "shape": [1, 3], "eps": 0.0}), 0.0)
             and getattr(load_spec(s), "path", "eager") != "distributed")  # (checked on their source, as above)

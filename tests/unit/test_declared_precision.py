@@ -14,10 +14,9 @@ from __future__ import annotations
 import pytest
 
 from harness import runner
-from harness.adapters.base import discover
 from harness.cases import Case
 from harness.workers import Workers
-from tests.unit.conftest import installed_adapter
+from tests.unit.conftest import framework_adapters, installed_adapter
 
 pytestmark = pytest.mark.frameworks
 
@@ -29,7 +28,7 @@ BODIES = ([{"dtype": dt, "precision": policy} for dt in ("float16", "bfloat16") 
 
 def _names() -> list[str]:
     try:
-        return sorted(discover())
+        return sorted(framework_adapters())
     except Exception:  # a broken BNPARITY_ADAPTERS: the parity suite says so
         return []
 

@@ -242,6 +242,36 @@ shape = [6, 3, 3, 4]
 input = { kind = "normal", loc = 1e4, scale = 1.0 }
 steps = 2
 seed = 941
+
+[[case]]
+name = "fresh_bfloat16_mixed_conv1d_offset"
+dtype = "bfloat16"
+precision = "mixed"
+shape = [6, 3, 5]
+input = { kind = "normal", loc = 1.0, scale = 2.0 }
+seed = 941
+
+[[case]]
+name = "fresh_dense_two_steps"
+shape = [12, 4]
+steps = 2
+seed = 942
+
+[[case]]
+name = "fresh_empty_untracked_conv1d"
+shape = [0, 3, 4]
+track_running_stats = false
+steps = 1
+seed = 943
+
+[[case]]
+name = "fresh_scale_only_float16_mixed_dense"
+dtype = "float16"
+precision = "mixed"
+scale = true
+center = false
+shape = [6, 3]
+seed = 944
 """
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
@@ -333,6 +363,19 @@ PATH_CELLS: dict[str, list[tuple[str, str]]] = {
 BY_NAME: set[str] = {"keras3-pure-float16-moving-variance-overflow",
                      "torch-pure-float16-running-variance-update-overflows",
                      "tf-fused-float16-dx-overflow-constant-channel"}
+# the compiled and exported torch paths (harness/adapters/torch_paths.py) have their rows here too
+PATH_CELLS.update({
+    "torch-compile-16bit-mixed-backward-statistics-in-half": [("torch-compile", "fresh_bfloat16_mixed_conv1d_offset")],
+    "onnx-training-mode-population-running-variance": [("torch-onnxruntime-training", "fresh_dense_two_steps")],
+    "onnx-float64-attributes-in-float32": [(a, "fresh_float64_momentum_0.2") for a in
+                                           ("torch-onnxruntime", "torch-onnx-reference", "torch-onnxruntime-training")],
+    "onnxruntime-training-empty-batch-nan-running-statistics": [("torch-onnxruntime-training",
+                                                                 "fresh_empty_conv2d_channels_last")],
+    "torch-onnx-training-export-empty-untracked-sigfpe": [("torch-onnxruntime-training",
+                                                           "fresh_empty_untracked_conv1d")],
+    "torch-onnx-export-missing-bias-in-input-dtype": [(a, "fresh_scale_only_float16_mixed_dense") for a in
+                                                      ("torch-onnxruntime", "torch-onnxruntime-training")],
+})
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
 if os.environ.get("BNPARITY_PATHS") == "1":
     ROWS += [(entry, adapter, case) for entry, cells in PATH_CELLS.items() for adapter, case in cells]

@@ -32,12 +32,11 @@ import pytest
 import reference
 from harness import inputs, repro, repro_runtime, runner
 from harness.adapters import base, torch_adapter
-from harness.adapters.base import discover
 from harness.cases import Case, load_cases
 from harness.expected import expected_quantities
 from harness.schema import Quantity, Result, Verdict
 from harness.workers import Workers
-from tests.unit.conftest import installed_adapter
+from tests.unit.conftest import framework_adapters, installed_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = {c.name: c for c in load_cases([REPO / "cases"])}
@@ -316,7 +315,7 @@ def test_repro_cli(capsys: pytest.CaptureFixture) -> None:
 
 def _adapter_names() -> list[str]:
     try:
-        return sorted(discover())
+        return sorted(framework_adapters())
     except Exception:  # a broken BNPARITY_ADAPTERS: the parity suite says so
         return []
 
