@@ -125,6 +125,7 @@ def render(model: Model, *, compress: bool | None = None, gaps: bool = True, plo
         "header_cols": b.header_cols(), "counts": b.counts(), "starts": b.start_rows(), "drift": b.drift_rows(),
         "drift_summary": b.drift_summary(), "families": b.family_views(),
         "paths": b.path_views(),
+        "replicas": b.replica_views(),
         "defaults": b.defaults_views(), "plots": sweep_plots(model, plot_cache) if plots else [],
         "partial": [e for e in model.envs if e.partial], "adapters": model.adapters, "tags": model.tags(),
         "quantities": [q for q in Quantity if q is not Quantity.OUTCOME], "verdicts": Verdict.ordered(),

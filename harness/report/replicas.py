@@ -87,6 +87,12 @@ def _cost(cell: ReportCell | None) -> str:
     return f"{rec.wall_s:.2f} s" if rec is not None and rec.wall_s is not None else ""
 
 
+def side(cell: ReportCell | None) -> dict[str, str]:
+    """One side (sync on or off) of a row, in words: the cell verdict, the running variance kept, the cost and the
+    skip reason (the page's Data parallelism section and ``markdown`` both show these)."""
+    return {"verdict": _verdict(cell), "kept": _kept(cell), "cost": _cost(cell), "skip": _skip(cell)}
+
+
 def markdown(rows: list[ReplicaRow]) -> str:
     """One table per environment and configuration: adapters as rows, sync on and off side by side."""
     by: dict[tuple[str, str], list[ReplicaRow]] = defaultdict(list)
@@ -98,9 +104,9 @@ def markdown(rows: list[ReplicaRow]) -> str:
     for (env, config), rs in sorted(by.items()):
         lines = [f"### {config} ({env})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in sorted(rs, key=lambda r: r.adapter):
-            s, loc = r.by_sync.get(True), r.by_sync.get(False)
-            skips = "; ".join(dict.fromkeys(x for x in (_skip(s), _skip(loc)) if x))
-            cols = [r.adapter, _verdict(s), _kept(s), _cost(s), _verdict(loc), _kept(loc), _cost(loc),
+            s, loc = side(r.by_sync.get(True)), side(r.by_sync.get(False))
+            skips = "; ".join(dict.fromkeys(x for x in (s["skip"], loc["skip"]) if x))
+            cols = [r.adapter, s["verdict"], s["kept"], s["cost"], loc["verdict"], loc["kept"], loc["cost"],
                     r.convention(), skips]
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
         parts.append("\n".join(lines))

@@ -17,6 +17,8 @@ from harness.report.families import FAMILY_CONVENTIONS, families
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
 from harness.report.paths import identical_text, path_groups
+from harness.report.replicas import replica_rows
+from harness.report.replicas import side as replica_side
 from harness.report.story import summaries
 from harness.report.text import fmt_g, fmt_ratio, fmt_ulp, safe_link
 from harness.schema import Quantity, Verdict
@@ -177,6 +179,16 @@ class Builder:
                                 "failing": d.failing} for d in r.diffs]} for r in g.rows]
             out.append({"env": g.env, "source": g.source, "rows": rows})
         return out
+
+    def replica_views(self) -> list[dict[str, Any]]:
+        """Per data-parallel configuration and environment, each framework with sync on and off side by side
+        (``harness.report.replicas``)."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in sorted(replica_rows(self.model), key=lambda r: (r.env, r.config, r.adapter)):
+            groups.setdefault((r.env, r.config), []).append(
+                {"adapter": r.adapter, "convention": r.convention(), "sync": replica_side(r.by_sync.get(True)),
+                 "local": replica_side(r.by_sync.get(False))})
+        return [{"env": env, "config": config, "rows": rows} for (env, config), rows in groups.items()]
 
     def family_views(self) -> list[dict[str, Any]]:
         """Each scenario family per environment, adapters side by side (``harness.report.families``)."""

@@ -82,6 +82,16 @@ def test_replicas_view_puts_sync_on_and_off_side_by_side(tmp_path):
     cols = [c.strip() for c in line.strip("|").split("|")]
     assert cols[1] == cols[4] == "pass" and "keeps replica 0's copy; gradients mean" in cols[7]
     assert "copies part by" in cols[5] and "copies part by" not in cols[2]  # synchronized copies are equal
+    # the page's Data parallelism section shows the same rows
+    from harness.report.page import render
+
+    html = render(load([path]), plots=False)
+    section = html[html.index('<section id="replicas">'):]
+    section = section[:section.index("</section>")]
+    assert "dp2_uneven: 2 replicas, split [2, 6]" in section and 'href="#replicas"' in html
+    row = section[section.index('<tr data-adapter="fake-dp-first">'):]
+    row = row[:row.index("</tr>")]
+    assert row.count(">pass<") == 2 and "keeps replica 0&#39;s copy; gradients mean" in row and "copies part by" in row
 
 
 def test_eager_adapters_skip_data_parallel_cases_and_distributed_ones_the_rest():
