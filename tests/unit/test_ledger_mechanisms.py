@@ -344,8 +344,9 @@ PATH_CELLS: dict[str, list[tuple[str, str]]] = {
     "folded-affine-eps0-zero-variance-nan": [("keras3-tensorflow-xla", "fresh_pair_eps0_momentum1"),
                                              ("keras3-tensorflow-onnxruntime", "fresh_pair_eps0_momentum1"),
                                              ("tf-raw-xla", "fresh_pair_eps0_momentum1")],
-    "tf-moments-stop-gradient-second-order": [("keras3-tensorflow-xla", "fresh_second_order_conv"),
-                                              ("tf-raw-function", "fresh_second_order_conv")],
+    "tf-moments-stop-gradient-second-order": [(a, "fresh_second_order_conv")
+                                              for a in ("keras3-tensorflow-xla", "tf-raw-function",
+                                                        "keras3-tensorflow-onnxruntime", "keras3-tensorflow-litert")],
     "tf-keras-nonfused-float64-decay-in-float32": [("tf-keras-nonfused-xla", "fresh_float64_momentum_0.2")],
     "tf-keras-nonfused-assign-sub-inf": [("tf-keras-nonfused-xla", "fresh_inf_input")],
     "tf-keras-nonfused-float32-variance-overflow": [("tf-keras-nonfused-xla", "fresh_overflow_3e25")],
