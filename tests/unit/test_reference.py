@@ -228,14 +228,23 @@ def test_renorm_clipping_by_hand():
     np.testing.assert_allclose(d, [1.5, -30.0, 0.1])
 
 
+def _fd_inputs(rng, shape, axis, rows_differ=False):
+    """x, g, gamma, beta and eps for a central-difference test, drawn in this order from ``rng``; ``rows_differ``
+    shifts each sample by its index, so that how the batch is split (virtual batches, shards) matters."""
+    x, g = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
+    if rows_differ:
+        x += np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+    c = shape[axis]
+    return x, g, rng.uniform(0.5, 1.5, c), rng.normal(size=c), 1e-3
+
+
 @pytest.mark.parametrize("shape,axis", [((6, 3), 1), ((3, 2, 2, 3), -1)])
 def test_renorm_gradients_match_central_differences_with_r_and_d_constant(shape, axis):
     """The forward differentiated numerically, r and d computed once and held fixed (stop_gradient): the oracle's
     dx, dgamma and dbeta."""
     rng = np.random.default_rng(3)
-    x, g = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
+    x, g, gamma, beta, eps = _fd_inputs(rng, shape, axis)
     c = shape[axis]
-    gamma, beta, eps = rng.uniform(0.5, 1.5, c), rng.normal(size=c), 1e-3
     mean, var = ref.batch_stats(x, axis)
     r, d = ref.renorm_correction(mean, var, rng.normal(size=c), rng.uniform(0.5, 2.0, c), eps, rmin=0.8, rmax=1.2,
                                  dmax=0.5)
@@ -307,11 +316,7 @@ def test_ghost_one_sample_per_group_and_whole_batch():
                                           ((6, 3, 2, 2), 1, 3), ((4, 2, 3, 2), 2, 1)])
 def test_ghost_gradients_match_central_differences(shape, axis, v):
     """The ghost forward differentiated numerically, through every virtual batch's statistics."""
-    rng = np.random.default_rng(5)
-    x, g = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
-    x += np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))  # rows differ, so the grouping matters
-    c = shape[axis]
-    gamma, beta, eps = rng.uniform(0.5, 1.5, c), rng.normal(size=c), 1e-3
+    x, g, gamma, beta, eps = _fd_inputs(np.random.default_rng(5), shape, axis, rows_differ=True)
 
     def loss():
         return float((ref.ghost_train_forward(x, gamma, beta, eps, v, axis)[0] * g).sum())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from tests.unit.test_reference import _central_diff, _rel
+from tests.unit.test_reference import _central_diff, _fd_inputs, _rel
 
 
 @pytest.mark.parametrize("sync", [True, False])
@@ -17,11 +17,7 @@ from tests.unit.test_reference import _central_diff, _rel
 def test_dp_gradients_match_central_differences(shape, axis, sizes, sync):
     """The global loss sum_r sum(y_r g_r) differentiated numerically: with sync every shard's dx depends on the
     other shards (through the global statistics), without it only on its own."""
-    rng = np.random.default_rng(7)
-    x, g = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
-    x += np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))  # samples differ, so the sharding matters
-    c = shape[axis]
-    gamma, beta, eps = rng.uniform(0.5, 1.5, c), rng.normal(size=c), 1e-3
+    x, g, gamma, beta, eps = _fd_inputs(np.random.default_rng(7), shape, axis, rows_differ=True)
 
     def loss():
         return float((ref.dp_train_forward(x, gamma, beta, eps, sizes, sync, axis)[0] * g).sum())
