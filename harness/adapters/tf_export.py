@@ -10,7 +10,8 @@ the program) and runs the exported program on the eval batch:
   (``ai_edge_litert.interpreter.Interpreter``), what TensorFlow points users to for on-device inference.
 
 An exported inference program has no gradient: the eval calls return y and the running statistics (read from the
-Keras layer, which the export leaves as it was), and ``omits`` says so. The packages are not in the framework
+Keras layer, which the export leaves as it was), and ``omits`` says so. The export and the runtime's session are timed
+apart from compute (``info["compile_s"]``, one of ``info["compiles"]`` per eval call). The packages are not in the framework
 environment's pins; ``available()`` names what is missing.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,7 +43,7 @@ def keras_model(layer: Any, case: Case) -> Any:
 
 
 class _Exported(Keras3TF):
-    """The eval calls of ``keras3-tensorflow`` run through an exported program (``_infer``)."""
+    """The eval calls of ``keras3-tensorflow`` run through an exported program (``_export``)."""
 
     path = "exported"
     source = "keras3-tensorflow"
@@ -58,12 +61,21 @@ class _Exported(Keras3TF):
 
     def eval_step(self, state: LayerState, x, g, mask=None):
         del g, mask  # no gradient; Keras ignores a mask in inference
-        y = self._infer(state, np.ascontiguousarray(x))
+        t0 = time.perf_counter()
+        infer = self._export(state, np.ascontiguousarray(x))
+        state.compile_s += time.perf_counter() - t0  # the export and the runtime's session: apart from compute
+        state.compiles += 1
+        y = infer()
         state.output_dtype = str(y.dtype)
         return {"y": y, **state.moving_stats()}
 
-    def _infer(self, state: LayerState, x: np.ndarray) -> np.ndarray:
+    def _export(self, state: LayerState, x: np.ndarray) -> Callable[[], np.ndarray]:
+        """Export the layer as it stands and load the program into its runtime, fed ``x``; the returned call runs it."""
         raise NotImplementedError
+
+    def describe(self, state: LayerState, info: dict[str, Any]) -> None:
+        super().describe(state, info)
+        info["compile_s"], info["compiles"] = state.compile_s, state.compiles
 
 
 class Keras3ONNXRuntime(_Exported):
@@ -80,7 +92,7 @@ class Keras3ONNXRuntime(_Exported):
                 "onnxruntime_pybind_mlvalue.cc (its NumPy-type map has no entry for ml_dtypes bfloat16)"),
     )
 
-    def _infer(self, state: LayerState, x: np.ndarray) -> np.ndarray:
+    def _export(self, state: LayerState, x: np.ndarray) -> Callable[[], np.ndarray]:
         import onnxruntime
         import tensorflow as tf
 
@@ -93,7 +105,7 @@ class Keras3ONNXRuntime(_Exported):
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return np.asarray(session.run(None, {name: x})[0])
+        return lambda: np.asarray(session.run(None, {name: x})[0])
 
 
 class Keras3LiteRT(_Exported):
@@ -113,7 +125,7 @@ class Keras3LiteRT(_Exported):
                 "flatbuffer_export.cc (the float64 AddV2 of the batch norm 'is neither a custom op nor a flex op')"),
     )
 
-    def _infer(self, state: LayerState, x: np.ndarray) -> np.ndarray:
+    def _export(self, state: LayerState, x: np.ndarray) -> Callable[[], np.ndarray]:
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
@@ -123,9 +135,13 @@ class Keras3LiteRT(_Exported):
         inp = interpreter.get_input_details()[0]
         interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=False)
         interpreter.allocate_tensors()
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+        def infer() -> np.ndarray:
+            interpreter.set_tensor(inp["index"], x)
+            interpreter.invoke()
+            return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+        return infer
 
 
 ONNXRUNTIME = Keras3ONNXRuntime("keras3-tensorflow-onnxruntime")

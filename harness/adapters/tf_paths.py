@@ -12,13 +12,18 @@ the hand-written step makes) runs as one ``tf.function``:
   into reductions (xla/service/batchnorm_expander.cc).
 
 The step is traced and compiled afresh for each call (the program of a given shape and setting is the same, so this
-costs compile time, not fidelity); ``info["compute_s"]`` is therefore mostly compile time. Everything else (the
-layer, its dtypes, conventions, declared precision and refusals) is the eager adapter's: the only hook is
-``TFStep.tf_step`` (harness.adapters.tf_support), which ``tape_call`` uses to run the step.
+costs compile time, not fidelity). Compile time is reported apart from compute, as for JAX: ``info["compile_s"]`` is
+the trace (``get_concrete_function``: Python, the tape, the graph) plus what the first run of the program costs
+beyond a second run of it (Grappler's rewrites; tf2xla and XLA's compile on the compiled path), the second run made
+from the variables as they were before the first and the variables then put back as the first left them (the
+results are the first run's); ``info["compiles"]`` counts the programs. ``info["compute_s"]`` covers both runs.
+Everything else (the layer, its dtypes, conventions, declared precision and refusals) is the eager adapter's: the
+only hook is ``TFStep.tf_step`` (harness.adapters.tf_support), which ``tape_call`` uses to run the step.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from harness.adapters.base import Refusal
@@ -33,11 +38,46 @@ class TFFunction:
     jit_compile: bool = True
     path = "compiled"
     source = ""
+    _compiled: list | None = None  # [seconds compiling, programs] of the case ``run`` is making
 
     def tf_step(self) -> Callable[[Callable], Callable]:
         import tensorflow as tf
 
-        return lambda step: tf.function(step, jit_compile=self.jit_compile, reduce_retracing=False)
+        def wrap(step: Callable) -> Callable:
+            fn = tf.function(step, jit_compile=self.jit_compile, reduce_retracing=False)
+            return lambda *args: self._timed(fn, args)
+
+        return wrap
+
+    def _timed(self, fn, args: tuple):
+        """``fn(*args)``, its compile time apart from its compute added to the case's (the module docstring)."""
+        t0 = time.perf_counter()
+        program = fn.get_concrete_function(*args)
+        traced = time.perf_counter() - t0
+        state = program.variables  # the variables the step reads or updates: the running statistics among them
+        before = [v.read_value() for v in state]
+        t1 = time.perf_counter()
+        out = fn(*args)
+        first = time.perf_counter() - t1
+        after = [v.read_value() for v in state]
+        for v, b in zip(state, before):
+            v.assign(b)
+        t2 = time.perf_counter()
+        fn(*args)
+        again = time.perf_counter() - t2
+        for v, a in zip(state, after):
+            v.assign(a)
+        if self._compiled is not None:
+            self._compiled[0] += traced + max(first - again, 0.0)
+            self._compiled[1] += 1
+        return out
+
+    def run(self, case, data):
+        self._compiled = [0.0, 0]  # seconds compiling, programs: this case's
+        obs = super().run(case, data)  # type: ignore[misc]
+        obs.info["compile_s"], obs.info["compiles"] = self._compiled
+        self._compiled = None
+        return obs
 
     def tf_mask(self, mask):
         import tensorflow as tf
