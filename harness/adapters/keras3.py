@@ -144,7 +144,7 @@ class LayerState:
     layer: Any
     case: Case
     output_dtype: str | None = None
-    compiles: int = 0  # programs compiled or exported for this case (jitted steps on JAX, exports on the exported paths)
+    compiles: int = 0  # programs compiled or exported in this case (jitted steps on JAX, exports on exported paths)
     compile_s: float = 0.0
 
     def moving_stats(self) -> dict[str, np.ndarray]:

@@ -10,9 +10,9 @@ the program) and runs the exported program on the eval batch:
   (``ai_edge_litert.interpreter.Interpreter``), what TensorFlow points users to for on-device inference.
 
 An exported inference program has no gradient: the eval calls return y and the running statistics (read from the
-Keras layer, which the export leaves as it was), and ``omits`` says so. The export and the runtime's session are timed
-apart from compute (``info["compile_s"]``, one of ``info["compiles"]`` per eval call). The packages are not in the framework
-environment's pins; ``available()`` names what is missing.
+Keras layer, which the export leaves as it was), and ``omits`` says so. The export and the runtime's session are
+timed apart from compute (``info["compile_s"]``, one of ``info["compiles"]`` per eval call). The packages are not in
+the framework environment's pins; ``available()`` names what is missing.
 """
 
 from __future__ import annotations
