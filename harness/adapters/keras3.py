@@ -536,7 +536,7 @@ class Keras3Torch(Keras3Adapter):
         for p in params.values():
             p.grad = None
         kw = {} if mask is None else {"mask": torch.from_numpy(mask)}
-        y = layer(xt, training=training, **kw)
+        y = self.layer_call(state)(xt, training=training, **kw)
         state.output_dtype = str(y.dtype).removeprefix("torch.")
         if v is not None:  # double backward: the gradients with a graph, then those of sum(dx * v)
             first = torch.autograd.grad(y, [xt, *params.values()], grad_outputs=to_torch(torch, g).to(y.dtype),
@@ -553,6 +553,10 @@ class Keras3Torch(Keras3Adapter):
         out = {"y": to_numpy(y), "dx": to_numpy(xt.grad)}
         out.update({q: to_numpy(p.grad) for q, p in params.items() if p.grad is not None})  # frozen: no grad
         return out
+
+    def layer_call(self, state: LayerState) -> Any:
+        """What a call of the layer runs: the layer itself, eagerly (keras_torch_compile: under torch.compile)."""
+        return state.layer
 
     def bench_devices(self) -> tuple[str, ...]:
         return ("cuda",) if gpu_visible("torch") else ()

@@ -10,7 +10,9 @@ starts from (the cell record's ``source``), case by case, in the same environmen
   reorders a reduction differs in the last bits and still passes; an identical digest says the path ran the same
   arithmetic;
 * the worst error over its bound on each side, and the cases where the two differ in verdict, with the quantities
-  that fail on either side.
+  that fail on either side;
+* what the path costs beside eager on the same cases: the workers' own time (``info["compute_s"]``), of it the
+  compile or export time (``info["compile_s"]``) and the programs compiled or exported (``info["compiles"]``).
 
 The page's "Paths" section shows it; ``markdown`` writes it for an issue or a release note (``bnparity report
 --paths FILE``).
@@ -55,6 +57,10 @@ class PathRow:
     path_worst: float | None = None
     omits: dict[str, str] = field(default_factory=dict)
     diffs: list[CaseDiff] = field(default_factory=list)
+    compute_s: float = 0.0  # the path's time in its worker on the cases both ran (info["compute_s"])
+    compile_s: float = 0.0  # of it, compiling or exporting (info["compile_s"])
+    compiles: int = 0
+    eager_compute_s: float = 0.0  # the eager source's, on the same cases
 
     @property
     def cases(self) -> int:
@@ -121,6 +127,11 @@ def _row(model: Model, env: str, source: str, adapter: str, path: str) -> PathRo
             row.eager_fails += 1
         else:
             row.both_ok += 1
+        pinfo = pc.record.info if pc.record is not None else {}
+        row.compute_s += pinfo.get("compute_s", 0.0)
+        row.compile_s += pinfo.get("compile_s", 0.0)
+        row.compiles += pinfo.get("compiles", 0)
+        row.eager_compute_s += ec.record.info.get("compute_s", 0.0) if ec.record is not None else 0.0
         pr, er = _ratio(pc), _ratio(ec)
         row.path_worst, row.eager_worst = _worst(row.path_worst, pr), _worst(row.eager_worst, er)
         pd, ed = _digests(pc), _digests(ec)
@@ -140,18 +151,27 @@ def identical_text(row: PathRow) -> str:
     return f"{row.identical}/{row.compared}" if row.compared else ""
 
 
+def cost_text(row: PathRow) -> str:
+    """'61.5 s (compile 58.8 s, 107x); eager 0.9 s': the path's time in its worker beside its source's."""
+    if not row.cases:
+        return ""
+    compiled = f" (compile {row.compile_s:.1f} s, {row.compiles}x)" if row.compiles else ""
+    return f"{row.compute_s:.1f} s{compiled}; eager {row.eager_compute_s:.1f} s"
+
+
 def markdown(groups: list[PathGroup]) -> str:
     """The paths view as Markdown: one table per (environment, eager adapter), then the cases whose verdicts part."""
     parts = []
     head = ["path adapter", "path", "cases", "both ok", "path fails, eager ok", "eager fails, path ok", "both fail",
-            "skipped by path", "bit-identical quantities", "worst error/bound (eager / path)", "omits"]
+            "skipped by path", "bit-identical quantities", "worst error/bound (eager / path)", "time in the worker",
+            "omits"]
     for g in groups:
         lines = [f"### {g.source} and its paths ({g.env})", "", "| " + " | ".join(head) + " |",
                  "|" + "---|" * len(head)]
         for r in g.rows:
             cols = [r.adapter, r.path, str(r.cases), str(r.both_ok), str(r.path_fails), str(r.eager_fails),
                     str(r.both_fail), str(r.skipped), identical_text(r),
-                    f"{_fmt(r.eager_worst)} / {_fmt(r.path_worst)}",
+                    f"{_fmt(r.eager_worst)} / {_fmt(r.path_worst)}", cost_text(r),
                     ", ".join(sorted(r.omits))]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |")
         diffs = [(r.adapter, d) for r in g.rows for d in r.diffs]

@@ -16,7 +16,7 @@ from harness.report.analysis import Divergence, Drift, drift, first_divergence
 from harness.report.families import FAMILY_CONVENTIONS, families
 from harness.report.gaps import PairBound, Portability
 from harness.report.model import Env, Headline, Model, ReportCell
-from harness.report.paths import identical_text, path_groups
+from harness.report.paths import cost_text, identical_text, path_groups
 from harness.report.replicas import replica_rows
 from harness.report.replicas import side as replica_side
 from harness.report.story import summaries
@@ -172,6 +172,7 @@ class Builder:
                      "skipped": r.skipped, "identical": identical_text(r),
                      "eager_worst": fmt_ratio(r.eager_worst) if r.eager_worst is not None else "",
                      "path_worst": fmt_ratio(r.path_worst) if r.path_worst is not None else "",
+                     "cost": cost_text(r),
                      "omits": [{"quantity": q, "why": why} for q, why in sorted(r.omits.items())],
                      "diffs": [{"case": d.case, "eager": d.eager.value, "path": d.path.value,
                                 "eager_ratio": fmt_ratio(d.eager_ratio) if d.eager_ratio is not None else "",

@@ -64,3 +64,23 @@ def test_the_torch_paths_are_selected_by_path_kind_and_declare_their_source():
     assert list(select(specs, "path:exported", path.get)) == ["torch-onnxruntime", "torch-onnx-reference",
                                                               "torch-onnxruntime-training"]
     assert {a.source for a in adapters} == {"torch"}
+
+
+def test_keras_on_torch_compiled_is_keras3_torch_with_each_layer_call_under_torch_compile():
+    import tomllib
+    from pathlib import Path
+
+    from harness.adapters import keras_torch_compile
+    from harness.adapters.base import load_spec
+
+    entry = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"][
+        "entry-points"]["bnparity.adapters"]
+    adapter = keras_torch_compile.ADAPTER
+    source = load_spec(entry[adapter.source])
+    assert load_spec(entry[adapter.name]) is adapter and adapter.name == "keras3-torch-compile"
+    assert (adapter.path, source.path, source.name) == ("compiled", "eager", "keras3-torch")
+    assert (adapter.framework, adapter.conventions) == (source.framework, source.conventions)
+    # the Keras worker's backend, and inductor in the worker's one thread as for torch-compile
+    assert adapter.worker_env["KERAS_BACKEND"] == "torch" and adapter.worker_env["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    assert adapter.no_second_order and "double backward" in adapter.no_second_order
+    assert source.no_second_order is None
