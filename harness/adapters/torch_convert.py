@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import COMPUTES, Observed
+from harness.adapters.base import COMPUTES, Observed, Refusal
 from harness.adapters.torch_adapter import (
     TorchAdapter,
     TorchState,
@@ -44,6 +44,23 @@ from harness.cases import Case
 from harness.inputs import CaseData
 
 ONNX_OPSET = 17  # the newest opset whose Identity/Constant/BatchNormalization versions onnx2torch 1.5.15 registers
+NOBUCO = "https://github.com/AlexanderLutsenko/nobuco/blob/594fab24bb4a4896dfd694a2bd87cd4468979699"  # 0.17.0
+ONNX2TORCH = "https://github.com/ENOT-AutoDL/onnx2torch/blob/v1.5.15"
+
+# what the converters refuse, tried on every (input, parameter) pair torch itself takes (test_declared_frameworks)
+# onnx 1.17's numpy_helper.to_array hands a BFLOAT16 initializer over as uint16 bit patterns; onnx2torch makes a
+# torch.uint16 tensor of it (torch.from_numpy) and assigns it to the new BatchNorm's weight.data, which refuses it. Only
+# where the module path is taken: every parameter input an initializer (a weight and a bias, running statistics)
+ONNX2TORCH_BFLOAT16 = Refusal(
+    frozenset({("bfloat16", "bfloat16")}), "RuntimeError",
+    "data set to a tensor that requires gradients must be floating point or complex dtype",
+    f"{ONNX2TORCH}/onnx2torch/onnx_tensor.py#L29-L33 (to_torch) and "
+    f"{ONNX2TORCH}/onnx2torch/node_converters/batch_norm.py#L82-L86 (weight.data = scale)",
+    only_if=lambda case: case.has_scale and case.has_center and case.track_running_stats)
+# nobuco moves every traced tensor to TensorFlow through NumPy, and torch's Tensor.numpy() has no bfloat16
+NOBUCO_BFLOAT16 = Refusal(
+    frozenset({("bfloat16", "bfloat16"), ("bfloat16", "float32")}), "TypeError", "Got unsupported ScalarType BFloat16",
+    f"{NOBUCO}/nobuco/converters/channel_ordering.py#L28 (tf.convert_to_tensor(tensor_pt.cpu().detach().numpy()))")
 
 
 def example_input(state: TorchState, case: Case, data: CaseData):
@@ -164,6 +181,7 @@ class TorchOnnx2TorchAdapter(_Converted):
 
     name = "torch-onnx2torch"
     requires = ("torch", "onnx", "onnx2torch")
+    refuses = (*TorchAdapter.refuses, ONNX2TORCH_BFLOAT16)
 
     def distributions(self) -> tuple[str, ...]:
         return ("torch", "torchvision", "onnx", "onnx2torch")
@@ -280,6 +298,7 @@ class TorchNobucoAdapter(_Converted):
                        "nested GradientTapes over the converted model")
     worker_env = {**TorchAdapter.worker_env, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1",
                   "TF_NUM_INTEROP_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    refuses = (*TorchAdapter.refuses, NOBUCO_BFLOAT16)
 
     def distributions(self) -> tuple[str, ...]:
         return ("torch", "nobuco", "tensorflow-cpu", "keras")

@@ -309,13 +309,6 @@ track_running_stats = false
 seed = 966
 
 [[case]]
-name = "fresh_bfloat16_pure_dense"
-dtype = "bfloat16"
-precision = "pure"
-shape = [8, 3]
-seed = 967
-
-[[case]]
 name = "fresh_scale_only_conv2d"
 scale = true
 center = false
@@ -441,9 +434,7 @@ PATH_CELLS.update({
     "nobuco-batch-norm-without-running-statistics-refused": [("torch-nobuco", "fresh_untracked_dense")],
     "nobuco-cumulative-momentum-refused": [("torch-nobuco", "fresh_cumulative_dense")],
     "nobuco-batchnorm3d-unimplemented": [("torch-nobuco", "fresh_conv3d_small")],
-    "nobuco-bfloat16-tensor-to-numpy-refused": [("torch-nobuco", "fresh_bfloat16_mixed_conv1d_offset")],
     "onnx2torch-batch-norm-statistics-outputs-refused": [("torch-onnx2torch", "fresh_untracked_dense")],
-    "onnx2torch-bfloat16-initializers-as-integers": [("torch-onnx2torch", "fresh_bfloat16_pure_dense")],
     "onnx2torch-functional-batch-norm-weight-as-buffer": [("torch-onnx2torch", "fresh_scale_only_conv2d")],
     "onnx2torch-cumulative-momentum-exported-as-frozen-statistics": [("torch-onnx2torch", "fresh_cumulative_dense")],
 })
