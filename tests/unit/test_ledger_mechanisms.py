@@ -309,6 +309,14 @@ track_running_stats = false
 seed = 966
 
 [[case]]
+name = "fresh_affine_off_float16_mixed_conv2d"
+dtype = "float16"
+precision = "mixed"
+affine = false
+shape = [5, 2, 2, 3]
+seed = 969
+
+[[case]]
 name = "fresh_scale_only_conv2d"
 scale = true
 center = false
@@ -437,6 +445,9 @@ PATH_CELLS.update({
     "onnx2torch-batch-norm-statistics-outputs-refused": [("torch-onnx2torch", "fresh_untracked_dense")],
     "onnx2torch-functional-batch-norm-weight-as-buffer": [("torch-onnx2torch", "fresh_scale_only_conv2d")],
     "onnx2torch-cumulative-momentum-exported-as-frozen-statistics": [("torch-onnx2torch", "fresh_cumulative_dense")],
+    "onnx2torch-exported-affine-constants-in-input-dtype": [("torch-onnx2torch",
+                                                             "fresh_affine_off_float16_mixed_conv2d")],
+    "nobuco-keras2-nonfused-inf-moving-mean-nan": [("torch-nobuco", "fresh_inf_input")],
 })
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
 if os.environ.get("BNPARITY_PATHS") == "1":
