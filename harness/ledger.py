@@ -122,6 +122,11 @@ class Facts:
     mask: bool = False
     unmasked: int = 0
     channels: int = 0
+    rank: int = 0  # the input's number of axes (2: dense, 3: a sequence, 4 and 5: images and volumes)
+    center: bool = True  # the layer has beta (a bias); a layer without one has affine false, or gamma alone
+    frozen: bool = False  # the case makes frozen calls (``"frozen"`` in its schedule)
+    cumulative: bool = False  # the case's momentum is "cumulative" (torch's momentum=None), where ``momentum`` is None
+    renorm: bool = False  # the case asks for Batch Renormalization (``renorm``)
 
 
 def _channel_stats(x, axis: int) -> tuple[float, float, set[str]]:
@@ -191,7 +196,9 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
                   count=case.count, steps=case.steps, batch_calls=batch_calls,
                   eps=case.eps, momentum=None if case.momentum == "cumulative" else float(case.momentum),
                   offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",),
-                  mask=data.mask is not None, unmasked=_fewest_unmasked(case, data), channels=case.channels)
+                  mask=data.mask is not None, unmasked=_fewest_unmasked(case, data), channels=case.channels,
+                  rank=case.rank, center=case.has_center, frozen="frozen" in case.schedule,
+                  cumulative=case.momentum == "cumulative", renorm=case.renorm is not None)
     if len(_FACTS) > 4096:
         _FACTS.clear()
     _FACTS[key] = facts
@@ -257,6 +264,11 @@ class When(StrictModel):
     mask: bool | None = None
     unmasked: Range | None = None
     channels: Range | None = None
+    rank: Range | None = None
+    center: bool | None = None
+    frozen: bool | None = None
+    cumulative: bool | None = None
+    renorm: bool | None = None
 
     @model_validator(mode="after")
     def _something(self):

@@ -114,6 +114,18 @@ def test_case_fields_as_facts():
     ({"nonfinite": "none"}, {"specials": [{"value": "nan", "index": [1, 1]}]}, False),
     ({"nonfinite": ["inf", "nan"]}, {"specials": [{"value": "nan", "index": [1, 1]}]}, True),
     ({"dtype": "float32", "steps": {"min": 1}, "count": {"min": 100}}, {}, False),  # all must hold
+    ({"rank": {"max": 3}}, {}, True),
+    ({"rank": {"max": 3}}, {"shape": [2, 3, 4, 4]}, False),
+    ({"rank": {"min": 5}}, {"shape": [2, 3, 2, 2, 2]}, True),
+    ({"center": False}, {"affine": False}, True),
+    ({"center": False}, {"scale": True, "center": False}, True),
+    ({"center": False}, {}, False),
+    ({"frozen": True}, {"calls": ["train", "frozen", "eval"]}, True),
+    ({"frozen": True}, {}, False),
+    ({"cumulative": True}, {"momentum": "cumulative"}, True),
+    ({"cumulative": True}, {"momentum": 0.1}, False),
+    ({"renorm": True}, {"renorm": {"momentum": 0.2, "rmax": 2.0}}, True),
+    ({"renorm": True}, {}, False),
 ])
 def test_condition(when, kw, holds):
     c = case(**kw)

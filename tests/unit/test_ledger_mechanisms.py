@@ -272,6 +272,64 @@ scale = true
 center = false
 shape = [6, 3]
 seed = 944
+
+[[case]]
+name = "fresh_empty_batch_sequence"
+shape = [0, 3, 4]
+steps = 2
+seed = 961
+
+[[case]]
+name = "fresh_batch1_conv2d"
+shape = [1, 3, 1, 1]
+seed = 962
+
+[[case]]
+name = "fresh_frozen_conv2d"
+shape = [4, 3, 2, 2]
+calls = ["train", "frozen", "eval"]
+seed = 963
+
+[[case]]
+name = "fresh_renorm_unclipped"
+shape = [9, 3]
+input = { kind = "normal", loc = 1.5, scale = 2.0 }
+renorm = { momentum = 0.3 }
+steps = 2
+seed = 971
+
+[[case]]
+name = "fresh_cumulative_dense"
+shape = [10, 3]
+momentum = "cumulative"
+steps = 3
+seed = 964
+
+[[case]]
+name = "fresh_conv3d_small"
+shape = [2, 3, 2, 2, 3]
+seed = 965
+
+[[case]]
+name = "fresh_untracked_dense"
+shape = [6, 3]
+track_running_stats = false
+seed = 966
+
+[[case]]
+name = "fresh_affine_off_float16_mixed_conv2d"
+dtype = "float16"
+precision = "mixed"
+affine = false
+shape = [5, 2, 2, 3]
+seed = 969
+
+[[case]]
+name = "fresh_scale_only_conv2d"
+scale = true
+center = false
+shape = [4, 3, 2, 2]
+seed = 968
 """
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
@@ -355,7 +413,8 @@ PATH_CELLS: dict[str, list[tuple[str, str]]] = {
     "tf-raw-float16-math-in-half": [("tf-raw-function", "fresh_float16"), ("tf-raw-xla", "fresh_float16")],
     "tf-raw-float32-variance-overflow": [("tf-raw-xla", "fresh_overflow_3e25")],
     "folded-form-empty-batch-nan-dgamma": [("tf-raw-xla", "fresh_empty_conv2d_channels_last")],
-    "tf-empty-batch-nan-moving-statistics": [("tf-raw-function", "fresh_empty_conv2d_channels_last")],
+    "tf-empty-batch-nan-moving-statistics": [("tf-raw-function", "fresh_empty_conv2d_channels_last"),
+                                             ("torch-nobuco", "fresh_empty_conv2d_channels_last")],
     "keras3-tensorflow-mask-single-channel-axis1-raises": [("keras3-tensorflow-xla",
                                                             "fresh_mask_single_channel_dense")],
 }
@@ -369,13 +428,34 @@ PATH_CELLS.update({
     "torch-compile-16bit-mixed-backward-statistics-in-half": [("torch-compile", "fresh_bfloat16_mixed_conv1d_offset")],
     "onnx-training-mode-population-running-variance": [("torch-onnxruntime-training", "fresh_dense_two_steps")],
     "onnx-float64-attributes-in-float32": [(a, "fresh_float64_momentum_0.2") for a in
-                                           ("torch-onnxruntime", "torch-onnx-reference", "torch-onnxruntime-training")],
+                                           ("torch-onnxruntime", "torch-onnx-reference", "torch-onnxruntime-training",
+                                            "torch-onnx2torch")],
     "onnxruntime-training-empty-batch-nan-running-statistics": [("torch-onnxruntime-training",
                                                                  "fresh_empty_conv2d_channels_last")],
-    "torch-onnx-training-export-empty-untracked-sigfpe": [("torch-onnxruntime-training",
-                                                           "fresh_empty_untracked_conv1d")],
+    "torch-onnx-training-export-empty-untracked-sigfpe": [(a, "fresh_empty_untracked_conv1d") for a in
+                                                          ("torch-onnxruntime-training", "torch-onnx2torch")],
     "torch-onnx-export-missing-bias-in-input-dtype": [(a, "fresh_scale_only_float16_mixed_dense") for a in
-                                                      ("torch-onnxruntime", "torch-onnxruntime-training")],
+                                                      ("torch-onnxruntime", "torch-onnxruntime-training",
+                                                       "torch-onnx2torch")],
+})
+# the converters (harness/adapters/torch_convert.py: torch-onnx2torch, torch-nobuco), tox -e torch2141; the rows of the
+# exporter's and Keras 2's entries that they inherit are in those entries' lists above
+PATH_CELLS.update({
+    "nobuco-keras2-nonfused-biased-moving-variance": [("torch-nobuco", "fresh_dense_two_steps")],
+    "nobuco-keras2-nonfused-empty-batch-nan-dgamma": [("torch-nobuco", "fresh_empty_batch_sequence")],
+    "nobuco-one-value-per-channel-trains": [("torch-nobuco", "fresh_batch1_conv2d")],
+    "nobuco-keras-layer-float32": [("torch-nobuco", "fresh_float64_momentum_0.2")],
+    "nobuco-frozen-layer-runs-in-inference-mode": [("torch-nobuco", "fresh_frozen_conv2d")],
+    "nobuco-batch-norm-without-bias-refused": [("torch-nobuco", "fresh_scale_only_float16_mixed_dense")],
+    "nobuco-batch-norm-without-running-statistics-refused": [("torch-nobuco", "fresh_untracked_dense")],
+    "nobuco-cumulative-momentum-refused": [("torch-nobuco", "fresh_cumulative_dense")],
+    "nobuco-batchnorm3d-unimplemented": [("torch-nobuco", "fresh_conv3d_small")],
+    "onnx2torch-batch-norm-statistics-outputs-refused": [("torch-onnx2torch", "fresh_untracked_dense")],
+    "onnx2torch-functional-batch-norm-weight-as-buffer": [("torch-onnx2torch", "fresh_scale_only_conv2d")],
+    "onnx2torch-cumulative-momentum-exported-as-frozen-statistics": [("torch-onnx2torch", "fresh_cumulative_dense")],
+    "onnx2torch-exported-affine-constants-in-input-dtype": [("torch-onnx2torch",
+                                                             "fresh_affine_off_float16_mixed_conv2d")],
+    "nobuco-keras2-nonfused-inf-moving-mean-nan": [("torch-nobuco", "fresh_inf_input")],
 })
 # eager mechanisms that the paths show too: the paths whose training calls are eager torch's (torch-compile-freezing,
 # torch-onnxruntime, torch-onnx-reference; ONNX Runtime refuses bfloat16), inductor and ONNX Runtime where their own
@@ -393,6 +473,9 @@ PATH_CELLS.update({
                                                                 "fresh_bfloat16_axis2_constant_channel")],
     "keras3-torch-float64-computed-in-float32": [("keras3-torch-compile", "fresh_float64_momentum_0.2")],
     "keras3-torch-one-pass-variance": [("keras3-torch-compile", "fresh_offset_300")],
+    "torch-compile-backward-reads-buffer-after-update": [("keras3-torch-compile", "fresh_renorm_unclipped")],
+    "onnx-training-export-cumulative-momentum-traced-as-replace": [("torch-onnxruntime-training",
+                                                                    "fresh_cumulative_dense")],
 })
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
 if os.environ.get("BNPARITY_PATHS") == "1":
