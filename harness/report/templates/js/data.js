@@ -1,7 +1,8 @@
 /* The data blob (harness/report/blob.py) and the lookups built from its tables: the page has no
    vocabulary of its own. A result record is a row whose columns are named by D.fields.result:
-   r[F.error_ratio]. The blob ships the records column by column (D.rows[j][i]); a cell's rows
-   (cell.results) are built from its range of them (cell.rows = [start, count]) when first read. */
+   r[F.error_ratio]. The blob ships the records column by column, a large page its numbers as byte planes
+   (unpackColumn: D.rows[j](i) is row i's value); a cell's rows (cell.results) are built from its range of
+   them (cell.rows = [start, count]) when first read. */
 var D = null;      // the blob
 var F = null;      // result column name -> position in a row
 var V = null;      // verdict name -> its row of Verdict.table() (severity, fails_run, differs, shows_error, mark, meaning)
@@ -16,9 +17,67 @@ function loadData() {
     }
     var bytes = b85decode(text.trim());
     var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    return new Response(stream).text().then(JSON.parse);
+    var nbin = +(el.getAttribute("data-binary") || 0);  // the records' planes (harness/report/packed.py), then the JSON
+    return new Response(stream).arrayBuffer().then(function (buf) {
+      var all = new Uint8Array(buf);
+      var data = JSON.parse(new TextDecoder().decode(all.subarray(nbin)));
+      data.rows = data.rows.map(function (c) { return unpackColumn(c, all.subarray(0, nbin)); });
+      return data;
+    });
   }
-  return Promise.resolve(JSON.parse(text));
+  var data = JSON.parse(text);
+  data.rows = data.rows.map(function (c) { return unpackColumn(c, null); });
+  return Promise.resolve(data);
+}
+
+/* a column of the records as a function of the row: a JSON list as it is, or a packed column read from its
+   byte planes when a row is asked for (harness/report/packed.py says the layout; decode_column there is this
+   in Python) */
+var P10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17,
+           1e18, 1e19, 1e20, 1e21, 1e22];  // exact doubles: m / 10^-e and m * 10^e are the numbers JSON reads
+function unpackColumn(c, bin) {
+  if (Array.isArray(c)) return function (i) { return c[i]; };
+  var n = c.n, at = c.at, x = c.x;
+  function plane(j, len) { return bin.subarray(at + j, at + j + len); }
+  if (c.c === "num") {
+    var t = plane(0, n), lo = plane(n, n), hi = plane(2 * n, n);
+    return function (i) {
+      var k = t[i];
+      if (k >= 4) {
+        var e = ((k - 4) >> 1) - 22, m = lo[i] + 256 * hi[i], v = e < 0 ? m / P10[-e] : m * P10[e];
+        return k & 1 ? -v : v;
+      }
+      return k === 0 ? null : k === 1 ? x[i] : k === 2 ? "=" : 0;
+    };
+  }
+  var w = c.w, b;
+  if (c.c === "int") {
+    var planes = [];
+    for (b = 0; b < w; b++) planes.push(plane(b * n, n));
+    return function (i) {
+      var code = 0;
+      for (var j = w - 1; j >= 0; j--) code = code * 256 + planes[j][i];
+      return code === 0 ? null : code === 1 ? x[i] : code - 2;
+    };
+  }
+  var lens = plane(0, n), total = c.len, vals = [], start = null;  // "idx": lists of integers
+  for (b = 0; b < w; b++) vals.push(plane(n + b * total, total));
+  return function (i) {
+    var k = lens[i];
+    if (k === 0) return null;
+    if (k === 1) return x[i];
+    if (start === null) {  // where each row's elements start, once
+      start = new Uint32Array(n);
+      for (var r = 0, p = 0; r < n; r++) { start[r] = p; if (lens[r] > 1) p += lens[r] - 2; }
+    }
+    var out = new Array(k - 2);
+    for (var q = 0; q < k - 2; q++) {
+      var v = 0;
+      for (var j = w - 1; j >= 0; j--) v = v * 256 + vals[j][start[i] + q];
+      out[q] = v;
+    }
+    return out;
+  };
 }
 
 /* harness/report/base85.py: RFC 1924's alphabet with "." for "<", 5 characters per 4 bytes, the last group short */
@@ -55,7 +114,7 @@ function cellRows() {
   var cols = D.rows, start = this.rows[0], n = this.rows[1], out = new Array(n);
   for (var i = 0; i < n; i++) {
     var r = new Array(cols.length);
-    for (var j = 0; j < cols.length; j++) r[j] = cols[j][start + i];
+    for (var j = 0; j < cols.length; j++) r[j] = cols[j](start + i);
     if (r[F.observed] === "=") r[F.observed] = r[F.expected];  // blob.SAME_AS_EXPECTED
     out[i] = r;
   }
@@ -99,6 +158,17 @@ function matrixText(view) {
   var text = view.k !== null ? D.kinds[view.k].mark : fmtRatio(view.r, view.over);
   var explains = text !== "" && (!info.differs || view.over || view.k !== null);
   return info.shows_error && explains ? text : info.mark;
+}
+
+/* the verdict name a matrix cell shows for a quantity (cellView's v; all quantities: the cell's own, read
+   without building its rows, so that the page is ready without unpacking every record); null: no cell */
+function cellVerdict(key, qname) {
+  if (!qname) {
+    var cell = D.cells[key];
+    return cell ? verdictAt(cell.verdict).name : null;
+  }
+  var view = cellView(key, qname);
+  return view ? view.v : null;
 }
 
 /* per-quantity view of a cell: the worst verdict and the headline of that quantity's rows ("none": not
