@@ -1,8 +1,9 @@
 """The model -> one self-contained HTML file: the Jinja environment, the data blob's encoding, file writing.
 
 No network, no CDN, vanilla JS, opens from disk. Jinja2 autoescaping is on; the data blob is
-script-safe JSON (as ``jinja2.utils.htmlsafe_json_dumps`` writes it), gzip + base-85 when it is large, and the
-page renders it with ``textContent`` only, so nothing from a results file is ever parsed as markup.
+script-safe JSON (as ``jinja2.utils.htmlsafe_json_dumps`` writes it), packed (gzip + base-120) when it
+is large, and the page renders it with ``textContent`` only, so nothing from a results file is ever
+parsed as markup.
 The page's script is ``templates/js/*.js``, one file per concern, inlined in ``JS`` order.
 """
 
@@ -20,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from harness import __version__
-from harness.report import base85, packed
+from harness.report import base120, packed
 from harness.report import bench as bench_section
 from harness.report.blob import Blob, Columns
 from harness.report.model import Model, load
@@ -33,7 +34,7 @@ from harness.schema import MismatchKind, Quantity, Verdict, _clean
 TEMPLATES = Path(__file__).parent / "templates"
 JS = ("util.js", "data.js", "filters.js", "sort.js", "detail.js", "portability.js", "main.js")
 PLOT_CACHE = Path(".bnparity-cache") / "plots"  # beside the report: figures by content (plots.PlotCache)
-COMPRESS_ABOVE = 1_500_000  # characters of JSON: beyond this the blob travels gzip + base-85 (base85.py)
+COMPRESS_ABOVE = 1_500_000  # characters of JSON: beyond this the blob travels packed, gzip + base-120 (base120.py)
 
 
 def _jinja() -> Environment:
@@ -99,7 +100,7 @@ class Payload(NamedTuple):
 
 def encode(blob: dict[str, Any], compress: bool | None = None) -> Payload:
     """The data blob as script-safe JSON, or, when large, packed: the records' numeric columns as byte
-    planes (``harness.report.packed``) and the JSON after them, in one gzip stream, in base-85. Made and
+    planes (``harness.report.packed``) and the JSON after them, in one gzip stream, in base-120. Made and
     compressed a piece at a time (``_chunks``; the planes a column at a time)."""
     if compress is False:
         return Payload(Markup("".join(_chunks(blob))), "json")
@@ -130,7 +131,7 @@ def encode(blob: dict[str, Any], compress: bool | None = None) -> Payload:
     for chunk in chunks:
         out.append(z.compress(chunk.encode()))
     out.append(z.flush())
-    return Payload(Markup(base85.encode(b"".join(out))), "gzip+base85", binary)
+    return Payload(Markup(base120.encode(b"".join(out))), "gzip+base120", binary)
 
 
 def decode(payload: Payload) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def decode(payload: Payload) -> dict[str, Any]:
 
     if payload.encoding == "json":
         return json.loads(str(payload.text))
-    stream = gzip.decompress(base85.decode(str(payload.text)))
+    stream = gzip.decompress(base120.decode(str(payload.text)))
     binary = memoryview(stream)[:payload.binary]
     blob = json.loads(stream[payload.binary:])
     blob["rows"] = [packed.decode_column(c, binary) for c in blob["rows"]]

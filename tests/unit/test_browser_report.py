@@ -345,7 +345,7 @@ def test_a_packed_page_shows_what_the_plain_page_shows(browser, tmp_path: Path) 
     shown = {}
     for compress in (False, True):
         html = report.render_paths(paths, tmp_path / f"index-{compress}.html", compress=compress, plots=False)
-        assert ('data-encoding="gzip+base85"' in html.read_text()) is compress
+        assert ('data-encoding="gzip+base120"' in html.read_text()) is compress
         page, errors, _ = _open(browser, html.as_uri())
         shown[compress] = page.evaluate(_SHOWN)
         assert not errors, errors

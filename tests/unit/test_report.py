@@ -221,7 +221,7 @@ def test_reproducer_uses_the_recorded_worker_env(tmp_path: Path, monkeypatch: py
 def test_compressed_blob_round_trips(two_envs: list[Path], tmp_path: Path) -> None:
     model = load([tmp_path / "reports"])
     plain, packed = report.render(model, compress=False), report.render(model, compress=True)
-    assert 'data-encoding="json"' in plain and 'data-encoding="gzip+base85"' in packed
+    assert 'data-encoding="json"' in plain and 'data-encoding="gzip+base120"' in packed
     assert _blob(plain) == _blob(packed)
 
 

@@ -11,11 +11,11 @@ var QI = null;     // quantity name -> position in D.quantities
 function loadData() {
   var el = document.getElementById("bn-data");
   var text = el.textContent;
-  if (el.getAttribute("data-encoding") === "gzip+base85") {
+  if (el.getAttribute("data-encoding") === "gzip+base120") {
     if (typeof DecompressionStream === "undefined") {
       return Promise.reject(new Error("this browser has no DecompressionStream: open the report in a current Chrome, Firefox or Safari"));
     }
-    var bytes = b85decode(text.trim());
+    var bytes = b120decode(text);
     var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     var nbin = +(el.getAttribute("data-binary") || 0);  // the records' planes (harness/report/packed.py), then the JSON
     return new Response(stream).arrayBuffer().then(function (buf) {
@@ -80,19 +80,23 @@ function unpackColumn(c, bin) {
   };
 }
 
-/* harness/report/base85.py: RFC 1924's alphabet with "." for "<", 5 characters per 4 bytes, the last group short */
-var B85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;.=>?@^_`{|}~";
-function b85decode(text) {
-  var digit = new Uint8Array(128), n = text.length, i, j;
-  for (i = 0; i < 85; i++) digit[B85.charCodeAt(i)] = i;
-  var size = Math.floor(n / 5) * 4 + (n % 5 ? n % 5 - 1 : 0), out = new Uint8Array(size), o = 0;
-  for (i = 0; i < n; i += 5) {
+/* harness/report/base120.py: the one-byte characters less whitespace and "<", 7 characters per 6 bytes (a 48-bit
+   number, base-120 digits most significant first; the last r bytes r + 1 characters) */
+function b120decode(text) {
+  var digit = new Uint8Array(128), n = text.length, i, j, k;
+  for (i = 1, k = 0; i < 128; i++) if (!(i >= 9 && i <= 13) && i !== 32 && i !== 60) digit[i] = k++;
+  var rest = n % 7, size = Math.floor(n / 7) * 6 + (rest ? rest - 1 : 0), out = new Uint8Array(size), o = 0;
+  for (i = 0; i + 7 <= n; i += 7) {
     var v = 0;
-    for (j = i; j < i + 5; j++) v = v * 85 + (j < n ? digit[text.charCodeAt(j)] : 84);
-    if (o < size) out[o++] = v >>> 24;
-    if (o < size) out[o++] = (v >>> 16) & 255;
-    if (o < size) out[o++] = (v >>> 8) & 255;
-    if (o < size) out[o++] = v & 255;
+    for (j = i; j < i + 7; j++) v = v * 120 + digit[text.charCodeAt(j)];  // < 120^7 < 2^53: exact
+    var hi = Math.floor(v / 16777216), lo = v - hi * 16777216;
+    out[o++] = hi >>> 16; out[o++] = (hi >>> 8) & 255; out[o++] = hi & 255;
+    out[o++] = lo >>> 16; out[o++] = (lo >>> 8) & 255; out[o++] = lo & 255;
+  }
+  if (rest) {
+    var w = 0;
+    for (j = i; j < n; j++) w = w * 120 + digit[text.charCodeAt(j)];
+    for (j = size - 1; j >= o; j--) { out[j] = w % 256; w = Math.floor(w / 256); }
   }
   return out;
 }
