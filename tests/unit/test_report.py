@@ -92,7 +92,7 @@ def two_envs(tmp_path: Path) -> list[Path]:
 
 
 def _blob(page: str) -> dict:
-    m = re.search(r'<script type="application/json" id="bn-data" data-encoding="([^"]+)" data-binary="(\d+)">(.*?)'
+    m = re.search(r'<script type="application/json" id="bn-data" data-encoding="([^"]+)" data-planes="(\d+)">(.*?)'
                   r'</script>', page, re.S)
     assert m, "the data blob is missing"
     return page_module.decode(page_module.Payload(Markup(m.group(3)), m.group(1), int(m.group(2))))

@@ -101,7 +101,7 @@ def test_the_blob_encoded_a_column_at_a_time_is_the_whole_blob_as_json(sample: l
     plain = len(json.dumps(want, separators=(",", ":"), ensure_ascii=False))
     assert payload.encoding == ("json" if compress is False or (compress is None and plain <= page.COMPRESS_ABOVE)
                                 else "gzip+base120")
-    assert (payload.binary > 0) == (payload.encoding == "gzip+base120")
+    assert (payload.planes > 0) == (payload.encoding == "gzip+base120")
     if payload.encoding == "json":
         assert "<" not in str(payload.text) and "&" not in str(payload.text)
 
@@ -205,7 +205,7 @@ def test_a_packed_page_carries_every_shown_number_of_every_record(tmp_path: Path
     out = tmp_path / "index.html"
     page.render_paths(paths, out, compress=True, plots=False, plot_cache=False)
     html = out.read_text()
-    m = re.search(r'id="bn-data" data-encoding="([^"]+)" data-binary="(\d+)">(.*?)</script>', html, re.S)
+    m = re.search(r'id="bn-data" data-encoding="([^"]+)" data-planes="(\d+)">(.*?)</script>', html, re.S)
     assert m and m.group(1) == "gzip+base120" and int(m.group(2)) > 0
     blob = page.decode(page.Payload(Markup(m.group(3)), m.group(1), int(m.group(2))))
     fields = blob["fields"]["result"]
@@ -267,3 +267,51 @@ def test_a_packed_page_carries_every_shown_number_of_every_record(tmp_path: Path
                            or getattr(r, f) in (0.0, 7, 123456) for f in ("max_abs_err", "expected")
                            if getattr(r, f) is not None)
     assert checked == sum(map(len, records.values())) > 500 and planted > 20
+
+
+def test_the_planes_round_as_the_blob_rounds_and_read_back_every_value() -> None:
+    """``packed.Rounded`` rounds a column at once as ``blob.rounded`` rounds one number (three and four
+    significant digits; log-uniform numbers over 50 decades, both signs, ties of the rounding, powers of ten
+    and their neighbours, the extremes of a double), and what the planes cannot say (NaN, infinities, -0.0,
+    integers, strings, numbers past 10**22) travels as it is; integer and index columns likewise."""
+    import numpy as np
+
+    from harness.report.blob import rounded
+    from harness.report.packed import Planes, Rounded, decode_column, pack_indices, pack_ints
+
+    rng = np.random.default_rng(1)
+    vals = list(10 ** rng.uniform(-25, 25, 50_000) * rng.choice([-1, 1], 50_000))
+    for d in range(-30, 30):
+        for m in (1, 0.125, 0.5, 9.995, 9.9995, 9.9949999, 1.0005, 1.005, 2.5, 99.95, 999.5, 9999.5, 1.2345, 2.675):
+            vals += [m * 10.0 ** d, -m * 10.0 ** d]
+    tens = np.array([10.0 ** d for d in range(-23, 24)])
+    vals += [*np.nextafter(tens, 0), *np.nextafter(tens, np.inf), *tens]
+    vals = [float(v) for v in vals] + [0.0, -0.0, float("nan"), float("inf"), -float("inf"), None, 5e-324,
+                                       1.7976931348623157e308, 2.2250738585072014e-308]
+
+    def same(a, b) -> bool:
+        return type(a) is type(b) and (a == b or (a != a and b != b))
+
+    narrow = [float(v) for v in 10 ** rng.uniform(-5, 2, 20_000) * rng.choice([-1, 1], 20_000)] + vals[-9:]
+    narrower = [float(v) for v in 10 ** rng.uniform(0, 2.9, 20_000) * rng.choice([-1, 1], 20_000)] + vals[-9:]
+    layouts = set()
+    for column in (vals, narrow, narrower, [*vals[:100], 7, 123456, 2**60, True, "x"]):
+        for k in (3, 4):
+            planes = Planes()
+            desc = Rounded(column, k).pack(planes)
+            layouts.add((k, desc["h"]))
+            got = decode_column(desc, b"".join(planes.parts))
+            want = [None if v is None else rounded(v, k) for v in column]
+            bad = [(v, g, w) for v, g, w in zip(column, got, want) if not same(g, w)]
+            assert not bad, bad[:5]
+            assert len(desc["x"]) < len(column) / 2  # most numbers are in the planes
+    assert layouts == {(3, 0), (3, 4), (4, 0), (4, 36)}  # exponent, sign and high mantissa bits in one byte, or not
+    ints = [0, 1, None, 300, 70_000, 2**31, -1, True, 2.0, "a"]
+    planes = Planes()
+    assert decode_column(pack_ints(ints, planes), b"".join(planes.parts)) == ints
+    lists = [[1, 2], [3], None, [], [5, 300_000], [1, "a"], [1.5], [-1], [2**40], "x", [0] * 300, [True]]
+    planes = Planes()
+    desc = pack_indices(lists, planes)
+    got = decode_column(desc, b"".join(planes.parts))
+    assert got == lists and [type(v) for v in got[5:]] == [type(v) for v in lists[5:]]
+    assert sorted(desc["x"], key=int) == [str(i) for i in range(5, 12)]  # (a list of 300 is one too long)

@@ -8,6 +8,11 @@ var F = null;      // result column name -> position in a row
 var V = null;      // verdict name -> its row of Verdict.table() (severity, fails_run, differs, shows_error, mark, meaning)
 var QI = null;     // quantity name -> position in D.quantities
 
+function gunzip(bytes) {
+  var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Response(stream).arrayBuffer().then(function (buf) { return new Uint8Array(buf); });
+}
+
 function loadData() {
   var el = document.getElementById("bn-data");
   var text = el.textContent;
@@ -15,13 +20,11 @@ function loadData() {
     if (typeof DecompressionStream === "undefined") {
       return Promise.reject(new Error("this browser has no DecompressionStream: open the report in a current Chrome, Firefox or Safari"));
     }
-    var bytes = b120decode(text);
-    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    var nbin = +(el.getAttribute("data-binary") || 0);  // the records' planes (harness/report/packed.py), then the JSON
-    return new Response(stream).arrayBuffer().then(function (buf) {
-      var all = new Uint8Array(buf);
-      var data = JSON.parse(new TextDecoder().decode(all.subarray(nbin)));
-      data.rows = data.rows.map(function (c) { return unpackColumn(c, all.subarray(0, nbin)); });
+    var n = +(el.getAttribute("data-planes") || 0);  // the records' planes (harness/report/packed.py), then the JSON
+    var planes = n ? gunzip(b120decode(text.slice(0, n))) : Promise.resolve(null);
+    return Promise.all([planes, gunzip(b120decode(text.slice(n)))]).then(function (got) {
+      var data = JSON.parse(new TextDecoder().decode(got[1]));
+      data.rows = data.rows.map(function (c) { return unpackColumn(c, got[0]); });
       return data;
     });
   }
@@ -40,12 +43,15 @@ function unpackColumn(c, bin) {
   var n = c.n, at = c.at, x = c.x;
   function plane(j, len) { return bin.subarray(at + j, at + j + len); }
   if (c.c === "num") {
-    var t = plane(0, n), lo = plane(n, n), hi = plane(2 * n, n);
+    var base = P10[c.k - 1], e0 = c.e0, hb = c.h;  // hb: the mantissa's high byte is in the code byte (hb values)
+    var t = hb ? plane(n, n) : plane(0, n), lo = hb ? plane(0, n) : plane(n, n), hi = hb ? null : plane(2 * n, n);
     return function (i) {
       var k = t[i];
       if (k >= 4) {
-        var e = ((k - 4) >> 1) - 22, m = lo[i] + 256 * hi[i], v = e < 0 ? m / P10[-e] : m * P10[e];
-        return k & 1 ? -v : v;
+        var s = k - 4, high;
+        if (hb) { high = s % hb; s = (s - high) / hb; } else high = hi[i];
+        var e = (s >> 1) + e0, m = base + lo[i] + 256 * high, v = e < 0 ? m / P10[-e] : m * P10[e];
+        return s & 1 ? -v : v;
       }
       return k === 0 ? null : k === 1 ? x[i] : k === 2 ? "=" : 0;
     };
