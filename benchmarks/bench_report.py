@@ -6,8 +6,8 @@ files hold about ``--records`` result records, then runs ``bnparity report`` on 
 process, twice: first with an empty cache (every figure drawn, every oracle gap computed), then
 again (both read back from the cache, as on a re-render of unchanged results). Prints per run the
 wall time, the CPU time (user + system: on a machine that other work shares, the steadier figure),
-the peak resident memory and the HTML size. ``--results DIR`` measures existing results files instead
-(real runs: ``reports/``).
+the peak resident memory, the HTML size and how much of it is the data (and of that the records'
+planes). ``--results DIR`` measures existing results files instead (real runs: ``reports/``).
 
     python benchmarks/bench_report.py [--records 100000] [--keep DIR] [--results DIR]
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -59,9 +60,20 @@ def measure(paths: list[Path], html: Path, label: str) -> dict:
     got = json.loads(p.stdout.strip().splitlines()[-1])
     summary = next((ln for ln in p.stdout.splitlines() if ln.startswith("wrote")), "")
     size = html.stat().st_size
+    data = _data_size(html)
     print(f"  {label}: {wall:.2f} s ({got['cpu_s']:.2f} s CPU), peak {got['peak_mb']:.0f} MB, "
-          f"HTML {size / 1e6:.2f} MB  ({summary})", flush=True)
+          f"HTML {size / 1e6:.2f} MB, {data}  ({summary})", flush=True)
     return {"wall_s": wall, "cpu_s": got["cpu_s"], "peak_mb": got["peak_mb"], "html_mb": size / 1e6}
+
+
+def _data_size(html: Path) -> str:
+    """How much of the page is its data, and of that the records' planes (``harness/report/packed.py``)."""
+    text = html.read_text(encoding="utf-8")
+    m = re.search(r'id="bn-data" data-encoding="([^"]+)" data-planes="(\d+)">', text)
+    if m is None:
+        return "data: not found"
+    n = text.index("</script>", m.end()) - m.end()
+    return f"data {n / 1e6:.2f} MB ({m.group(1)}; the records' planes {int(m.group(2)) / 1e6:.2f} MB)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ object (``D`` in the page), and has no vocabulary of its own:
   is kept); an observed value that rounds to the expected one is ``"="`` (``SAME_AS_EXPECTED``).
   A column of like values compresses far better than rows of mixed ones (a million records: see
   the README's At scale table), and the columns are encoded one at a time (``Columns``), so the
-  blob is never held as one big object.
+  blob is never held as one big object. A packed (large) page sends the numeric columns as byte
+  planes with a descriptor in the column's place (``Columns.packed``, ``harness.report.packed``):
+  the same values, fewer bytes.
 * Every other object is keyed by the schema's field names.
 
     >>> blob = Blob(model, builder).build()
@@ -31,8 +33,11 @@ from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from harness import __version__, repro
 from harness.report.model import Model, ReportCell
+from harness.report.packed import Planes, Rounded, pack_indices, pack_ints
 from harness.report.text import safe_link
 from harness.schema import Cell, LedgerRef, MismatchKind, OutcomeStatus, Quantity, Result, Verdict
 from harness.stable import WEAK_FACTOR
@@ -124,6 +129,31 @@ class Columns:
             return [get(r) for r in self.records]
         return [None if v is None else encode(v, r) for r in self.records for v in (get(r),)]
 
+    def packed(self, planes: Planes) -> Iterator[Any]:
+        """Each column for a packed page: a numeric column's descriptor (its planes go into ``planes``,
+        ``harness.report.packed``), any other column its list; the values are the ones ``__iter__`` gives."""
+        full = None
+        expected: Rounded | None = None
+        for (field, encode), get in zip(self.blob.columns, self.blob._getters):
+            how = _PACKING.get(field)
+            if how is None:
+                yield self._column(encode, get)
+                continue
+            if how == "int":
+                yield pack_ints(self._column(encode, get), planes)
+            elif how == "index":
+                yield pack_indices([get(r) for r in self.records], planes)
+            elif how == "metric":
+                yield Rounded([get(r) for r in self.records], 3).pack(planes)
+            else:  # "value": four digits, every digit off a pass (_value); observed: "=" where it reads as expected
+                if full is None:
+                    full = np.array([r.verdict is not Verdict.PASS for r in self.records], dtype=bool)
+                col = Rounded([get(r) for r in self.records], 4, full)
+                if field == "expected":
+                    expected = col
+                same = col.same_as(expected) if encode is _observed and expected is not None else None
+                yield col.pack(planes, same)
+
     def json(self) -> Iterator[str]:
         """Each column as compact JSON text. A column of metrics is written in one pass (``_metric_json``:
         the numbers ``_metric`` rounds, as ``'%.3g'`` writes them, which JSON reads as the same doubles);
@@ -136,6 +166,13 @@ class Columns:
                                   ensure_ascii=False)
             yield text
 
+
+# how ``packed`` sends a column (the rest: JSON lists); "value": ``_value`` or ``_observed``
+_PACKING = {"quantity": "int", "step": "int", "verdict": "int", "total": "int", "mismatched": "int",
+            "mismatch_kind": "int", "max_abs_err": "metric", "max_rel_err": "metric", "max_ulp_err": "metric",
+            "threshold": "metric", "error_ratio": "metric", "weak_ratio": "metric", "stable_abs_err": "metric",
+            "greatest_rel_diff": "metric", "expected": "value", "observed": "value", "greatest_abs_diff": "value",
+            "worst_index": "index", "greatest_abs_index": "index", "greatest_rel_index": "index"}
 
 _G3 = _FMT[3]
 
@@ -175,6 +212,10 @@ class Blob:
         unknown = [f for f, _ in self.columns if f not in Result.model_fields]
         if unknown:  # a field renamed in the schema must be renamed here (and in the page's script)
             raise TypeError(f"not fields of harness.schema.Result: {unknown}")
+        for f, encode in self.columns:  # the packed page rounds as the plain one does (packed.Rounded)
+            how = _PACKING.get(f)
+            if (how == "metric") != (encode is _metric) or (how == "value") != (encode in (_value, _observed)):
+                raise TypeError(f"blob column {f}: its packing ({how}) does not match its rounding")
         self.fields = [f for f, _ in self.columns]
         self._getters = [attrgetter(f) for f in self.fields]
         self._records: list[Result] = []  # every cell's result rows, in the order the cells are built

@@ -310,3 +310,48 @@ def test_large_merged_report_in_chromium(browser, large_report: Path, record_pro
     assert not errors, errors
     assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
     page.close()
+
+
+_SHOWN = """() => {
+  const out = {};
+  const sel = document.querySelector('#f-quantity');
+  const quantities = [...sel.options].map(o => o.value).filter(q => q).concat(['']);
+  for (const q of quantities) {  // the matrix as each quantity paints it (the headlines come from the records)
+    sel.value = q;
+    sel.dispatchEvent(new Event('change'));
+    out['matrix ' + q] = [...document.querySelectorAll('#matrix-table td[data-c]')]
+      .map(td => td.className + ' ' + td.textContent).join('|');
+  }
+  for (const td of document.querySelectorAll('#matrix-table td[data-c]')) {  // every cell's detail
+    if (td.classList.contains('none')) continue;
+    td.click();
+    out[td.parentNode.dataset.r + ':' + td.dataset.c] = document.querySelector('#d-body').innerText;
+  }
+  return out;
+}"""
+
+
+def test_a_packed_page_shows_what_the_plain_page_shows(browser, tmp_path: Path) -> None:
+    """No loss in a real browser (issue 21): the same results as plain JSON and packed (the records' numbers
+    as byte planes, unpacked by the page's script) read the same, every matrix cell for every quantity and
+    every cell's detail, text for text; the records carry NaN, infinities, signed zeros, ties of the
+    rounding and numbers past 10**22 (test_report_scale._odd_numbers)."""
+    from tests.unit.test_report_scale import _odd_numbers
+
+    cases = [c.model_copy(update={"steps": 2}) for c in load_cases([REPO / "cases"])][:8]
+    paths = _odd_numbers(synthetic(tmp_path / "reports", ["current", "older"],
+                                   ["torch", "keras3-jax", "tf-keras-fused", "flax-linen", "flax-nnx"], cases=cases,
+                                   bad_fraction=0.5, seed=3))
+    shown = {}
+    for compress in (False, True):
+        html = report.render_paths(paths, tmp_path / f"index-{compress}.html", compress=compress, plots=False)
+        assert ('data-encoding="gzip+base120"' in html.read_text()) is compress
+        page, errors, _ = _open(browser, html.as_uri())
+        shown[compress] = page.evaluate(_SHOWN)
+        assert not errors, errors
+        page.close()
+    assert len(shown[False]) > 60 and sum(k.startswith("matrix ") for k in shown[False]) > 5
+    assert any("nan" in t.lower() or "inf" in t for t in shown[False].values())
+    for key, text in shown[False].items():
+        assert shown[True][key] == text, key
+    assert shown[True].keys() == shown[False].keys()

@@ -58,11 +58,11 @@ function applyFilters() {
       $$("td", tr).forEach(function (td) {
         var c = +td.getAttribute("data-c");
         if (!vis[c]) return;
-        var view = cellView(cellKey(r, c), state.quantity);
-        var m = view !== null && view.v !== "none" && verdictMatches(view.v);
-        if (view !== null && view.v !== "none") anyCell = true;
+        var v = cellVerdict(cellKey(r, c), state.quantity);
+        var m = v !== null && v !== "none" && verdictMatches(v);
+        if (v !== null && v !== "none") anyCell = true;
         if (m) anyMatch = true;
-        td.classList.toggle("dim", !!state.verdict && view !== null && !m);
+        td.classList.toggle("dim", !!state.verdict && v !== null && !m);
       });
       if (ok && state.verdict && !anyMatch) ok = false;
       if (ok && (state.adapter || state.env) && !anyCell) ok = false;
