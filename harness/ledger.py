@@ -127,6 +127,9 @@ class Facts:
     frozen: bool = False  # the case makes frozen calls (``"frozen"`` in its schedule)
     cumulative: bool = False  # the case's momentum is "cumulative" (torch's momentum=None), where ``momentum`` is None
     renorm: bool = False  # the case asks for Batch Renormalization (``renorm``)
+    # gamma equals the initial running variance, or beta the initial running mean, element for element (a layer as its
+    # constructor builds it: ones and zeros): an ONNX exporter stores equal tensors once and hands them over shared
+    equal_initializers: bool = False
 
 
 def _channel_stats(x, axis: int) -> tuple[float, float, set[str]]:
@@ -198,7 +201,9 @@ def case_facts(case: Case, data: CaseData | None = None) -> Facts:
                   offset_ratio=ratio, max_abs=top, nonfinite=tuple(sorted(kinds)) or ("none",),
                   mask=data.mask is not None, unmasked=_fewest_unmasked(case, data), channels=case.channels,
                   rank=case.rank, center=case.has_center, frozen="frozen" in case.schedule,
-                  cumulative=case.momentum == "cumulative", renorm=case.renorm is not None)
+                  cumulative=case.momentum == "cumulative", renorm=case.renorm is not None,
+                  equal_initializers=bool((case.has_scale and np.array_equal(data.gamma, data.running_var))
+                                          or (case.has_center and np.array_equal(data.beta, data.running_mean))))
     if len(_FACTS) > 4096:
         _FACTS.clear()
     _FACTS[key] = facts
@@ -269,6 +274,7 @@ class When(StrictModel):
     frozen: bool | None = None
     cumulative: bool | None = None
     renorm: bool | None = None
+    equal_initializers: bool | None = None
 
     @model_validator(mode="after")
     def _something(self):

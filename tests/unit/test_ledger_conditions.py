@@ -126,6 +126,10 @@ def test_case_fields_as_facts():
     ({"cumulative": True}, {"momentum": 0.1}, False),
     ({"renorm": True}, {"renorm": {"momentum": 0.2, "rmax": 2.0}}, True),
     ({"renorm": True}, {}, False),
+    ({"equal_initializers": True}, {"gamma": {"kind": "constant", "value": 1.0}}, True),  # gamma == running var 1
+    ({"equal_initializers": True}, {"beta": {"kind": "constant", "value": 0.0}}, True),  # beta == running mean 0
+    ({"equal_initializers": True}, {}, False),  # drawn gamma and beta
+    ({"equal_initializers": True}, {"gamma": {"kind": "constant", "value": 1.0}, "affine": False}, False),
 ])
 def test_condition(when, kw, holds):
     c = case(**kw)

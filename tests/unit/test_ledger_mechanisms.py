@@ -291,6 +291,14 @@ calls = ["train", "frozen", "eval"]
 seed = 963
 
 [[case]]
+name = "fresh_default_init_dense"
+shape = [7, 4]
+gamma = { kind = "constant", value = 1.0 }
+beta = { kind = "constant", value = 0.0 }
+steps = 2
+seed = 972
+
+[[case]]
 name = "fresh_renorm_unclipped"
 shape = [9, 3]
 input = { kind = "normal", loc = 1.5, scale = 2.0 }
@@ -476,6 +484,7 @@ PATH_CELLS.update({
     "torch-compile-backward-reads-buffer-after-update": [("keras3-torch-compile", "fresh_renorm_unclipped")],
     "onnx-training-export-cumulative-momentum-traced-as-replace": [("torch-onnxruntime-training",
                                                                     "fresh_cumulative_dense")],
+    "onnx2torch-deduplicated-initializers-statistics-never-update": [("torch-onnx2torch", "fresh_default_init_dense")],
 })
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
 if os.environ.get("BNPARITY_PATHS") == "1":
