@@ -475,8 +475,7 @@ PATH_CELLS.update({
         "torch-onnxruntime-training")],
     "torch-16bit-channels-last-backward": [(a, "fresh_bfloat16_channels_last_offset") for a in _EAGER_TRAINING],
     "torch-16bit-double-backward-in-half": [(a, "fresh_second_order_bfloat16") for a in _EAGER_TRAINING],
-    # (torch-onnx-reference also fails y of the eval call here, a mechanism of its own not yet in the ledger: the
-    # untracked eval's training-mode BatchNormalization computed in bfloat16 by the reference evaluator)
+    # (torch-onnx-reference also fails y of the eval call here: onnx-reference-training-mode-statistics-in-bfloat16)
     "torch-16bit-permuted-input-generic-path-training-calls": [("torch-compile-freezing",
                                                                 "fresh_bfloat16_axis2_constant_channel")],
     "keras3-torch-float64-computed-in-float32": [("keras3-torch-compile", "fresh_float64_momentum_0.2")],
@@ -485,6 +484,8 @@ PATH_CELLS.update({
     "onnx-training-export-cumulative-momentum-traced-as-replace": [("torch-onnxruntime-training",
                                                                     "fresh_cumulative_dense")],
     "onnx2torch-deduplicated-initializers-statistics-never-update": [("torch-onnx2torch", "fresh_default_init_dense")],
+    "onnx-reference-training-mode-statistics-in-bfloat16": [("torch-onnx-reference",
+                                                             "fresh_bfloat16_axis2_constant_channel")],
 })
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
 if os.environ.get("BNPARITY_PATHS") == "1":
