@@ -155,8 +155,13 @@ def cost_text(row: PathRow) -> str:
     """'61.5 s (compile 58.8 s, 107x); eager 0.9 s': the path's time in its worker beside its source's."""
     if not row.cases:
         return ""
-    compiled = f" (compile {row.compile_s:.1f} s, {row.compiles}x)" if row.compiles else ""
-    return f"{row.compute_s:.1f} s{compiled}; eager {row.eager_compute_s:.1f} s"
+    compiled = f" (compile {_secs(row.compile_s)}, {row.compiles}x)" if row.compiles else ""
+    return f"{_secs(row.compute_s)}{compiled}; eager {_secs(row.eager_compute_s)}"
+
+
+def _secs(s: float) -> str:
+    """Seconds to a tenth, or to a hundredth under one (an eager adapter's cases take milliseconds each)."""
+    return f"{s:.1f} s" if s >= 1 else f"{s:.2f} s"
 
 
 def markdown(groups: list[PathGroup]) -> str:
