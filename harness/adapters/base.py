@@ -445,6 +445,28 @@ class Adapter:
         """Add what the framework actually did (path taken, dtypes) to ``info``."""
 
 
+class CompileTally:
+    """A mixin for the paths whose calls compile, export or convert a program (before an ``Adapter`` in the bases):
+    ``compiled(seconds)`` counts one program and the time it took, and ``run`` reports a case's sum apart from
+    compute, as ``info["compile_s"]`` and ``info["compiles"]``. Outside ``run`` nothing is counted."""
+
+    _tally: list | None = None  # [seconds, programs] of the case ``run`` is making
+
+    def compiled(self, seconds: float) -> None:
+        if self._tally is not None:
+            self._tally[0] += seconds
+            self._tally[1] += 1
+
+    def run(self, case: Case, data: CaseData) -> Observed:
+        self._tally = [0.0, 0]
+        try:
+            obs = super().run(case, data)  # type: ignore[misc]
+        finally:
+            tally, self._tally = self._tally, None
+        obs.info["compile_s"], obs.info["compiles"] = tally
+        return obs
+
+
 @runtime_checkable
 class BenchHooks(Protocol):
     """What ``bnparity bench`` needs from an adapter; the benchmark skips an adapter without it.

@@ -26,19 +26,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from harness.adapters.base import Refusal
+from harness.adapters.base import CompileTally, Refusal
 from harness.adapters.keras3 import Keras3TF
 from harness.adapters.tf_keras import TFKerasAdapter
 from harness.adapters.tf_raw import TFFusedAdapter, TFRawAdapter
 
 
-class TFFunction:
+class TFFunction(CompileTally):
     """The graph / compiled hook: ``tf_step`` wraps the taped step in ``tf.function`` (``jit_compile`` = XLA)."""
 
     jit_compile: bool = True
     path = "compiled"
     source = ""
-    _compiled: list | None = None  # [seconds compiling, programs] of the case ``run`` is making
 
     def tf_step(self) -> Callable[[Callable], Callable]:
         import tensorflow as tf
@@ -67,17 +66,8 @@ class TFFunction:
         again = time.perf_counter() - t2
         for v, a in zip(state, after):
             v.assign(a)
-        if self._compiled is not None:
-            self._compiled[0] += traced + max(first - again, 0.0)
-            self._compiled[1] += 1
+        self.compiled(traced + max(first - again, 0.0))
         return out
-
-    def run(self, case, data):
-        self._compiled = [0.0, 0]  # seconds compiling, programs: this case's
-        obs = super().run(case, data)  # type: ignore[misc]
-        obs.info["compile_s"], obs.info["compiles"] = self._compiled
-        self._compiled = None
-        return obs
 
     def tf_mask(self, mask):
         import tensorflow as tf

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import COMPUTES, Observed, Refusal
+from harness.adapters.base import COMPUTES, CompileTally, Refusal
 from harness.adapters.torch_adapter import (
     TorchAdapter,
     TorchState,
@@ -76,21 +76,10 @@ def quiet():
         yield
 
 
-class _Converted(TorchAdapter):
+class _Converted(CompileTally, TorchAdapter):
     path = "converted"
     source = "torch"
     bench_variants = ()  # bnparity bench times BatchNorm in the frameworks, not a converter's output
-
-    def run(self, case: Case, data: CaseData) -> Observed:
-        self.__dict__["_convert"] = {"compile_s": 0.0, "compiles": 0}
-        obs = super().run(case, data)
-        obs.info.update(self.__dict__.pop("_convert"))
-        return obs
-
-    def converted(self, seconds: float) -> None:
-        acc = self.__dict__.setdefault("_convert", {"compile_s": 0.0, "compiles": 0})
-        acc["compile_s"] += seconds
-        acc["compiles"] += 1
 
 
 # -- onnx2torch -------------------------------------------------------------------------------------------------------
@@ -205,7 +194,7 @@ class TorchOnnx2TorchAdapter(_Converted):
         with quiet():
             torch.onnx.export(ts.bn.eval(), (example,), buf, dynamo=False, opset_version=ONNX_OPSET)
         model = onnx2torch.convert(onnx.load_from_string(buf.getvalue()))
-        self.converted(time.perf_counter() - t0)
+        self.compiled(time.perf_counter() - t0)
         ts.bn = find_batch_norm(model)
         inner = ts.bn._tensors.get("module")
         if inner is None:
@@ -323,7 +312,7 @@ class TorchNobucoAdapter(_Converted):
             model = nobuco.pytorch_to_keras(ts.bn.eval(), args=[example],
                                             inputs_channel_order=nobuco.ChannelOrder.PYTORCH,
                                             outputs_channel_order=nobuco.ChannelOrder.PYTORCH)
-        self.converted(time.perf_counter() - t0)
+        self.compiled(time.perf_counter() - t0)
         layers = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
         if len(layers) != 1:
             raise RuntimeError(f"nobuco wrote {len(layers)} BatchNormalization layers: "
