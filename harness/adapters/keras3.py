@@ -144,8 +144,6 @@ class LayerState:
     layer: Any
     case: Case
     output_dtype: str | None = None
-    compiles: int = 0  # programs compiled or exported in this case (jitted steps on JAX, exports on exported paths)
-    compile_s: float = 0.0
 
     def moving_stats(self) -> dict[str, np.ndarray]:
         return {"running_mean": self.layer.moving_mean.numpy(), "running_var": self.layer.moving_variance.numpy()}
@@ -157,6 +155,8 @@ class JaxLayerState(LayerState):
 
     tv: list = field(default_factory=list)  # trainable: gamma, beta
     ntv: list = field(default_factory=list)  # non-trainable: moving mean and variance
+    compiles: int = 0
+    compile_s: float = 0.0
     compile_cache_hits: int = 0
 
     def moving_stats(self) -> dict[str, np.ndarray]:

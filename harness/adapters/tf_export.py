@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Refusal
+from harness.adapters.base import CompileTally, Refusal
 from harness.adapters.keras3 import Keras3TF, LayerState
 from harness.cases import Case
 
@@ -42,7 +42,7 @@ def keras_model(layer: Any, case: Case) -> Any:
     return keras.Model(inp, layer(inp, training=False))
 
 
-class _Exported(Keras3TF):
+class _Exported(CompileTally, Keras3TF):
     """The eval calls of ``keras3-tensorflow`` run through an exported program (``_export``)."""
 
     path = "exported"
@@ -63,8 +63,7 @@ class _Exported(Keras3TF):
         del g, mask  # no gradient; Keras ignores a mask in inference
         t0 = time.perf_counter()
         infer = self._export(state, np.ascontiguousarray(x))
-        state.compile_s += time.perf_counter() - t0  # the export and the runtime's session: apart from compute
-        state.compiles += 1
+        self.compiled(time.perf_counter() - t0)  # the export and the runtime's session: apart from compute
         y = infer()
         state.output_dtype = str(y.dtype)
         return {"y": y, **state.moving_stats()}
@@ -73,9 +72,6 @@ class _Exported(Keras3TF):
         """Export the layer as it stands and load the program into its runtime, fed ``x``; the returned call runs it."""
         raise NotImplementedError
 
-    def describe(self, state: LayerState, info: dict[str, Any]) -> None:
-        super().describe(state, info)
-        info["compile_s"], info["compiles"] = state.compile_s, state.compiles
 
 
 class Keras3ONNXRuntime(_Exported):
