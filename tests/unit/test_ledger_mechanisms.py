@@ -338,6 +338,18 @@ scale = true
 center = false
 shape = [4, 3, 2, 2]
 seed = 968
+
+[[case]]
+name = "fresh_float16_pure_axis2_running_mean_4e4"
+shape = [2, 3, 3, 2]
+axis = 2
+dtype = "float16"
+precision = "pure"
+steps = 0
+seed = 973
+gamma = { kind = "uniform", low = -2.0, high = 2.0 }
+running_mean = { kind = "normal", loc = -40000.0, scale = 1.0 }
+running_var = { kind = "uniform", low = 0.0, high = 1.0 }
 """
 
 # entry id -> [(adapter, fresh case)]: every mechanism entry the installed versions can apply has a row
@@ -381,7 +393,8 @@ CELLS: dict[str, list[tuple[str, str]]] = {
                                            ("tf-raw", "fresh_empty_conv2d_channels_last")],
     "tf-empty-batch-nan-moving-statistics": [("tf-keras-fused", "fresh_empty_conv2d_channels_last")],
     "tf-fused-empty-5d-dx-shape": [("tf-fused", "fresh_empty_conv3d_channels_last")],
-    "torch-16bit-permuted-input-generic-path": [("torch", "fresh_bfloat16_axis2_constant_channel")],
+    "torch-16bit-permuted-input-generic-path": [("torch", "fresh_bfloat16_axis2_constant_channel"),
+                                                ("torch", "fresh_float16_pure_axis2_running_mean_4e4")],
     "tf-fused-empty-5d-ncdhw-eval-gradient-raises": [("tf-keras-fused", "fresh_empty_spatial_conv3d")],
     "flax-empty-batch-nan-batch-stats": [("flax-nnx", "fresh_empty_spatial_conv3d")],
     "flax-empty-batch-nan-dscale": [("flax-linen-twopass", "fresh_empty_conv2d_channels_last")],
@@ -487,6 +500,13 @@ PATH_CELLS.update({
     "onnx-reference-training-mode-statistics-in-bfloat16": [("torch-onnx-reference",
                                                              "fresh_bfloat16_axis2_constant_channel")],
 })
+# onnx2torch's converted graph feeds the input to a torch.nn.BatchNorm*d module (or F.batch_norm): eager torch's kernels
+# on the same tensor, so eager torch's entries name it, and show on it
+for _entry, _case in (("torch-float32-variance-overflow", "fresh_overflow_3e25"),
+                      ("torch-16bit-channels-last-backward", "fresh_bfloat16_channels_last_offset"),
+                      ("torch-16bit-double-backward-in-half", "fresh_second_order_bfloat16"),
+                      ("torch-16bit-permuted-input-generic-path", "fresh_float16_pure_axis2_running_mean_4e4")):
+    PATH_CELLS.setdefault(_entry, []).append(("torch-onnx2torch", _case))
 ROWS = [(entry, adapter, case) for entry, cells in CELLS.items() for adapter, case in cells]
 if os.environ.get("BNPARITY_PATHS") == "1":
     ROWS += [(entry, adapter, case) for entry, cells in PATH_CELLS.items() for adapter, case in cells]
