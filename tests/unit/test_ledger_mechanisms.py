@@ -494,6 +494,8 @@ PATH_CELLS.update({
     "keras3-torch-float64-computed-in-float32": [("keras3-torch-compile", "fresh_float64_momentum_0.2")],
     "keras3-torch-one-pass-variance": [("keras3-torch-compile", "fresh_offset_300")],
     "torch-compile-backward-reads-buffer-after-update": [("keras3-torch-compile", "fresh_renorm_unclipped")],
+    "keras3-torch-one-pass-variance-overflow-nan": [("keras3-torch-compile", "fresh_overflow_3e25")],
+    "keras3-mask-single-channel-raises": [("keras3-torch-compile", "fresh_mask_single_channel_dense")],
     "onnx-training-export-cumulative-momentum-traced-as-replace": [("torch-onnxruntime-training",
                                                                     "fresh_cumulative_dense")],
     "onnx2torch-deduplicated-initializers-statistics-never-update": [("torch-onnx2torch", "fresh_default_init_dense")],
