@@ -29,12 +29,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
-from harness.adapters.base import Observed, Raises, Refusal
+from harness.adapters.base import Conventions, Observed, Raises, Refusal
 from harness.adapters.torch_adapter import (
     TorchAdapter,
     TorchState,
@@ -376,11 +376,27 @@ def ort_run(state: OnnxState, model, feeds: dict[str, np.ndarray]) -> list[np.nd
     return sess.run(None, feeds)
 
 
+@dataclass(frozen=True)
+class TrainingExportConventions(Conventions):
+    """torch's conventions for a path exported in training mode: the export traces the module in training mode
+    whatever the case's calls, so torch's eps check raises at export even where no call trains (eager torch
+    allows eps = 0 in eval: eps_zero_eval_only)."""
+
+    def raises_on(self, case: Any, eps: float) -> list[tuple[str, Raises]]:
+        out = super().raises_on(case, eps)
+        if eps == 0 and isinstance(self.zero_eps_training, Raises) and all(
+                r is not self.zero_eps_training for _, r in out):
+            out.append(("eps = 0 in the training-mode export", self.zero_eps_training))
+        return out
+
+
 class TorchOnnxRuntimeTrainingAdapter(TorchOnnxRuntimeAdapter):
     """Every call in ONNX Runtime: a training-mode export (BatchNormalization training_mode = 1) whose running
     statistics are graph inputs and outputs; eval calls run the same node with training_mode = 0."""
 
     name = "torch-onnxruntime-training"
+    conventions = TrainingExportConventions(**{f.name: getattr(TorchAdapter.conventions, f.name)
+                                               for f in fields(Conventions)})
     no_second_order = f"{NO_TRAIN_GRADIENT} (the case's second derivatives need the backward)"
     omits = {"dx": NO_TRAIN_GRADIENT, "dgamma": NO_TRAIN_GRADIENT, "dbeta": NO_TRAIN_GRADIENT,
              "dx_frozen": NO_TRAIN_GRADIENT, **_OnnxEval.omits}
@@ -399,11 +415,17 @@ class TorchOnnxRuntimeTrainingAdapter(TorchOnnxRuntimeAdapter):
         xt = torch_tensor(ts, data.x[0] if len(data.x) else data.x_eval).contiguous()
         if ts.bn.track_running_stats:  # before the export: tracing a training-mode module runs it (an update)
             state.running = {"running_mean": to_numpy(ts.bn.running_mean), "running_var": to_numpy(ts.bn.running_var)}
+        # tracing a training-mode module checks its batch as a training call does: a case with no training call and
+        # one value per channel (an eval-only batch of one, normalized with the running statistics) is traced on
+        # that batch twice, with a dynamic batch axis
+        names: dict[str, Any] = {}
+        if not len(data.x) and ts.bn.track_running_stats and xt.numel() == xt.shape[1]:
+            xt, names = torch.cat([xt, xt]), {"input_names": ["x"], "dynamic_axes": {"x": {0: "batch"}}}
         t0 = time.perf_counter()
         path = f"/tmp/bnparity-ortt-{os.getpid()}.onnx"
         try:
             torch.onnx.export(ts.bn.train(), (xt,), path, dynamo=False, training=torch.onnx.TrainingMode.TRAINING,
-                              do_constant_folding=False)
+                              do_constant_folding=False, **names)
             import onnx
 
             model = onnx.load(path)

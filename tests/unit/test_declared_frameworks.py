@@ -109,6 +109,28 @@ def test_every_declared_raise_is_what_the_framework_raises(name: str, workers: W
     assert checked
 
 
+# the same configurations with no training call and running statistics (eval only): eager frameworks compute them,
+# and a path that still raises (a training-mode export traces the module in training mode) must declare it
+EVAL_ONLY = [{"shape": [1, 3], "steps": 0}, {"shape": [1, 3, 1, 1], "layout": "channels_last", "steps": 0},
+             {"shape": [4, 3], "steps": 0, "eps": 0.0}]
+
+
+@pytest.mark.parametrize("name", _raising())
+def test_eval_only_cases_raise_exactly_where_declared(name: str, workers: Workers) -> None:
+    adapter, spec = installed_adapter(name)
+    checked = 0
+    for body in EVAL_ONLY:
+        case = Case.model_validate({"name": "eval_only_declared", "seed": 6, **body})
+        if adapter.supports(case):
+            continue
+        declared = adapter.conventions.raises_on(case, adapter.effective(case)[1])
+        out = _outcome(case, adapter, spec, workers)
+        want = Verdict.EXPECTED_RAISE if declared else Verdict.PASS
+        assert out.verdict == want, (body, declared, out.message)
+        checked += 1
+    assert checked
+
+
 def test_tf_keras_fused_refuses_renorm_in_the_words_the_skip_quotes(workers: Workers) -> None:
     """tf-keras-fused skips renorm cases quoting the constructor's ValueError: a case that expects that raise runs,
     and must come out expected-raise (a tf-keras that starts accepting fused renorm fails this)."""
